@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = 1024 * 1024
     max_artifact_bytes: int = 64 * 1024**3
     retry_token_ttl_s: int = 24 * 3600
+    max_instances: int = 16
 
     # --- runtime --------------------------------------------------------------------------------
     # auto: Docker when an engine answers, else local processes. fake: nothing runs; instances

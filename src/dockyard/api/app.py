@@ -1,0 +1,35 @@
+"""The control-plane ASGI app: /20190101/... in the OCI Data Science wire format."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from dockyard import __version__
+from dockyard.api import deployments, models, projects, work_requests
+from dockyard.api.errors import install_error_handlers
+from dockyard.api.middleware import RequestIdMiddleware
+from dockyard.service.bundle import Services
+
+API_PREFIX = "/20190101"
+
+
+def create_api(services: Services) -> FastAPI:
+    app = FastAPI(
+        title="dockyard control plane",
+        version=__version__,
+        description="Projects, models, artifacts, model deployments and work requests, "
+        "wire-compatible with OCI Data Science (API version 20190101).",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.services = services
+    for module in (projects, models, deployments, work_requests):
+        app.include_router(module.router, prefix=API_PREFIX)
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app

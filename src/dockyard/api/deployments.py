@@ -1,0 +1,102 @@
+"""/20190101/modelDeployments and /20190101/modelDeploymentShapes"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from dockyard.api.common import empty_reply, json_reply, list_reply
+from dockyard.api.requests import caller, if_match, read_json, retry_token, services
+from dockyard.domain.shapes import SHAPES
+from dockyard.schemas.common import ChangeCompartmentDetails
+from dockyard.schemas.deployments import CreateModelDeploymentDetails, UpdateModelDeploymentDetails
+from dockyard.service.deployments import deployment_view
+from dockyard.service.paging import check_limit, decode_page, next_page
+from dockyard.service.resources import ListResult, check_compartment
+
+router = APIRouter()
+
+
+@router.post("/modelDeployments")
+async def create_model_deployment(request: Request) -> Response:
+    details, _ = await read_json(request, CreateModelDeploymentDetails)
+    token = retry_token(request, "CreateModelDeployment", details.wire())
+    record, wr_id = await run_in_threadpool(services(request).deployments.create, details, caller(request), token)
+    return json_reply(
+        deployment_view(record),
+        etag=record.etag,
+        opc_work_request_id=wr_id,
+        location=f"{request.url.path}/{record.id}",
+    )
+
+
+@router.get("/modelDeployments/{deployment_id}")
+async def get_model_deployment(request: Request, deployment_id: str) -> Response:
+    record = await run_in_threadpool(services(request).deployments.get, deployment_id)
+    return json_reply(deployment_view(record), etag=record.etag)
+
+
+@router.get("/modelDeployments")
+async def list_model_deployments(
+    request: Request,
+    compartment_id: str = Query(alias="compartmentId"),
+    project_id: str | None = Query(None, alias="projectId"),
+    limit: int | None = Query(None),
+    page: str | None = Query(None),
+    id: str | None = Query(None),
+    display_name: str | None = Query(None, alias="displayName"),
+    lifecycle_state: str | None = Query(None, alias="lifecycleState"),
+    created_by: str | None = Query(None, alias="createdBy"),
+    sort_by: str | None = Query(None, alias="sortBy"),
+    sort_order: str | None = Query(None, alias="sortOrder"),
+) -> Response:
+    query = {
+        "compartmentId": compartment_id, "projectId": project_id, "limit": limit, "page": page, "id": id,
+        "displayName": display_name, "lifecycleState": lifecycle_state, "createdBy": created_by,
+        "sortBy": sort_by, "sortOrder": sort_order,
+    }  # fmt: skip
+    return list_reply(await run_in_threadpool(services(request).deployments.list, query))
+
+
+@router.put("/modelDeployments/{deployment_id}")
+async def update_model_deployment(request: Request, deployment_id: str) -> Response:
+    details, _ = await read_json(request, UpdateModelDeploymentDetails)
+    wr_id = await run_in_threadpool(services(request).deployments.update, deployment_id, details, if_match(request))
+    return empty_reply(202, opc_work_request_id=wr_id)
+
+
+@router.post("/modelDeployments/{deployment_id}/actions/activate")
+async def activate_model_deployment(request: Request, deployment_id: str) -> Response:
+    wr_id = await run_in_threadpool(services(request).deployments.activate, deployment_id, if_match(request))
+    return empty_reply(202, opc_work_request_id=wr_id)
+
+
+@router.post("/modelDeployments/{deployment_id}/actions/deactivate")
+async def deactivate_model_deployment(request: Request, deployment_id: str) -> Response:
+    wr_id = await run_in_threadpool(services(request).deployments.deactivate, deployment_id, if_match(request))
+    return empty_reply(202, opc_work_request_id=wr_id)
+
+
+@router.delete("/modelDeployments/{deployment_id}")
+async def delete_model_deployment(request: Request, deployment_id: str) -> Response:
+    wr_id = await run_in_threadpool(services(request).deployments.delete, deployment_id, if_match(request))
+    return empty_reply(202, opc_work_request_id=wr_id)
+
+
+@router.post("/modelDeployments/{deployment_id}/actions/changeCompartment")
+async def change_model_deployment_compartment(request: Request, deployment_id: str) -> Response:
+    details, _ = await read_json(request, ChangeCompartmentDetails)
+    await run_in_threadpool(services(request).deployments.change_compartment, deployment_id, details, if_match(request))
+    return empty_reply(200)
+
+
+@router.get("/modelDeploymentShapes")
+async def list_model_deployment_shapes(
+    compartment_id: str = Query(alias="compartmentId"),
+    limit: int | None = Query(None),
+    page: str | None = Query(None),
+) -> Response:
+    check_compartment(compartment_id)
+    size, offset = check_limit(limit), decode_page(page)
+    items = [shape.wire() for shape in SHAPES[offset : offset + size]]
+    return list_reply(ListResult(items, next_page(offset, len(items), offset + size < len(SHAPES))))

@@ -1,0 +1,131 @@
+"""/20190101/models, their artifacts and provenance."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from email.utils import format_datetime
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from dockyard.api.common import empty_reply, json_reply, list_reply
+from dockyard.api.requests import caller, if_match, read_json, retry_token, services
+from dockyard.schemas.catalog import CreateModelDetails, ModelProvenanceDetails, UpdateModelDetails
+from dockyard.schemas.common import ChangeCompartmentDetails
+
+router = APIRouter()
+
+
+@router.post("/models")
+async def create_model(request: Request) -> Response:
+    details, _ = await read_json(request, CreateModelDetails)
+    token = retry_token(request, "CreateModel", details.wire())
+    record = await run_in_threadpool(services(request).models.create, details, caller(request), token)
+    return json_reply(record.body, etag=record.etag)
+
+
+@router.get("/models/{model_id}")
+async def get_model(request: Request, model_id: str) -> Response:
+    record = await run_in_threadpool(services(request).models.get, model_id)
+    return json_reply(record.body, etag=record.etag)
+
+
+@router.get("/models")
+async def list_models(
+    request: Request,
+    compartment_id: str = Query(alias="compartmentId"),
+    project_id: str | None = Query(None, alias="projectId"),
+    limit: int | None = Query(None),
+    page: str | None = Query(None),
+    id: str | None = Query(None),
+    display_name: str | None = Query(None, alias="displayName"),
+    lifecycle_state: str | None = Query(None, alias="lifecycleState"),
+    created_by: str | None = Query(None, alias="createdBy"),
+    sort_by: str | None = Query(None, alias="sortBy"),
+    sort_order: str | None = Query(None, alias="sortOrder"),
+) -> Response:
+    query = {
+        "compartmentId": compartment_id, "projectId": project_id, "limit": limit, "page": page, "id": id,
+        "displayName": display_name, "lifecycleState": lifecycle_state, "createdBy": created_by,
+        "sortBy": sort_by, "sortOrder": sort_order,
+    }  # fmt: skip
+    return list_reply(await run_in_threadpool(services(request).models.list, query))
+
+
+@router.put("/models/{model_id}")
+async def update_model(request: Request, model_id: str) -> Response:
+    details, _ = await read_json(request, UpdateModelDetails)
+    record = await run_in_threadpool(services(request).models.update, model_id, details, if_match(request))
+    return json_reply(record.body, etag=record.etag)
+
+
+@router.delete("/models/{model_id}")
+async def delete_model(request: Request, model_id: str) -> Response:
+    await run_in_threadpool(services(request).models.delete, model_id, if_match(request))
+    return empty_reply(204)
+
+
+@router.post("/models/{model_id}/actions/activate")
+async def activate_model(request: Request, model_id: str) -> Response:
+    record = await run_in_threadpool(services(request).models.set_active, model_id, True, if_match(request))
+    return json_reply(record.body, etag=record.etag)
+
+
+@router.post("/models/{model_id}/actions/deactivate")
+async def deactivate_model(request: Request, model_id: str) -> Response:
+    record = await run_in_threadpool(services(request).models.set_active, model_id, False, if_match(request))
+    return json_reply(record.body, etag=record.etag)
+
+
+@router.post("/models/{model_id}/actions/changeCompartment")
+async def change_model_compartment(request: Request, model_id: str) -> Response:
+    details, _ = await read_json(request, ChangeCompartmentDetails)
+    await run_in_threadpool(services(request).models.change_compartment, model_id, details, if_match(request))
+    return empty_reply(200)
+
+
+@router.post("/models/{model_id}/artifact")
+async def create_model_artifact(request: Request, model_id: str) -> Response:
+    """Streams the body to disk: memory use does not grow with the artifact's size."""
+    artifact = await services(request).models.put_artifact(
+        model_id, request.stream(), request.headers.get("content-disposition"), if_match(request)
+    )
+    return empty_reply(200, etag=artifact.etag)
+
+
+@router.api_route("/models/{model_id}/artifact/content", methods=["GET", "HEAD"])
+async def get_model_artifact_content(request: Request, model_id: str) -> Response:
+    model_service = services(request).models
+    artifact = await run_in_threadpool(model_service.get_artifact, model_id)
+    created = datetime.strptime(artifact.time_created, "%Y-%m-%dT%H:%M:%S.%fZ")
+    headers = {
+        "etag": artifact.etag,
+        "content-md5": artifact.md5_b64,
+        "content-disposition": artifact.content_disposition or f'attachment; filename="{model_id}.zip"',
+        "last-modified": format_datetime(created.replace(tzinfo=timezone.utc), usegmt=True),
+    }
+    # FileResponse streams in chunks, answers HEAD with headers only, and honours Range.
+    response = FileResponse(model_service.blobs.path(artifact.sha256), media_type="application/octet-stream", headers=headers)
+    response.headers["etag"] = artifact.etag  # FileResponse would otherwise derive its own
+    return response
+
+
+@router.post("/models/{model_id}/provenance")
+async def create_model_provenance(request: Request, model_id: str) -> Response:
+    details, _ = await read_json(request, ModelProvenanceDetails)
+    body, etag = await run_in_threadpool(services(request).models.put_provenance, model_id, details, False)
+    return json_reply(body, etag=etag)
+
+
+@router.put("/models/{model_id}/provenance")
+async def update_model_provenance(request: Request, model_id: str) -> Response:
+    details, _ = await read_json(request, ModelProvenanceDetails)
+    body, etag = await run_in_threadpool(services(request).models.put_provenance, model_id, details, True)
+    return json_reply(body, etag=etag)
+
+
+@router.get("/models/{model_id}/provenance")
+async def get_model_provenance(request: Request, model_id: str) -> Response:
+    body, etag = await run_in_threadpool(services(request).models.get_provenance, model_id)
+    return json_reply(body, etag=etag)

@@ -1,0 +1,46 @@
+"""The `dockyard` command."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="dockyard: self-hosted bring-your-own-container model deployments.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """dockyard: self-hosted bring-your-own-container model deployments."""
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to listen on (default 127.0.0.1; env DOCKYARD_HOST)."),
+    port: int = typer.Option(None, help="Port to listen on (default 8080; env DOCKYARD_PORT)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Where state lives (default ~/.dockyard; env DOCKYARD_DATA_DIR)."),
+    runtime: str = typer.Option(None, help="auto | docker | process | fake (env DOCKYARD_RUNTIME)."),
+    log_level: str = typer.Option("info", help="debug | info | warning | error"),
+) -> None:
+    """Run the control plane, the reconciler and the gateway in one process."""
+    import uvicorn
+
+    from dockyard.server import create_app
+    from dockyard.settings import Settings
+
+    overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir, "runtime": runtime}.items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    application = create_app(settings)
+    console.print(
+        f"[bold]dockyard[/] serving on [cyan]http://{settings.host}:{settings.port}[/] "
+        f"(data in {settings.data_dir}, runtime {application.state.server.runtime.name})"
+    )
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+if __name__ == "__main__":
+    app()

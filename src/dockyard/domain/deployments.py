@@ -1,0 +1,123 @@
+"""Pure rules about a deployment's configuration: validation, instance count, identity.
+
+The configuration is the wire-format ``modelDeploymentConfigurationDetails`` dict, with its
+defaults filled in by `complete()` so every stored deployment echoes its discriminators.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+from dockyard.domain.shapes import BY_NAME
+from dockyard.domain.validation import Problem, check_environment_configuration, check_not_blank
+
+SUPPORTED_DEPLOYMENT_TYPES = ("SINGLE_MODEL",)
+DEFAULT_HEALTH_PATH = "/health"
+DEFAULT_PREDICT_PATH = "/predict"
+
+
+def complete(config: dict[str, Any]) -> dict[str, Any]:
+    """The configuration with the service's defaults made explicit (fixed size 1, DEFAULT env)."""
+    config = copy.deepcopy(config)
+    model = config.setdefault("modelConfigurationDetails", {})
+    model.setdefault("scalingPolicy", {"policyType": "FIXED_SIZE", "instanceCount": 1})
+    if not config.get("environmentConfigurationDetails"):
+        config["environmentConfigurationDetails"] = {"environmentConfigurationType": "DEFAULT"}
+    return config
+
+
+def environment(config: dict[str, Any]) -> dict[str, Any]:
+    return config.get("environmentConfigurationDetails") or {"environmentConfigurationType": "DEFAULT"}
+
+
+def model_id(config: dict[str, Any]) -> str:
+    return str(config["modelConfigurationDetails"]["modelId"])
+
+
+def replicas(config: dict[str, Any]) -> int:
+    """How many instances the scaling policy asks for now."""
+    policy = config["modelConfigurationDetails"].get("scalingPolicy") or {"policyType": "FIXED_SIZE", "instanceCount": 1}
+    if policy.get("policyType") == "AUTOSCALING":
+        rules = policy.get("autoScalingPolicies") or [{}]
+        first = rules[0]
+        return int(first.get("initialInstanceCount") or first.get("minimumInstanceCount") or 1)
+    return int(policy.get("instanceCount") or 1)
+
+
+def validate(config: dict[str, Any], max_instances: int) -> list[Problem]:
+    """Every rule a complete configuration must satisfy; an empty list means valid."""
+    problems: list[Problem] = []
+    kind = config.get("deploymentType")
+    if kind not in SUPPORTED_DEPLOYMENT_TYPES:
+        problems.append(
+            Problem(
+                "TYPE",
+                "modelDeploymentConfigurationDetails.deploymentType",
+                f"{kind} deployments are not served by dockyard; use SINGLE_MODEL",
+            )
+        )
+        return problems
+    model = config.get("modelConfigurationDetails") or {}
+    where = "modelDeploymentConfigurationDetails.modelConfigurationDetails"
+    check_not_blank(model.get("modelId"), f"{where}.modelId", problems)
+    instance = model.get("instanceConfiguration") or {}
+    shape_name = instance.get("instanceShapeName")
+    shape = BY_NAME.get(shape_name or "")
+    if shape is None:
+        problems.append(
+            Problem(
+                "SHAPE",
+                f"{where}.instanceConfiguration.instanceShapeName",
+                f"{shape_name!r} is not a known shape; use one of {sorted(BY_NAME)} (ListModelDeploymentShapes)",
+            )
+        )
+    else:
+        size = instance.get("modelDeploymentInstanceShapeConfigDetails") or {}
+        ocpus, memory = size.get("ocpus"), size.get("memoryInGBs")
+        field = f"{where}.instanceConfiguration.modelDeploymentInstanceShapeConfigDetails"
+        if not shape.flex and (ocpus or memory):
+            problems.append(Problem("SHAPE", field, f"{shape.name} has a fixed size; remove ocpus/memoryInGBs or use a Flex shape"))
+        if ocpus is not None and ocpus > shape.core_count:
+            problems.append(Problem("SHAPE", f"{field}.ocpus", f"{ocpus} is over {shape.name}'s maximum of {shape.core_count}"))
+        if memory is not None and memory > shape.memory_in_gbs:
+            problems.append(
+                Problem("SHAPE", f"{field}.memoryInGBs", f"{memory} is over {shape.name}'s maximum of {shape.memory_in_gbs}")
+            )
+    count = replicas(config)
+    if count > max_instances:
+        problems.append(
+            Problem(
+                "SCALE",
+                f"{where}.scalingPolicy",
+                f"{count} instances is over this server's limit of {max_instances} (setting DOCKYARD_MAX_INSTANCES)",
+            )
+        )
+    check_environment_configuration(environment(config), "modelDeploymentConfigurationDetails.environmentConfigurationDetails", problems)
+    return problems
+
+
+# Parts of a deployment that do not change what runs: changing them needs no new instance.
+_NOT_RUNTIME = ("bandwidthMbps", "maximumBandwidthMbps", "scalingPolicy")
+
+
+def spec_hash(config: dict[str, Any], artifact_sha256: str | None) -> str:
+    """Identity of what one instance runs. Instances with another hash are an older version.
+
+    The instance count and bandwidth are left out: scaling adds or removes instances of the
+    same version instead of replacing them all.
+    """
+    model = {k: v for k, v in config.get("modelConfigurationDetails", {}).items() if k not in _NOT_RUNTIME}
+    identity = {"model": model, "environment": environment(config), "artifact": artifact_sha256}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def health_path(config: dict[str, Any]) -> str:
+    env = environment(config)
+    variables = env.get("environmentVariables") or {}
+    if variables.get("CONTAINER_TYPE", "").upper() == "TRITON":
+        return variables.get("MODEL_DEPLOY_HEALTH_ENDPOINT") or "/v2/health/ready"
+    return variables.get("MODEL_DEPLOY_HEALTH_ENDPOINT") or DEFAULT_HEALTH_PATH

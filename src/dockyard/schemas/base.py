@@ -1,0 +1,75 @@
+"""Base of every wire-format model: camelCase on the wire, snake_case in Python.
+
+Unknown fields are ignored, as the OCI service does, so newer clients that send fields this
+version does not know still work. Types are checked: a string where a number belongs (other
+than a numeric port) is a 400.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+from dockyard.errors import CannotParseRequest, InvalidParameter, MissingParameter
+
+T = TypeVar("T", bound="Wire")
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def wire(self, *, keep_null: bool = False) -> dict[str, Any]:
+        """The camelCase dict of the fields the client sent (nulls dropped unless `keep_null`)."""
+        return self.model_dump(by_alias=True, exclude_unset=True, exclude_none=not keep_null)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("function-after", "tagged-union") or str(item).startswith(("function-", "union[")):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "body"
+
+
+def parse_body(model: type[T], raw: bytes) -> T:
+    """Decode a JSON request body into `model`, or raise a 400 that names every bad field."""
+    if not raw.strip():
+        raise MissingParameter("the request body is empty; send a JSON object")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CannotParseRequest(f"the request body is not valid JSON ({exc}); send a JSON object") from exc
+    if not isinstance(data, dict):
+        raise InvalidParameter(f"the request body must be a JSON object, not {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        missing = True
+        for err in exc.errors():
+            where = _location(tuple(err["loc"]))
+            if err["type"] == "missing":
+                problems.append(f"{where} is required")
+                continue
+            missing = False
+            if err["type"] == "union_tag_invalid":
+                ctx = err.get("ctx", {})
+                problems.append(
+                    f"{where}.{ctx.get('discriminator', '').strip(chr(39))} {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+                )
+            elif err["type"] == "union_tag_not_found":
+                ctx = err.get("ctx", {})
+                problems.append(f"{where} needs its type field {ctx.get('discriminator')}")
+            else:
+                value = err.get("input")
+                shown = json.dumps(value)[:80] if not isinstance(value, (dict, list)) else type(value).__name__
+                problems.append(f"{where}: {err['msg']} (got {shown})")
+        error = MissingParameter if missing else InvalidParameter
+        raise error("; ".join(problems)) from exc

@@ -1,0 +1,99 @@
+"""The composition root: settings -> stores -> runtime -> services -> API + reconciler.
+
+`build(settings)` wires everything without starting anything; `create_app(settings)` returns the
+ASGI app whose lifespan starts the reconciler and cleans up. No work happens at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from dockyard.api.app import create_api
+from dockyard.reconciler.loop import Reconciler
+from dockyard.runtimes.base import Runtime
+from dockyard.service.bundle import Services
+from dockyard.service.deployments import DeploymentService
+from dockyard.service.models import ModelService
+from dockyard.service.projects import ProjectService
+from dockyard.service.work_requests import WorkRequests
+from dockyard.settings import Settings
+from dockyard.store.artifacts import FilesystemArtifactStore
+from dockyard.store.metadata import SqlMetadataStore
+
+log = logging.getLogger("dockyard")
+
+
+@dataclass
+class Server:
+    settings: Settings
+    services: Services
+    runtime: Runtime
+    reconciler: Reconciler
+
+
+def choose_runtime(settings: Settings) -> Runtime:
+    """The runtime named by settings; `auto` takes the first that can work on this machine."""
+    name = settings.runtime
+    if name == "fake":
+        from dockyard.runtimes.fake import FakeRuntime
+
+        return FakeRuntime()
+    if name in ("auto", "docker", "process"):
+        try:
+            from dockyard.runtimes import select  # provided by the runtime package when present
+        except ImportError:
+            select = None
+        if select is not None:
+            return select.runtime_for(settings)  # type: ignore[no-any-return]
+        from dockyard.runtimes.fake import FakeRuntime
+
+        log.warning("no engine runtime is available in this build; deployments run on the fake runtime")
+        return FakeRuntime()
+    raise ValueError(f"unknown runtime {name!r}; use auto, docker, process or fake")
+
+
+def build(settings: Settings, runtime: Runtime | None = None) -> Server:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlMetadataStore(settings.resolved_database_url)
+    blobs = FilesystemArtifactStore(settings.artifacts_dir)
+    removed = blobs.remove_partial_uploads()
+    if removed:
+        log.info("removed %d unfinished artifact upload(s) left by an earlier run", removed)
+    work_requests = WorkRequests(store, settings)
+    runtime = runtime or choose_runtime(settings)
+    reconciler = Reconciler(store, runtime, work_requests, settings)
+    services = Services(
+        settings=settings,
+        store=store,
+        blobs=blobs,
+        work_requests=work_requests,
+        projects=ProjectService(store, settings, work_requests),
+        models=ModelService(store, settings, blobs),
+        deployments=DeploymentService(store, settings, work_requests, blobs, on_change=reconciler.wake),
+    )
+    return Server(settings, services, runtime, reconciler)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    server = build(settings, runtime)
+    app = create_api(server.services)
+    app.state.server = server
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        server.reconciler.start()
+        server.reconciler.wake()
+        try:
+            yield
+        finally:
+            await server.reconciler.stop()
+            await server.runtime.close()
+            server.services.store.close()
+
+    app.router.lifespan_context = lifespan
+    return app

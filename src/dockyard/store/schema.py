@@ -1,0 +1,117 @@
+"""Tables of the metadata store (SQLAlchemy Core, portable between SQLite and PostgreSQL).
+
+Resources are stored as their wire-format JSON document plus the columns that lists filter
+and sort on. Keeping the document whole means a field added to the wire format needs no
+migration; the indexed columns are the only schema that matters to queries.
+
+`SCHEMA_VERSION` is recorded in the database; `migrate()` brings an older database forward
+(today: create what is missing) and refuses a newer one.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_info = Table(
+    "schema_info",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+# Projects, models and model deployments. `kind` is project | model | modeldeployment.
+resources = Table(
+    "resources",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("compartment_id", String(255), nullable=False),
+    Column("project_id", String(255)),
+    Column("model_id", String(255)),  # deployments: the model they run
+    Column("display_name", String(255)),
+    Column("lifecycle_state", String(32), nullable=False),
+    Column("time_created", String(40), nullable=False),  # fixed-width ISO-8601 UTC: sorts as text
+    Column("created_by", String(255)),
+    Column("etag", String(64), nullable=False),
+    Column("body", JSON, nullable=False),  # the wire-format document
+    Column("internal", JSON, nullable=False),  # service-only state (desired state, generation...)
+    Index("ix_resources_list", "kind", "compartment_id", "time_created"),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("model_id", String(255), ForeignKey("resources.id"), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("md5_b64", String(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("content_disposition", Text),
+    Column("time_created", String(40), nullable=False),
+    Column("etag", String(64), nullable=False),
+)
+
+provenances = Table(
+    "provenances",
+    metadata,
+    Column("model_id", String(255), ForeignKey("resources.id"), primary_key=True),
+    Column("body", JSON, nullable=False),
+    Column("etag", String(64), nullable=False),
+)
+
+work_requests = Table(
+    "work_requests",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("compartment_id", String(255), nullable=False),
+    Column("operation_type", String(64), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("percent_complete", Float, nullable=False),
+    Column("resource_id", String(255), nullable=False),
+    Column("time_accepted", String(40), nullable=False),
+    Column("time_started", String(40)),
+    Column("time_finished", String(40)),
+    Column("body", JSON, nullable=False),  # resources list and anything else on the wire
+    Index("ix_work_requests_list", "compartment_id", "time_accepted"),
+    Index("ix_work_requests_resource", "resource_id"),
+)
+
+# Log lines and errors of work requests, oldest first by `seq`.
+work_request_entries = Table(
+    "work_request_entries",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("work_request_id", String(255), nullable=False),
+    Column("kind", String(8), nullable=False),  # log | error
+    Column("code", String(64)),
+    Column("message", Text, nullable=False),
+    Column("timestamp", String(40), nullable=False),
+    Index("ix_wr_entries", "work_request_id", "kind", "seq"),
+)
+
+# opc-retry-token: (operation, token) -> the resource it created and a hash of the request.
+retry_tokens = Table(
+    "retry_tokens",
+    metadata,
+    Column("operation", String(64), primary_key=True),
+    Column("token", String(64), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("resource_id", String(255), nullable=False),
+    Column("work_request_id", String(255)),
+    Column("time_created", String(40), nullable=False),
+)
