@@ -23,8 +23,9 @@ export DEBIAN_FRONTEND=noninteractive
 [ "$(id -u)" = 0 ] || die "must run as root"
 
 # Serialise concurrent callers (tests, CI and scripts may call this at the same time).
-exec 9>/var/lock/dockyard-docker.lock
-flock -w "$((WAIT + 600))" 9 || die "could not take /var/lock/dockyard-docker.lock"
+LOCK=/var/lock/dockyard-docker-sh.lock
+exec 9>"$LOCK"
+flock -w "$((WAIT + 600))" 9 || die "could not take $LOCK"
 
 engine_up() { docker info >/dev/null 2>&1; }
 
@@ -54,10 +55,13 @@ if pgrep -x dockerd >/dev/null 2>&1; then
 else
   log "starting dockerd (log: $DOCKERD_LOG)"
   mkdir -p "$(dirname "$DOCKERD_LOG")"
-  # setsid + nohup: the daemon outlives this script and its caller's process group.
-  setsid nohup "$DOCKERD" --host "unix://$SOCK" >>"$DOCKERD_LOG" 2>&1 </dev/null &
+  # The daemon must inherit no descriptor but 0-2: it would otherwise hold our lock, or a
+  # caller's, forever. setsid + nohup: it outlives this script and its caller's process group.
+  setsid nohup bash -c 'for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done; exec "$@"' \
+    dockerd "$DOCKERD" --host "unix://$SOCK" >>"$DOCKERD_LOG" 2>&1 </dev/null &
 fi
 
+t_start=$SECONDS
 deadline=$((SECONDS + WAIT))
 until engine_up; do
   if [ "$SECONDS" -ge "$deadline" ]; then
@@ -71,4 +75,4 @@ until engine_up; do
   fi
   sleep 0.2
 done
-log "engine up ($(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?')) after $((WAIT - (deadline - SECONDS))) s"
+log "engine up ($(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?')) after $((SECONDS - t_start)) s"

@@ -6,9 +6,10 @@ ASGI app whose lifespan starts the reconciler and cleans up. No work happens at 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -18,12 +19,14 @@ from dockyard.reconciler.loop import Reconciler
 from dockyard.runtimes.base import Runtime
 from dockyard.service.bundle import Services
 from dockyard.service.deployments import DeploymentService
+from dockyard.service.images import ReferenceOnlyResolver, RegistryImageResolver
 from dockyard.service.models import ModelService
 from dockyard.service.projects import ProjectService
 from dockyard.service.work_requests import WorkRequests
 from dockyard.settings import Settings
 from dockyard.store.artifacts import FilesystemArtifactStore
 from dockyard.store.metadata import SqlMetadataStore
+from dockyard.store.unpacking import ArtifactUnpacker
 
 log = logging.getLogger("dockyard")
 
@@ -38,23 +41,9 @@ class Server:
 
 def choose_runtime(settings: Settings) -> Runtime:
     """The runtime named by settings; `auto` takes the first that can work on this machine."""
-    name = settings.runtime
-    if name == "fake":
-        from dockyard.runtimes.fake import FakeRuntime
+    from dockyard.runtimes.select import runtime_for
 
-        return FakeRuntime()
-    if name in ("auto", "docker", "process"):
-        try:
-            from dockyard.runtimes import select  # provided by the runtime package when present
-        except ImportError:
-            select = None
-        if select is not None:
-            return select.runtime_for(settings)  # type: ignore[no-any-return]
-        from dockyard.runtimes.fake import FakeRuntime
-
-        log.warning("no engine runtime is available in this build; deployments run on the fake runtime")
-        return FakeRuntime()
-    raise ValueError(f"unknown runtime {name!r}; use auto, docker, process or fake")
+    return runtime_for(settings)
 
 
 def build(settings: Settings, runtime: Runtime | None = None) -> Server:
@@ -66,7 +55,10 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
         log.info("removed %d unfinished artifact upload(s) left by an earlier run", removed)
     work_requests = WorkRequests(store, settings)
     runtime = runtime or choose_runtime(settings)
-    reconciler = Reconciler(store, runtime, work_requests, settings)
+    unpacker = ArtifactUnpacker(settings.unpacked_dir)
+    reconciler = Reconciler(
+        store, runtime, work_requests, settings, artifact_dir=lambda sha: unpacker.unpack(blobs.path(sha), sha)
+    )
     services = Services(
         settings=settings,
         store=store,
@@ -74,12 +66,20 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
         work_requests=work_requests,
         projects=ProjectService(store, settings, work_requests),
         models=ModelService(store, settings, blobs),
-        deployments=DeploymentService(store, settings, work_requests, blobs, on_change=reconciler.wake),
+        deployments=DeploymentService(
+            store,
+            settings,
+            work_requests,
+            blobs,
+            resolver=RegistryImageResolver(settings) if settings.verify_images else ReferenceOnlyResolver(settings),
+            on_change=reconciler.wake,
+        ),
     )
     return Server(settings, services, runtime, reconciler)
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+def create_app(settings: Settings, runtime: Runtime | None = None, on_ready: Callable[[Server], Awaitable[None]] | None = None) -> FastAPI:
+    """The ASGI app; `on_ready` runs in the background once the reconciler is up."""
     server = build(settings, runtime)
     app = create_api(server.services)
     app.state.server = server
@@ -88,9 +88,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         server.reconciler.start()
         server.reconciler.wake()
+        background = asyncio.create_task(on_ready(server)) if on_ready else None
         try:
             yield
         finally:
+            if background:
+                background.cancel()
             await server.reconciler.stop()
             await server.runtime.close()
             server.services.store.close()

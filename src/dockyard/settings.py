@@ -46,8 +46,57 @@ class Settings(BaseSettings):
     # auto: Docker when an engine answers, else local processes. fake: nothing runs; instances
     # count as healthy at once (for exercising the API without an engine).
     runtime: str = "auto"
+    # The Docker Engine API endpoint (also Podman's compatible socket); empty: DOCKER_HOST or
+    # the default socket.
+    docker_host: str = ""
+    # C9: an image without curl fails at once; False turns that into a warning and dockyard
+    # probes health from outside the container only.
+    require_curl: bool = True
+
+    # --- registries ---------------------------------------------------------------------------
+    # C11: registries other than loopback ones and the service region's OCIR, comma-separated
+    # host[:port] list.
+    allowed_registries: str = ""
+    # Credentials per registry host: "host=user:password,host2=user:password".
+    registry_credentials: str = ""
+    # Registries spoken to over plain HTTP besides loopback ones, comma-separated.
+    plain_http_registries: str = ""
+    registry_timeout_s: float = 30.0
+    # D2: resolve and pin each image's digest at create/update by asking its registry. False
+    # records only what the user gave (for API tests without a registry).
+    verify_images: bool = True
     reconcile_interval_s: float = 5.0
+    # H1/H2: the service's health check. The start period is also the time an instance may take
+    # before failed probes count against it; the deadline is how long CREATING/UPDATING may wait.
     health_deadline_s: float = 600.0
+    health_start_period_s: float = 600.0
+    health_interval_s: float = 30.0
+    health_timeout_s: float = 3.0
+    health_retries: int = 3
+    # Crashes of a new version before it ever became healthy that fail the operation at once.
+    max_start_crashes: int = 2
+    restart_backoff_max_s: float = 60.0
+
+    def registry_credentials_by_host(self) -> dict[str, tuple[str, str]]:
+        credentials: dict[str, tuple[str, str]] = {}
+        for item in filter(None, (part.strip() for part in self.registry_credentials.split(","))):
+            host, _, secret = item.partition("=")
+            user, _, password = secret.partition(":")
+            if host and user:
+                credentials[host.strip()] = (user, password)
+        return credentials
+
+    @staticmethod
+    def _hosts(value: str) -> list[str]:
+        return [h.strip() for h in value.split(",") if h.strip()]
+
+    @property
+    def allowed_registry_hosts(self) -> list[str]:
+        return self._hosts(self.allowed_registries)
+
+    @property
+    def plain_http_registry_hosts(self) -> list[str]:
+        return self._hosts(self.plain_http_registries)
 
     @property
     def resolved_database_url(self) -> str:
@@ -56,6 +105,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def unpacked_dir(self) -> Path:
+        return self.data_dir / "unpacked"
 
     @property
     def resolved_public_url(self) -> str:

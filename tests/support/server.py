@@ -35,7 +35,10 @@ class LiveServer:
 
     def start(self, timeout_s: float = 30.0) -> LiveServer:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        env = os.environ | {"DOCKYARD_RECONCILE_INTERVAL_S": "0.5"} | self.env
+        env = os.environ | {"DOCKYARD_RECONCILE_INTERVAL_S": "0.5"}
+        if self.runtime == "fake":
+            env["DOCKYARD_VERIFY_IMAGES"] = "false"  # nothing runs, so no registry is needed
+        env |= self.env
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dockyard.cli.main", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--runtime", self.runtime, "--log-level", "warning"],

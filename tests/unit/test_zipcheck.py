@@ -161,6 +161,13 @@ def test_overlong_name_is_refused_before_the_filesystem_does(tmp_path: Path) -> 
     assert "longer than 255" in message
 
 
+def test_absurdly_deep_nesting_is_refused(tmp_path: Path) -> None:
+    # Deleting such a tree later would overflow Python's recursion limit in shutil.rmtree.
+    name = "d/" * 1200 + "model.bin"
+    message = rejected(write(tmp_path, build_zip([Raw(name, b"m")])))
+    assert "nested 1201 levels deep" in message and "flatten" in message
+
+
 # -- links and special files ------------------------------------------------------------------
 
 def test_symlink_out_of_the_tree_is_refused_naming_its_target(tmp_path: Path) -> None:

@@ -100,3 +100,30 @@ async def list_model_deployment_shapes(
     size, offset = check_limit(limit), decode_page(page)
     items = [shape.wire() for shape in SHAPES[offset : offset + size]]
     return list_reply(ListResult(items, next_page(offset, len(items), offset + size < len(SHAPES))))
+
+
+@router.get("/modelDeployments/{deployment_id}/instances")
+async def list_model_deployment_instances(request: Request, deployment_id: str) -> Response:
+    """dockyard's own view of what runs for a deployment (not part of the OCI API)."""
+    svc = services(request)
+    record = await run_in_threadpool(svc.deployments.get, deployment_id)
+    rows = await run_in_threadpool(svc.store.list_instances, deployment_id)
+    current = record.internal.get("specHash")
+    items = [
+        {
+            "instanceId": r.instance_id,
+            "state": r.state,
+            "health": r.health,
+            "isCurrentVersion": r.spec_hash == current,
+            "specHash": r.spec_hash,
+            "runtime": r.runtime,
+            "restarts": r.restarts,
+            "timeStarted": r.time_started,
+            "timeLastProbe": r.time_last_probe,
+            "lastProbe": r.last_probe,
+            "endpoint": f"http://{r.host}:{r.server_port}" if r.server_port else None,
+            "detail": r.detail,
+        }
+        for r in rows
+    ]
+    return list_reply(ListResult(items, None))

@@ -12,6 +12,12 @@ app = typer.Typer(help="dockyard: self-hosted bring-your-own-container model dep
 console = Console(stderr=True)
 
 
+from dockyard.cli.deployments import deployments, work_requests  # noqa: E402
+
+app.add_typer(deployments, name="deployments")
+app.add_typer(work_requests, name="work-requests")
+
+
 @app.callback()
 def main() -> None:
     """dockyard: self-hosted bring-your-own-container model deployments."""
@@ -24,6 +30,7 @@ def serve(
     data_dir: Path = typer.Option(None, "--data-dir", help="Where state lives (default ~/.dockyard; env DOCKYARD_DATA_DIR)."),
     runtime: str = typer.Option(None, help="auto | docker | process | fake (env DOCKYARD_RUNTIME)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
+    example: bool = typer.Option(False, "--example", help="Deploy the bundled example model and print a predict call."),
 ) -> None:
     """Run the control plane, the reconciler and the gateway in one process."""
     import uvicorn
@@ -34,7 +41,14 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir, "runtime": runtime}.items() if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    application = create_app(settings)
+    on_ready = None
+    if example:
+        from dockyard.example import deploy_example
+
+        async def on_ready(server: object) -> None:
+            await deploy_example(server.services, lambda line: console.print(f"[green]{line}[/]"))  # type: ignore[attr-defined]
+
+    application = create_app(settings, on_ready=on_ready)
     console.print(
         f"[bold]dockyard[/] serving on [cyan]http://{settings.host}:{settings.port}[/] "
         f"(data in {settings.data_dir}, runtime {application.state.server.runtime.name})"

@@ -80,9 +80,9 @@ def validate(config: dict[str, Any], max_instances: int) -> list[Problem]:
         field = f"{where}.instanceConfiguration.modelDeploymentInstanceShapeConfigDetails"
         if not shape.flex and (ocpus or memory):
             problems.append(Problem("SHAPE", field, f"{shape.name} has a fixed size; remove ocpus/memoryInGBs or use a Flex shape"))
-        if ocpus is not None and ocpus > shape.core_count:
+        if shape.flex and ocpus is not None and ocpus > shape.core_count:
             problems.append(Problem("SHAPE", f"{field}.ocpus", f"{ocpus} is over {shape.name}'s maximum of {shape.core_count}"))
-        if memory is not None and memory > shape.memory_in_gbs:
+        if shape.flex and memory is not None and memory > shape.memory_in_gbs:
             problems.append(
                 Problem("SHAPE", f"{field}.memoryInGBs", f"{memory} is over {shape.name}'s maximum of {shape.memory_in_gbs}")
             )

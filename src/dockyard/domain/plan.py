@@ -2,6 +2,15 @@
 
 Pure: no I/O, time passed in. The reconciler executes the plan and calls `plan` again until it
 asks for nothing more. Tested as tables in tests/unit/test_plan.py.
+
+The rules, in words:
+- deleting / deactivating: stop everything; when nothing is left, settle DELETED / INACTIVE;
+- active: keep `replicas` live instances of the desired version; replace exited ones and ones
+  that keep failing their health probes (after a back-off); remove surplus ones;
+- an older version's instances are stopped only once the new version has `replicas` healthy
+  instances, so a rolling update never has fewer healthy instances than before;
+- CREATING/UPDATING past the health deadline (H2) fails; ACTIVE with too few healthy
+  instances is NEEDS_ATTENTION until they recover.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ class DesiredView:
     phase_started_at: datetime
     deadline_s: float
     has_open_work: bool  # a work request waits for this deployment to settle
+    not_before: datetime | None = None  # restart back-off: no new start before this time
+    crashes: int = 0  # instances of this version that exited before it ever became ready
+    max_crashes: int = 2  # while CREATING/UPDATING, this many crashes fail the operation
 
 
 @dataclass(frozen=True)
@@ -34,12 +46,8 @@ class ObservedInstance:
     spec_hash: str
     alive: bool  # process/container running
     healthy: bool
+    failing: bool = False  # alive but failed its probes `retries` times in a row after start-up
     exit_detail: str = ""
-
-
-@dataclass(frozen=True)
-class Start:
-    count: int
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,8 @@ class Plan:
     starts: int = 0
     stops: list[Stop] = field(default_factory=list)
     settle: Settle | None = None
-    current_instances: int = 0
+    waiting_for_health: bool = False  # instances are starting: probe again soon
+    backing_off: bool = False  # a start is due but held back by the restart back-off
 
     @property
     def empty(self) -> bool:
@@ -74,54 +83,70 @@ def plan(want: DesiredView, observed: list[ObservedInstance], now: datetime) -> 
     if want.state is S.DELETED:
         result.stops = [Stop(i.instance_id, "the deployment is deleted") for i in observed]
         return result
-
     if want.desired in (Desired.DELETED, Desired.INACTIVE):
-        reason = "the deployment is being deleted" if want.desired is Desired.DELETED else "the deployment is deactivated"
-        result.stops = [Stop(i.instance_id, reason) for i in observed]
-        if not observed:
-            target = S.DELETED if want.desired is Desired.DELETED else S.INACTIVE
-            if want.state is not target:
-                result.settle = Settle(target, "Deleted" if target is S.DELETED else "Deactivated; instances stopped")
-        return result
+        return _wind_down(want, observed)
+    return _keep_running(want, observed, now)
 
-    # desired ACTIVE
+
+def _wind_down(want: DesiredView, observed: list[ObservedInstance]) -> Plan:
+    result = Plan()
+    deleting = want.desired is Desired.DELETED
+    reason = "the deployment is being deleted" if deleting else "the deployment is deactivated"
+    result.stops = [Stop(i.instance_id, reason) for i in observed]
+    target = S.DELETED if deleting else S.INACTIVE
+    if not observed and (want.state is not target or want.has_open_work):
+        result.settle = Settle(target, "Deleted" if deleting else "Deactivated; instances stopped")
+    return result
+
+
+def _keep_running(want: DesiredView, observed: list[ObservedInstance], now: datetime) -> Plan:
+    result = Plan()
     current = [i for i in observed if i.spec_hash == want.spec_hash]
     older = [i for i in observed if i.spec_hash != want.spec_hash]
     dead = [i for i in current if not i.alive]
-    live = [i for i in current if i.alive]
+    failing = [i for i in current if i.alive and i.failing]
+    live = [i for i in current if i.alive and not i.failing]
     healthy = [i for i in live if i.healthy]
-    result.current_instances = len(healthy)
 
     result.stops += [Stop(i.instance_id, f"instance exited: {i.exit_detail or 'no detail'}") for i in dead]
+    if dead and want.state in (S.CREATING, S.UPDATING) and want.crashes + len(dead) >= want.max_crashes:
+        # A server that crashes at start will crash again: say why now rather than at the deadline.
+        detail = dead[-1].exit_detail or "no detail"
+        result.stops += [Stop(i.instance_id, "start failed") for i in current if i.alive]
+        result.settle = Settle(S.FAILED, f"start: the instance exited before becoming healthy ({want.crashes + len(dead)} times): {detail}", failure=True)
+        return result
+    result.stops += [Stop(i.instance_id, f"instance failed its health checks: {i.exit_detail or 'unhealthy'}") for i in failing]
     if len(live) > want.replicas:
-        # Scale down: the unhealthy go first, then the most recent (end of the list).
+        # Scale down: the not-yet-healthy go first, then the most recently listed.
         surplus = sorted(live, key=lambda i: i.healthy)[: len(live) - want.replicas]
         result.stops += [Stop(i.instance_id, "scaled down") for i in surplus]
     elif len(live) < want.replicas:
-        result.starts = want.replicas - len(live)
+        if want.not_before is not None and now < want.not_before:
+            result.backing_off = True
+        else:
+            result.starts = want.replicas - len(live)
 
     if len(healthy) >= want.replicas:
-        # The new version is fully up: only now may the old one go (never fewer healthy instances).
+        # The desired version is fully up: only now may the old one go.
         result.stops += [Stop(i.instance_id, "replaced by the new configuration") for i in older]
         if want.state is not S.ACTIVE or want.has_open_work:
             result.settle = Settle(S.ACTIVE, f"Active; {want.replicas} of {want.replicas} instances healthy")
         return result
 
+    result.waiting_for_health = bool(live)
     waited = (now - want.phase_started_at).total_seconds()
     if want.state in (S.CREATING, S.UPDATING) and waited > want.deadline_s:
-        reasons = "; ".join(sorted({i.exit_detail for i in current if i.exit_detail})) or "no instance became healthy"
-        result.stops = [Stop(i.instance_id, "deadline passed") for i in current]
+        reasons = "; ".join(sorted({i.exit_detail for i in current if i.exit_detail})) or "no instance answered its health check with 200"
+        result.stops = [Stop(i.instance_id, "health deadline passed") for i in current]
         result.starts = 0
         result.settle = Settle(
             S.FAILED,
-            f"H2: {len(healthy)} of {want.replicas} instances healthy after {int(waited)} s "
+            f"health: H2 deadline passed: {len(healthy)} of {want.replicas} instances healthy after {int(waited)} s "
             f"(deadline {int(want.deadline_s)} s): {reasons}",
             failure=True,
         )
         return result
 
     if want.state is S.ACTIVE and not older:
-        result.settle = Settle(
-            S.NEEDS_ATTENTION, f"{len(healthy)} of {want.replicas} instances healthy; replacing the others"
-        )
+        result.settle = Settle(S.NEEDS_ATTENTION, f"{len(healthy)} of {want.replicas} instances healthy; replacing the others")
     return result

@@ -11,7 +11,11 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
+
+# Receives one human-readable progress line at a time ("pulling layer 3/7, 120 MB of 410 MB").
+Progress = Callable[[str], None]
 
 
 class InstanceState(str, enum.Enum):
@@ -80,6 +84,11 @@ class Runtime(Protocol):
     """Runs instances. Every method is async; blocking engines run in threads inside."""
 
     name: str
+
+    async def prepare(self, spec: InstanceSpec, progress: Progress) -> None:
+        """Make everything an instance of `spec` needs available (pull the image, check it
+        against the contract: C7 size, C9 curl). Called before the first start of a spec;
+        raises `dockyard.errors.DockyardError` whose message names the phase and the rule."""
 
     async def start(self, spec: InstanceSpec) -> Instance:
         """Create and start one instance; raises `dockyard.errors.DockyardError` on failure."""

@@ -10,7 +10,7 @@ import itertools
 from datetime import datetime, timezone
 
 from dockyard.errors import DockyardError
-from dockyard.runtimes.base import Health, Instance, InstanceSpec, InstanceState, ProbeResult
+from dockyard.runtimes.base import Health, Instance, InstanceSpec, InstanceState, ProbeResult, Progress
 
 
 class FakeRuntime:
@@ -24,6 +24,9 @@ class FakeRuntime:
         self.started = 0
         self.stopped = 0
         self._ids = itertools.count(1)
+
+    async def prepare(self, spec: InstanceSpec, progress: Progress) -> None:
+        progress(f"fake runtime: nothing to prepare for {spec.image or spec.kind}")
 
     async def start(self, spec: InstanceSpec) -> Instance:
         if self.fail_start:

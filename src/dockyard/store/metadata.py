@@ -81,6 +81,26 @@ class ArtifactRecord:
 
 
 @dataclass
+class InstanceRecord:
+    """The reconciler's last observation of one instance (see schema.instances)."""
+
+    instance_id: str
+    deployment_id: str
+    spec_hash: str
+    runtime: str
+    state: str
+    health: str
+    host: str
+    server_port: int | None
+    health_port: int | None
+    restarts: int = 0
+    time_started: str | None = None
+    time_last_probe: str | None = None
+    last_probe: str | None = None
+    detail: str | None = None
+
+
+@dataclass
 class Entry:
     kind: str
     message: str
@@ -420,6 +440,22 @@ class SqlMetadataStore:
             conn.execute(delete(t.provenances).where(t.provenances.c.model_id == model_id))
             conn.execute(insert(t.provenances).values(model_id=model_id, body=body, etag=etag))
         return etag
+
+    # --- instances ------------------------------------------------------------------------------
+
+    def replace_instances(self, deployment_id: str, observed: list[InstanceRecord]) -> None:
+        """Record what is running for one deployment now (the whole set, atomically)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.instances).where(t.instances.c.deployment_id == deployment_id))
+            if observed:
+                conn.execute(insert(t.instances), [i.__dict__ for i in observed])
+
+    def list_instances(self, deployment_id: str | None = None) -> list[InstanceRecord]:
+        query = select(t.instances).order_by(t.instances.c.time_started, t.instances.c.instance_id)
+        if deployment_id is not None:
+            query = query.where(t.instances.c.deployment_id == deployment_id)
+        with self.engine.connect() as conn:
+            return [InstanceRecord(**row._mapping) for row in conn.execute(query).all()]
 
     # --- retry tokens ------------------------------------------------------------------------------
 

@@ -104,6 +104,28 @@ work_request_entries = Table(
     Index("ix_wr_entries", "work_request_id", "kind", "seq"),
 )
 
+# What the reconciler last observed of each instance: the gateway routes from this table (so
+# gateways in other processes see the same routes) and the instances view reads it.
+instances = Table(
+    "instances",
+    metadata,
+    Column("instance_id", String(255), primary_key=True),
+    Column("deployment_id", String(255), nullable=False),
+    Column("spec_hash", String(64), nullable=False),
+    Column("runtime", String(32), nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("health", String(32), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("server_port", Integer),
+    Column("health_port", Integer),
+    Column("restarts", Integer, nullable=False, default=0),
+    Column("time_started", String(40)),
+    Column("time_last_probe", String(40)),
+    Column("last_probe", Text),  # status code or error of the last probe, in words
+    Column("detail", Text),
+    Index("ix_instances_deployment", "deployment_id"),
+)
+
 # opc-retry-token: (operation, token) -> the resource it created and a hash of the request.
 retry_tokens = Table(
     "retry_tokens",

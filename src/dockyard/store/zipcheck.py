@@ -7,7 +7,7 @@ make unpacking unsafe or ambiguous:
 
 * data that is not a zip, or a truncated or self-contradicting one;
 * names that could land outside the unpack directory (``..``, absolute paths, drive letters,
-  backslashes, NUL bytes) or that a filesystem cannot hold;
+  backslashes, NUL bytes) or that a filesystem cannot hold (too long, too deep);
 * symbolic links (all of them, see `_reject_link`), devices, fifos and sockets;
 * two entries that unpack to the same path, or a file where a directory must be;
 * encrypted entries and compression methods Python cannot read;
@@ -65,7 +65,7 @@ class EntryKind(enum.Enum):
 class ZipEntry:
     """One entry that is safe to unpack.
 
-    ``name`` is the entry's name as stored in the zip (for messages); ``path`` is the normalised
+    ``name`` is the entry's name as its author wrote it (for messages); ``path`` is the normalised
     relative POSIX path it unpacks to (``a/./b//c`` becomes ``a/b/c``; never empty, never
     leaves the tree). ``size`` is the declared uncompressed size, which the unpacker enforces.
     """
@@ -106,6 +106,10 @@ _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
 _MAX_COMPONENT_BYTES = 255  # NAME_MAX on Linux and macOS
 _MAX_PATH_BYTES = 3000  # PATH_MAX is 4096, and the cache directory's own path comes first
+# Deleting a tree (shutil.rmtree on Python 3.11) recurses once per level; real model trees are
+# a dozen levels deep, and a hostile 1500-level one must not make the cache undeletable.
+# Not a Limits field: it protects the service's own code, not a resource budget.
+_MAX_DEPTH = 256
 _MAX_LINK_TARGET_BYTES = 4 * KiB
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -297,6 +301,9 @@ def _normalise(name: str, shown: str) -> tuple[str, bool]:
         raise _bad(shown, "'..' path components are not allowed (they could write outside "
                           "the model directory)", "store paths relative to the artifact root")
     rel = "/".join(parts)
+    if len(parts) > _MAX_DEPTH:
+        raise _bad(shown, f"it is nested {len(parts)} levels deep, more than {_MAX_DEPTH}",
+                   "flatten the folder structure")
     if len(rel.encode()) > _MAX_PATH_BYTES or any(
             len(p.encode()) > _MAX_COMPONENT_BYTES for p in parts):
         raise _bad(shown, f"a name component is longer than {_MAX_COMPONENT_BYTES} bytes or "

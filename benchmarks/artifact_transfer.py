@@ -1,0 +1,94 @@
+"""Upload and download a large artifact through a live dockyard server; print throughput and
+the server's peak memory (VmHWM).
+
+    .venv/bin/python benchmarks/artifact_transfer.py --size-gb 2
+
+The artifact is streamed from a generator (no file of that size is needed on the client side)
+and the download is hashed as it arrives, so the figures measure the server, not the disk
+space of the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.server import LiveServer  # noqa: E402
+
+COMPARTMENT = "ocid1.compartment.oc1..aaaaaaaabenchmark"
+CHUNK = 1024 * 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gb", type=float, default=2.0)
+    args = parser.parse_args()
+    size = int(args.size_gb * 1024**3)
+    block = os.urandom(CHUNK)
+
+    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
+        server = LiveServer(Path(tmp) / "data").start()
+        try:
+            client = httpx.Client(base_url=server.url + "/20190101", timeout=600)
+            project = client.post("/projects", json={"compartmentId": COMPARTMENT}).json()
+            model = client.post("/models", json={"compartmentId": COMPARTMENT, "projectId": project["id"]}).json()
+            assert server.process is not None
+            idle_rss = peak_rss_mb(server.process.pid)
+
+            sent = hashlib.sha256()
+
+            def body() -> object:
+                remaining = size
+                while remaining > 0:
+                    piece = block[: min(CHUNK, remaining)]
+                    sent.update(piece)
+                    remaining -= len(piece)
+                    yield piece
+
+            started = time.perf_counter()
+            response = client.post(f"/models/{model['id']}/artifact", content=body(), headers={"content-length": str(size)})
+            upload_s = time.perf_counter() - started
+            response.raise_for_status()
+            upload_rss = peak_rss_mb(server.process.pid)
+
+            received = hashlib.sha256()
+            count = 0
+            started = time.perf_counter()
+            with client.stream("GET", f"/models/{model['id']}/artifact/content") as download:
+                download.raise_for_status()
+                for chunk in download.iter_raw(CHUNK):
+                    received.update(chunk)
+                    count += len(chunk)
+            download_s = time.perf_counter() - started
+            peak = peak_rss_mb(server.process.pid)
+
+            assert count == size and received.hexdigest() == sent.hexdigest(), "download differs from upload"
+            mb = size / 1024**2
+            print(f"artifact size        {mb:10.0f} MB")
+            print(f"upload               {upload_s:10.1f} s   {mb / upload_s:8.0f} MB/s")
+            print(f"download             {download_s:10.1f} s   {mb / download_s:8.0f} MB/s")
+            print(f"server RSS idle      {idle_rss:10.0f} MB")
+            print(f"server peak RSS      {upload_rss:10.0f} MB after upload, {peak:.0f} MB after download")
+            print(f"identical            {received.hexdigest() == sent.hexdigest()}")
+            print(f"peak under 200 MB    {peak < 200}")
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
