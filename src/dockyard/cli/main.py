@@ -41,12 +41,14 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir, "runtime": runtime}.items() if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
     on_ready = None
     if example:
         from dockyard.example import deploy_example
 
         async def on_ready(server: object) -> None:
-            await deploy_example(server.services, lambda line: console.print(f"[green]{line}[/]"))  # type: ignore[attr-defined]
+            # plain print: a wrapped curl line could not be pasted
+            await deploy_example(server.services, lambda line: print(line, flush=True))  # type: ignore[attr-defined]
 
     application = create_app(settings, on_ready=on_ready)
     console.print(
