@@ -7,7 +7,13 @@ reconciler runs in the test's event loop and deployments really go CREATING -> A
 The `Api` wrapper is transport-neutral: tests that need a real process (concurrency, restart)
 wrap an `httpx.AsyncClient` pointed at a `LiveServer` in the same class.
 
-Test modules import the fixtures they use from here (``from tests.api.inprocess import api``).
+A test module uses the fixtures by naming this module as a plugin, and runs its tests in the
+module-scoped event loop of the shared app::
+
+    pytest.register_assert_rewrite("tests.api.inprocess")  # before importing it
+    from tests.api.inprocess import Api, assert_error
+    pytest_plugins = ["tests.api.inprocess"]
+    pytestmark = pytest.mark.asyncio(loop_scope="module")
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 from fastapi import FastAPI
 
 from dockyard.server import create_app
@@ -30,7 +37,6 @@ from tests.support.oci_config import COMPARTMENT
 
 API = "/20190101"
 DIGEST = "sha256:a9c8468cb671929aec7ad947b9dccd6fe8e6d77f7bcecfe2e10e1c935a88c2a5"
-OTHER_DIGEST = "sha256:" + "b" * 64
 IMAGE = "127.0.0.1:5001/testtenancy/md_byoc_ref_iris_data:1.0.1"
 SHAPE = "VM.Standard.E4.Flex"
 ENTRYPOINT = ["python", "-m", "uvicorn", "a/model/server:app", "--port", "5000", "--host", "0.0.0.0"]
@@ -53,7 +59,8 @@ OCID_TYPES = {
 # messages phrase one ("send null or omit the field", "choose another port", "check the id" ...).
 _DIRECTIVE = re.compile(
     r"\b(send|use|choose|rename|remove|upload|pass|check|create|add|move|put|wait|retry|get|delete|"
-    r"activate|deactivate|ask|give|omit|should|required|must|point|free|split|shorten|set)\b",
+    r"activate|deactivate|ask|give|omit|should|required|must|need|needs|point|free|split|shorten|set)\b"
+    r"|\bone of\b",
     re.IGNORECASE,
 )
 
@@ -127,6 +134,14 @@ def deployment_body(
 # --- assertions --------------------------------------------------------------------------------
 
 
+def says_what_to_do(message: str, refused_verb: str | None = None) -> bool:
+    """True when the message carries an instruction. The name of the refused operation itself
+    ("activate is not possible") is not one, so it is left out of the search."""
+    if refused_verb:
+        message = re.sub(rf"\b{refused_verb}\b", "", message, flags=re.IGNORECASE)
+    return bool(_DIRECTIVE.search(message))
+
+
 def assert_error(response: httpx.Response, status: int, code: str | tuple[str, ...], *fragments: str) -> str:
     """An OCI error reply: status, `code`, a message that holds every fragment and an instruction.
 
@@ -140,7 +155,7 @@ def assert_error(response: httpx.Response, status: int, code: str | tuple[str, .
     message = body["message"]
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} is not in the message: {message!r}"
-    assert _DIRECTIVE.search(message), f"the message does not say what to do: {message!r}"
+    assert says_what_to_do(message), f"the message does not say what to do: {message!r}"
     assert response.headers.get("opc-request-id"), "every reply carries opc-request-id"
     return str(message)
 
@@ -155,19 +170,26 @@ class Api:
         self.client = client
         self.app = app
         self.data_dir = data_dir
+        self.created: list[str] = []  # deployments created through this wrapper
 
     # raw verbs
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        response = await self.client.request(method, path, **kw)
+        if method == "POST" and path == "/modelDeployments" and response.status_code == 200:
+            self.created.append(response.json()["id"])
+        return response
+
     async def get(self, path: str, **kw: Any) -> httpx.Response:
-        return await self.client.get(path, **kw)
+        return await self.request("GET", path, **kw)
 
     async def post(self, path: str, **kw: Any) -> httpx.Response:
-        return await self.client.post(path, **kw)
+        return await self.request("POST", path, **kw)
 
     async def put(self, path: str, **kw: Any) -> httpx.Response:
-        return await self.client.put(path, **kw)
+        return await self.request("PUT", path, **kw)
 
     async def delete(self, path: str, **kw: Any) -> httpx.Response:
-        return await self.client.delete(path, **kw)
+        return await self.request("DELETE", path, **kw)
 
     # catalog
     async def create_project(self, name: str = "p", **extra: Any) -> dict[str, Any]:
@@ -200,11 +222,16 @@ class Api:
 
     # deployments
     async def create_deployment(self, body: dict[str, Any], wait: bool = True) -> tuple[dict[str, Any], str]:
+        """Create; with `wait`, until the deployment is ACTIVE with all its instances counted.
+
+        Setup waits on the deployment, not on its work request, so that a test about something
+        else does not fail when the work request misbehaves (test_concurrency_and_tokens.py
+        checks work requests on their own)."""
         response = await self.post("/modelDeployments", json=body)
         assert response.status_code == 200, response.text
         wr_id = response.headers["opc-work-request-id"]
         if wait:
-            assert (await self.wait(wr_id))["status"] == "SUCCEEDED"
+            await self.wait_settled(response.json()["id"])
         return response.json(), wr_id
 
     async def deployment(self, deployment_id: str) -> tuple[dict[str, Any], str]:
@@ -222,6 +249,7 @@ class Api:
             wr = response.json()
             if wr["status"] in ("SUCCEEDED", "FAILED", "CANCELED"):
                 return wr  # type: ignore[no-any-return]
+            assert wr["timeFinished"] is None, f"a finished work request (timeFinished set) reports {wr['status']}: {wr}"
             assert loop.time() < deadline, f"work request still {wr['status']} after {timeout_s} s: {wr}"
             await asyncio.sleep(0.05)
 
@@ -252,17 +280,30 @@ class Api:
             params["page"] = token
         raise AssertionError(f"{path} never reached its last page")
 
-    async def snapshot(self) -> dict[str, list[tuple[str, str]]]:
-        """Every stored project, model, deployment and work request, with its state."""
+    async def snapshot(self) -> dict[str, list[str]]:
+        """The ids of every stored project, model, deployment and work request."""
         result = {}
-        for path in ("/projects", "/models", "/modelDeployments"):
-            result[path] = sorted((r["id"], r["lifecycleState"]) for r in await self.list_all(path))
-        result["/workRequests"] = sorted((r["id"], r["status"]) for r in await self.list_all("/workRequests"))
+        for path in ("/projects", "/models", "/modelDeployments", "/workRequests"):
+            result[path] = sorted(r["id"] for r in await self.list_all(path))
         return result
 
-    def runtime(self) -> Any:
-        """The in-process FakeRuntime (None for a live server)."""
-        return self.app.state.server.runtime if self.app is not None else None
+    async def wait_settled(self, deployment_id: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        """ACTIVE with every instance counted: the reconciler has nothing left to write."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            body, _ = await self.deployment(deployment_id)
+            wanted = body["modelDeploymentConfigurationDetails"]["modelConfigurationDetails"]["scalingPolicy"]["instanceCount"]
+            if body["lifecycleState"] == "ACTIVE" and body["modelDeploymentSystemData"]["currentInstanceCount"] == wanted:
+                return body
+            assert loop.time() < deadline, f"not settled after {timeout_s} s: {body['lifecycleState']}, {body['modelDeploymentSystemData']}"
+            await asyncio.sleep(0.05)
+
+    def specs(self, deployment_id: str) -> list[Any]:
+        """What the in-process FakeRuntime runs for one deployment (InstanceSpec of each instance)."""
+        assert self.app is not None, "only for the in-process app"
+        runtime = self.app.state.server.runtime
+        return [spec for spec in runtime.specs.values() if spec.deployment_id == deployment_id]
 
 
 class Catalog:
@@ -279,35 +320,60 @@ class Catalog:
 
 
 # --- fixtures ------------------------------------------------------------------------------------
+#
+# One app per test module (creating one costs a database and a first-request warm-up); every
+# test makes the resources it changes, and compares lists before and after rather than with
+# fixed counts, so tests sharing the app do not see each other (see the module docstring for
+# how a test module takes these fixtures).
 
 
 def inprocess_settings(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, runtime="fake", reconcile_interval_s=0.2)
+    # verify_images=False: the images named by these tests live in no registry (nothing runs).
+    return Settings(data_dir=data_dir, runtime="fake", reconcile_interval_s=0.2, verify_images=False)
 
 
-@pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
-    application = create_app(inprocess_settings(tmp_path / "data"))
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI]:
+    data_dir = tmp_path_factory.mktemp("dockyard") / "data"
+    application = create_app(inprocess_settings(data_dir))
     async with application.router.lifespan_context(application):
         yield application
 
 
-@pytest.fixture
-async def api(app: FastAPI, tmp_path: Path) -> AsyncIterator[Api]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_api(app: FastAPI) -> AsyncIterator[Api]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=f"http://dockyard.test{API}", timeout=30) as client:
-        yield Api(client, app, tmp_path / "data")
+        yield Api(client, app, app.state.server.settings.data_dir)
 
 
-@pytest.fixture
-async def catalog(api: Api) -> Catalog:
-    project = await api.create_project("catalog")
-    model = await api.create_model(project["id"], "byoc-model")
+@pytest_asyncio.fixture(loop_scope="module")
+async def api(module_api: Api) -> AsyncIterator[Api]:
+    """The module's client; the deployments a test creates are deleted after it, so the
+    reconciler of the shared app only ever tends the few that a test is looking at."""
+    mine = Api(module_api.client, module_api.app, module_api.data_dir)
+    yield mine
+    for deployment_id in mine.created:
+        await mine.delete(f"/modelDeployments/{deployment_id}")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def catalog(module_api: Api) -> Catalog:
+    """A project and a model with a BYOC artifact, shared by the module: do not change them."""
+    project = await module_api.create_project("catalog")
+    model = await module_api.create_model(project["id"], "byoc-model")
     return Catalog(project, model)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def active(api: Api, catalog: Catalog) -> dict[str, Any]:
-    """An ACTIVE BYOC deployment holding the U2 worked example's stored configuration."""
+    """A new ACTIVE BYOC deployment holding the U2 worked example's stored configuration."""
     body, _ = await api.create_deployment(catalog.deployment_body())
-    return await api.wait_state(body["id"], "ACTIVE")
+    return (await api.deployment(body["id"]))[0]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def standing(module_api: Api, catalog: Catalog) -> dict[str, Any]:
+    """One ACTIVE BYOC deployment shared by the module, for requests that must NOT change it."""
+    body, _ = await module_api.create_deployment(catalog.deployment_body(name="standing"))
+    return (await module_api.deployment(body["id"]))[0]

@@ -26,13 +26,19 @@ async def read_json(request: Request, model: type[T]) -> tuple[T, bytes]:
     limit = services(request).settings.max_json_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is {declared} bytes; JSON bodies are limited to {limit} bytes")
+        raise PayloadTooLarge(
+            f"the request body is {declared} bytes; JSON bodies are limited to {limit} bytes "
+            "(DOCKYARD_MAX_JSON_BODY_BYTES): send a smaller body; large content belongs in the model artifact"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"the request body is over {limit} bytes, the limit for JSON bodies")
+            raise PayloadTooLarge(
+                f"the request body is over {limit} bytes, the limit for JSON bodies (DOCKYARD_MAX_JSON_BODY_BYTES): "
+                "send a smaller body; large content belongs in the model artifact"
+            )
         chunks.append(chunk)
     raw = b"".join(chunks)
     return parse_body(model, raw), raw

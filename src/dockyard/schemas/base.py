@@ -26,16 +26,39 @@ class Wire(BaseModel):
         return self.model_dump(by_alias=True, exclude_unset=True, exclude_none=not keep_null)
 
 
+# Discriminator fields and the values they accept: pydantic puts the chosen value into an
+# error's location, which users never wrote, and a missing discriminator's error should list
+# what may be sent.
+DISCRIMINATORS: dict[str, tuple[str, ...]] = {
+    "deploymentType": ("SINGLE_MODEL", "MODEL_GROUP", "SINGLE_MODEL_FLEX"),
+    "environmentConfigurationType": ("DEFAULT", "OCIR_CONTAINER"),
+    "policyType": ("FIXED_SIZE", "AUTOSCALING"),
+}
+_TAG_VALUES = frozenset(v for values in DISCRIMINATORS.values() for v in values)
+# Maps whose keys are user data: a key there is never a tag value to hide.
+_FREE_MAPS = frozenset({"environmentVariables", "freeformTags", "definedTags"})
+
+
 def _location(loc: tuple[Any, ...]) -> str:
+    """The JSON path of an error, as the client wrote it."""
     parts: list[str] = []
+    previous: Any = None
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         elif item in ("function-after", "tagged-union") or str(item).startswith(("function-", "union[")):
             continue
+        elif item in _TAG_VALUES and previous not in _FREE_MAPS:
+            continue
         else:
             parts.append(("." if parts else "") + str(item))
+        previous = item
     return "".join(parts) or "body"
+
+
+def _discriminator(ctx: dict[str, Any]) -> str:
+    """pydantic names a discriminator as "'python_name' | 'jsonName'"; keep the JSON name."""
+    return str(ctx.get("discriminator", "")).split("|")[-1].strip(" '")
 
 
 def parse_body(model: type[T], raw: bytes) -> T:
@@ -61,12 +84,13 @@ def parse_body(model: type[T], raw: bytes) -> T:
             missing = False
             if err["type"] == "union_tag_invalid":
                 ctx = err.get("ctx", {})
-                problems.append(
-                    f"{where}.{ctx.get('discriminator', '').strip(chr(39))} {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
-                )
+                name = _discriminator(ctx)
+                accepted = list(DISCRIMINATORS.get(name, ())) or ctx.get("expected_tags")
+                problems.append(f"{where}.{name} {ctx.get('tag')!r} is not known; send one of {accepted}")
             elif err["type"] == "union_tag_not_found":
-                ctx = err.get("ctx", {})
-                problems.append(f"{where} needs its type field {ctx.get('discriminator')}")
+                name = _discriminator(err.get("ctx", {}))
+                accepted = list(DISCRIMINATORS.get(name, ()))
+                problems.append(f"{where} needs its type field {name}; send one of {accepted}")
             else:
                 value = err.get("input")
                 shown = json.dumps(value)[:80] if not isinstance(value, (dict, list)) else type(value).__name__

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from dockyard.schemas.base import Wire
 from dockyard.schemas.common import CategoryLogDetails, Named
@@ -38,12 +38,12 @@ class UpdateInstanceConfiguration(InstanceConfiguration):
 
 class FixedSizeScalingPolicy(Wire):
     policy_type: Literal["FIXED_SIZE"]
-    instance_count: int = Field(ge=1, le=64)
+    instance_count: StrictInt = Field(ge=1, le=64)
 
 
 class AutoScalingPolicy(Wire):
     policy_type: Literal["AUTOSCALING"]
-    cool_down_in_seconds: int | None = Field(None, ge=0)
+    cool_down_in_seconds: StrictInt | None = Field(None, ge=0)
     is_enabled: bool | None = None
     auto_scaling_policies: list[dict[str, Any]] = Field(min_length=1)
 
@@ -56,8 +56,8 @@ class ModelConfigurationDetails(Wire):
     model_artifact_signature_id: str | None = None
     instance_configuration: InstanceConfiguration
     scaling_policy: ScalingPolicy | None = None
-    bandwidth_mbps: int | None = Field(None, ge=1)
-    maximum_bandwidth_mbps: int | None = Field(None, ge=1)
+    bandwidth_mbps: StrictInt | None = Field(None, ge=1)
+    maximum_bandwidth_mbps: StrictInt | None = Field(None, ge=1)
 
 
 class UpdateModelConfigurationDetails(ModelConfigurationDetails):

@@ -190,12 +190,18 @@ class DeploymentService(ResourceService):
         return self._set_desired(deployment_id, Operation.DEACTIVATE, Desired.INACTIVE, if_match, "Deactivation accepted; stopping instances")
 
     def delete(self, deployment_id: str, if_match: str | None) -> str:
+        # Deletes carry no retry token and the SDK retries them: a repeated (or concurrent) delete
+        # is answered with the work request of the first one.
         record = self.get_record(deployment_id)
         if record.state in (DeploymentState.DELETING.value, DeploymentState.DELETED.value):
-            # Deletes carry no retry token and the SDK retries them: answer a repeated delete with
-            # the work request of the first one.
             return str(record.internal.get("deleteWorkRequestId") or record.internal.get("workRequestId"))
-        return self._set_desired(deployment_id, Operation.DELETE, Desired.DELETED, if_match, "Deletion accepted; stopping instances")
+        try:
+            return self._set_desired(deployment_id, Operation.DELETE, Desired.DELETED, if_match, "Deletion accepted; stopping instances")
+        except IncorrectState:
+            record = self.get_record(deployment_id)
+            if record.internal.get("deleteWorkRequestId"):
+                return str(record.internal["deleteWorkRequestId"])
+            raise
 
     def change_compartment(self, deployment_id: str, details: ChangeCompartmentDetails, if_match: str | None) -> None:
         check_compartment(details.compartment_id)
@@ -271,7 +277,14 @@ class DeploymentService(ResourceService):
                 f"model deployment {record.id} is {state.value}; it cannot {verb} until that finishes. "
                 "Wait for its work request, then retry"
             )
-        raise Conflict(f"model deployment {record.id} is {state.value}; {verb} is not possible in that state")
+        hints = {
+            DeploymentState.DELETED: "create a new deployment instead",
+            DeploymentState.ACTIVE: "it is already running; use UpdateModelDeployment to change it",
+            DeploymentState.NEEDS_ATTENTION: "it is already running; use UpdateModelDeployment to change it",
+            DeploymentState.INACTIVE: "activate it first (ActivateModelDeployment)",
+            DeploymentState.FAILED: "fix its configuration with UpdateModelDeployment, then activate it, or delete it",
+        }
+        raise Conflict(f"model deployment {record.id} is {state.value}; {verb} is not possible in that state: {hints.get(state, '')}")
 
     def _check_model(self, config: dict[str, Any]) -> str:
         """The model must exist, be ACTIVE and have an artifact (A1); DEFAULT needs score.py and

@@ -13,7 +13,7 @@ from dockyard.errors import InvalidatedRetryToken, InvalidParameter, NotAuthoriz
 from dockyard.service.context import RetryToken
 from dockyard.service.paging import check_limit, check_sort, decode_page, next_page
 from dockyard.settings import Settings
-from dockyard.store.metadata import Record, SqlMetadataStore
+from dockyard.store.metadata import Record, RetryTokenTaken, SqlMetadataStore
 
 
 @dataclass
@@ -73,20 +73,33 @@ class ResourceService:
         token with a different request is refused (409), since the client is confused.
         """
         if token is not None:
-            seen = self.store.get_retry_token(operation, token.token)
-            if seen is not None:
-                if seen.request_hash != token.request_hash:
-                    raise InvalidatedRetryToken(
-                        f"opc-retry-token {token.token!r} was already used for a different request; "
-                        "use a new token for a new request"
-                    )
-                record = self.store.require(seen.resource_id, self.kind, self.label)
-                return record, seen.work_request_id
-        with self.store.transaction() as tx:
-            record, work_request_id = create(tx)
-            if token is not None:
-                self.store.put_retry_token(operation, token.token, token.request_hash, record.id, work_request_id, tx)
+            earlier = self._replay(operation, token)
+            if earlier is not None:
+                return earlier
+        try:
+            with self.store.transaction() as tx:
+                record, work_request_id = create(tx)
+                if token is not None:
+                    self.store.put_retry_token(operation, token.token, token.request_hash, record.id, work_request_id, tx)
+        except RetryTokenTaken:
+            # An identical request with the same token won the race: answer what it created.
+            assert token is not None
+            earlier = self._replay(operation, token)
+            if earlier is None:
+                raise
+            return earlier
         return record, work_request_id
+
+    def _replay(self, operation: str, token: RetryToken) -> tuple[Record, str | None] | None:
+        seen = self.store.get_retry_token(operation, token.token)
+        if seen is None:
+            return None
+        if seen.request_hash != token.request_hash:
+            raise InvalidatedRetryToken(
+                f"opc-retry-token {token.token!r} was already used for a different request; "
+                "use a new token for a new request"
+            )
+        return self.store.require(seen.resource_id, self.kind, self.label), seen.work_request_id
 
     def list_records(
         self,

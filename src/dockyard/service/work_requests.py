@@ -7,6 +7,7 @@ always a number, and a failure writes both an error and a final log line with th
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from sqlalchemy import Connection
@@ -14,6 +15,7 @@ from sqlalchemy import Connection
 from dockyard.domain import ids
 from dockyard.domain.states import Operation, WorkRequestStatus
 from dockyard.errors import NotAuthorizedOrNotFound
+from dockyard.service.resources import check_id
 from dockyard.settings import Settings
 from dockyard.store.metadata import Entry, SqlMetadataStore, WorkRequestRecord, now_iso
 
@@ -72,23 +74,27 @@ class WorkRequests:
         return wr
 
     def get(self, work_request_id: str) -> WorkRequestRecord:
+        check_id(work_request_id, ids.WORK_REQUEST, "work request")
         wr = self.store.get_work_request(work_request_id)
         if wr is None:
             raise NotAuthorizedOrNotFound(f"work request {work_request_id} was not found; check the id")
         return wr
 
     def log(self, work_request_id: str, message: str, percent: float | None = None, tx: Connection | None = None) -> None:
-        now = now_iso()
-        self.store.add_entry(work_request_id, Entry("log", message, now), tx)
-        wr = self.store.get_work_request(work_request_id, tx)
-        if wr is None or WorkRequestStatus(wr.status).finished:
-            return
-        values: dict[str, Any] = {"status": WorkRequestStatus.IN_PROGRESS.value}
-        if wr.time_started is None:
-            values["time_started"] = now
-        if percent is not None:
-            values["percent_complete"] = max(wr.percent_complete, min(percent, 99.0))
-        self.store.update_work_request(work_request_id, tx, **values)
+        """Add a progress line, unless the work request has finished: its last line is the
+        outcome clients show, and a late progress line must not replace it."""
+        with self.store.transaction() if tx is None else contextlib.nullcontext(tx) as conn:
+            wr = self.store.get_work_request(work_request_id, conn)
+            if wr is None or WorkRequestStatus(wr.status).finished:
+                return
+            now = now_iso()
+            self.store.add_entry(work_request_id, Entry("log", message, now), conn)
+            values: dict[str, Any] = {"status": WorkRequestStatus.IN_PROGRESS.value}
+            if wr.time_started is None:
+                values["time_started"] = now
+            if percent is not None:
+                values["percent_complete"] = max(wr.percent_complete, min(percent, 99.0))
+            self.store.update_work_request_if_open(work_request_id, conn, **values)
 
     def finish(
         self,
@@ -98,6 +104,10 @@ class WorkRequests:
         error_code: str = "DeploymentFailed",
         tx: Connection | None = None,
     ) -> None:
+        with self.store.transaction() if tx is None else contextlib.nullcontext(tx) as conn:
+            self._finish(work_request_id, succeeded, message, error_code, conn)
+
+    def _finish(self, work_request_id: str, succeeded: bool, message: str, error_code: str, tx: Connection) -> None:
         wr = self.store.get_work_request(work_request_id, tx)
         if wr is None or WorkRequestStatus(wr.status).finished:
             return

@@ -27,6 +27,10 @@ from dockyard.errors import Conflict, DockyardError, NoEtagMatch, NotAuthorizedO
 from dockyard.store import schema as t
 
 
+class RetryTokenTaken(Conflict):
+    """A concurrent request stored the same retry token first."""
+
+
 def now_iso(moment: datetime | None = None) -> str:
     """UTC time as RFC 3339 with microseconds and `Z`: fixed width, so it sorts as text."""
     moment = moment or datetime.now(timezone.utc)
@@ -171,11 +175,14 @@ def _work_request(row: Any) -> WorkRequestRecord:
 class SqlMetadataStore:
     def __init__(self, url: str) -> None:
         self.url = url
+        # Reads and writes use separate engines on SQLite: writes begin IMMEDIATE (one writer at a
+        # time, waiting politely), reads stay deferred so they never wait for a writer (WAL).
         self.engine: Engine = self._make_engine(url)
+        self.writer: Engine = self._make_engine(url, immediate=True) if url.startswith("sqlite") else self.engine
         self.migrate()
 
     @staticmethod
-    def _make_engine(url: str) -> Engine:
+    def _make_engine(url: str, immediate: bool = False) -> Engine:
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
@@ -190,13 +197,21 @@ class SqlMetadataStore:
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
+                if immediate:
+                    dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+
+            if immediate:
+
+                @event.listens_for(engine, "begin")
+                def _begin(conn: Any) -> None:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
             return engine
         return create_engine(url, pool_pre_ping=True)
 
     def migrate(self) -> None:
         t.metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             version = conn.execute(select(t.schema_info.c.version)).scalar()
             if version is None:
                 conn.execute(insert(t.schema_info).values(id=1, version=t.SCHEMA_VERSION))
@@ -208,24 +223,35 @@ class SqlMetadataStore:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.writer.dispose()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        """One write transaction; on SQLite it takes the write lock at once (BEGIN IMMEDIATE),
+        so a read-then-write inside it can never fail on a snapshot another writer moved."""
+        with self.writer.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
-    def _conn(self, tx: Connection | None) -> Iterator[Connection]:
+    def _write(self, tx: Connection | None) -> Iterator[Connection]:
         if tx is not None:
             yield tx
         else:
-            with self.engine.begin() as conn:
+            with self.writer.begin() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _read(self, tx: Connection | None) -> Iterator[Connection]:
+        if tx is not None:
+            yield tx
+        else:
+            with self.engine.connect() as conn:
                 yield conn
 
     # --- resources -----------------------------------------------------------------------------
 
     def insert(self, record: Record, tx: Connection | None = None) -> Record:
-        with self._conn(tx) as conn:
+        with self._write(tx) as conn:
             conn.execute(insert(t.resources).values(**_columns(record)))
         return record
 
@@ -233,7 +259,7 @@ class SqlMetadataStore:
         query = select(t.resources).where(t.resources.c.id == resource_id)
         if kind:
             query = query.where(t.resources.c.kind == kind)
-        with self._conn(tx) as conn:
+        with self._read(tx) as conn:
             row = conn.execute(query).first()
         return _record(row) if row else None
 
@@ -290,7 +316,7 @@ class SqlMetadataStore:
     def swap(self, record: Record, expected_etag: str, tx: Connection | None = None) -> Record:
         """Write `record` if the stored etag is still `expected_etag`; a new etag is issued."""
         new = replace(record, etag=new_etag())
-        with self._conn(tx) as conn:
+        with self._write(tx) as conn:
             result = conn.execute(
                 update(t.resources)
                 .where(and_(t.resources.c.id == record.id, t.resources.c.etag == expected_etag))
@@ -336,18 +362,27 @@ class SqlMetadataStore:
     # --- work requests ---------------------------------------------------------------------------
 
     def insert_work_request(self, wr: WorkRequestRecord, tx: Connection | None = None) -> WorkRequestRecord:
-        with self._conn(tx) as conn:
+        with self._write(tx) as conn:
             conn.execute(insert(t.work_requests).values(**wr.__dict__))
         return wr
 
     def get_work_request(self, work_request_id: str, tx: Connection | None = None) -> WorkRequestRecord | None:
-        with self._conn(tx) as conn:
+        with self._read(tx) as conn:
             row = conn.execute(select(t.work_requests).where(t.work_requests.c.id == work_request_id)).first()
         return _work_request(row) if row else None
 
     def update_work_request(self, work_request_id: str, tx: Connection | None = None, **values: Any) -> None:
-        with self._conn(tx) as conn:
+        with self._write(tx) as conn:
             conn.execute(update(t.work_requests).where(t.work_requests.c.id == work_request_id).values(**values))
+
+    def update_work_request_if_open(self, work_request_id: str, tx: Connection, **values: Any) -> None:
+        """Update only while the work request is not finished (progress never reopens one)."""
+        c = t.work_requests.c
+        tx.execute(
+            update(t.work_requests)
+            .where(and_(c.id == work_request_id, c.status.in_(("ACCEPTED", "IN_PROGRESS", "CANCELING"))))
+            .values(**values)
+        )
 
     def list_work_requests(self, filters: dict[str, Any], sort_by: str, descending: bool, offset: int, limit: int) -> Page:
         columns = {
@@ -383,7 +418,7 @@ class SqlMetadataStore:
             return [_work_request(r) for r in conn.execute(query).all()]
 
     def add_entry(self, work_request_id: str, entry: Entry, tx: Connection | None = None) -> None:
-        with self._conn(tx) as conn:
+        with self._write(tx) as conn:
             conn.execute(
                 insert(t.work_request_entries).values(
                     work_request_id=work_request_id, kind=entry.kind, code=entry.code, message=entry.message, timestamp=entry.timestamp
@@ -412,7 +447,7 @@ class SqlMetadataStore:
         return ArtifactRecord(**row._mapping) if row else None
 
     def put_artifact(self, artifact: ArtifactRecord) -> None:
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(delete(t.artifacts).where(t.artifacts.c.model_id == artifact.model_id))
             conn.execute(insert(t.artifacts).values(**artifact.__dict__))
 
@@ -436,7 +471,7 @@ class SqlMetadataStore:
 
     def put_provenance(self, model_id: str, body: dict[str, Any]) -> str:
         etag = new_etag()
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(delete(t.provenances).where(t.provenances.c.model_id == model_id))
             conn.execute(insert(t.provenances).values(model_id=model_id, body=body, etag=etag))
         return etag
@@ -445,7 +480,7 @@ class SqlMetadataStore:
 
     def replace_instances(self, deployment_id: str, observed: list[InstanceRecord]) -> None:
         """Record what is running for one deployment now (the whole set, atomically)."""
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(delete(t.instances).where(t.instances.c.deployment_id == deployment_id))
             if observed:
                 conn.execute(insert(t.instances), [i.__dict__ for i in observed])
@@ -460,7 +495,7 @@ class SqlMetadataStore:
     # --- retry tokens ------------------------------------------------------------------------------
 
     def get_retry_token(self, operation: str, token: str, tx: Connection | None = None) -> Any:
-        with self._conn(tx) as conn:
+        with self._read(tx) as conn:
             return conn.execute(
                 select(t.retry_tokens).where(and_(t.retry_tokens.c.operation == operation, t.retry_tokens.c.token == token))
             ).first()
@@ -479,9 +514,9 @@ class SqlMetadataStore:
                     time_created=now_iso(),
                 )
             )
-        except IntegrityError as exc:  # two identical requests raced: the other one won
-            raise Conflict(f"opc-retry-token {token} is being used by a concurrent request; retry") from exc
+        except IntegrityError as exc:  # two requests with this token raced: the other one won
+            raise RetryTokenTaken(f"opc-retry-token {token} was just used by a concurrent request") from exc
 
     def prune_retry_tokens(self, older_than_iso: str) -> int:
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             return conn.execute(delete(t.retry_tokens).where(t.retry_tokens.c.time_created < older_than_iso)).rowcount
