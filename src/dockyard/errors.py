@@ -96,6 +96,10 @@ class InternalServerError(DockyardError):
     code, status = "InternalServerError", 500
 
 
+class BadGateway(DockyardError):
+    code, status = "BadGateway", 502
+
+
 class ServiceUnavailable(DockyardError):
     code, status = "ServiceUnavailable", 503
 

@@ -12,9 +12,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from dockyard.api.app import create_api
+from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
 from dockyard.reconciler.loop import Reconciler
 from dockyard.runtimes.base import Runtime
 from dockyard.service.bundle import Services
@@ -78,8 +81,28 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
     return Server(settings, services, runtime, reconciler)
 
 
+def gateway_for(settings: Settings, store: SqlMetadataStore) -> Gateway:
+    return create_gateway(
+        store,
+        options=GatewayOptions(
+            max_body_bytes=settings.gateway_max_body_bytes,
+            request_timeout_s=settings.gateway_request_timeout_s,
+            inflight_per_instance=settings.gateway_inflight_per_instance,
+            route_cache_ttl_s=settings.gateway_route_cache_ttl_s,
+            ejection_s=settings.gateway_ejection_s,
+            connect_timeout_s=settings.gateway_connect_timeout_s,
+        ),
+    )
+
+
+def create_gateway_app(settings: Settings) -> Gateway:
+    """`dockyard serve --role gateway`: the data plane alone, routing from the shared store."""
+    return gateway_for(settings, SqlMetadataStore(settings.resolved_database_url))
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None, on_ready: Callable[[Server], Awaitable[None]] | None = None) -> FastAPI:
-    """The ASGI app; `on_ready` runs in the background once the reconciler is up."""
+    """The control-plane ASGI app with the reconciler in its lifespan; `on_ready` runs in the
+    background once the reconciler is up. `serve_all` puts the gateway beside it."""
     server = build(settings, runtime)
     app = create_api(server.services)
     app.state.server = server
@@ -99,4 +122,20 @@ def create_app(settings: Settings, runtime: Runtime | None = None, on_ready: Cal
             server.services.store.close()
 
     app.router.lifespan_context = lifespan
+    return app
+
+
+def serve_all(control_plane: FastAPI, settings: Settings) -> Any:
+    """One ASGI app for one port: /20190101/... to the control plane, /metrics to the gateway's
+    metrics, every other path (`/<deploymentId>/predict` ...) to the gateway."""
+    gateway = gateway_for(settings, control_plane.state.server.services.store)
+    metrics = gateway_metrics_app(gateway)
+    both = beside(control_plane, gateway)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/metrics":
+            await metrics(scope, receive, send)
+        else:
+            await both(scope, receive, send)
+
     return app

@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     def plain_http_registry_hosts(self) -> list[str]:
         return self._hosts(self.plain_http_registries)
 
+    # --- the gateway (data plane) ---------------------------------------------------------------
+    gateway_max_body_bytes: int = 10 * 1024 * 1024
+    gateway_request_timeout_s: float = 60.0
+    gateway_inflight_per_instance: int = 32
+    gateway_route_cache_ttl_s: float = 0.5
+    gateway_ejection_s: float = 10.0
+    gateway_connect_timeout_s: float = 5.0
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'dockyard.db'}"

@@ -37,9 +37,13 @@ class GatewayOptions:
 
     # --- the shared upstream connection pool ----------------------------------------------------
     connect_timeout_s: float = 5.0
+    # Open connections to one instance at most (requests beyond wait for one, up to
+    # request_timeout_s, then 503), and how many of them may stay open idle.
     max_connections: int = 1024
     max_keepalive_connections: int = 256
-    keepalive_expiry_s: float = 5.0
+    # Idle connections are closed after this long: below the 5 s keep-alive of uvicorn (and
+    # most servers), so the gateway never reuses a connection the container is closing.
+    keepalive_expiry_s: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "inflight_per_instance", "max_connections"):

@@ -50,8 +50,13 @@ class Backend:
 
     @property
     def base_url(self) -> str:
+        return f"http://{self.authority.decode()}"
+
+    @property
+    def authority(self) -> bytes:
+        """host:port as the Host header and URLs write it (IPv6 in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{host}:{self.port}".encode()
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,7 @@ def route_from(record: Record, instances: list[InstanceRecord]) -> Route:
     config = record.body.get("modelDeploymentConfigurationDetails") or {}
     env: dict[str, Any] = environment(config)
     variables = {str(k): str(v) for k, v in (env.get("environmentVariables") or {}).items()}
-    backends = tuple(
-        Backend(i.instance_id, i.host, int(i.server_port or 0), i.time_last_probe) for i in instances if ready(i)
-    )
+    backends = tuple(Backend(i.instance_id, i.host, int(i.server_port or 0), i.time_last_probe) for i in instances if ready(i))
     return Route(
         deployment_id=record.id,
         state=record.state,

@@ -36,6 +36,12 @@ def process_runtime(settings: Settings) -> Runtime:
     return ProcessRuntime(state_dir=settings.data_dir / "processes", venv_cache_dir=settings.data_dir / "venvs")
 
 
+def with_processes_for_default(containers: Runtime, settings: Settings) -> Runtime:
+    from dockyard.runtimes.routing import RoutingRuntime
+
+    return RoutingRuntime(containers, process_runtime(settings))
+
+
 def engine_answers(settings: Settings) -> bool:
     try:
         import docker
@@ -59,11 +65,11 @@ def runtime_for(settings: Settings) -> Runtime:
 
         return FakeRuntime()
     if name == "docker":
-        return docker_runtime(settings)
+        return with_processes_for_default(docker_runtime(settings), settings)
     if name == "process":
         return process_runtime(settings)
     if engine_answers(settings):
-        log.info("a Docker engine answers: using the docker runtime")
-        return docker_runtime(settings)
+        log.info("a Docker engine answers: containers run on it, DEFAULT (score.py) deployments as local processes")
+        return with_processes_for_default(docker_runtime(settings), settings)
     log.info("no Docker engine answers: using the process runtime (bubblewrap/unshare sandboxes)")
     return process_runtime(settings)

@@ -1,0 +1,55 @@
+"""The access log: one entry per data-plane request.
+
+Each entry goes to the logger `dockyard.access` as one JSON line (at INFO) and to an optional
+sink callable (durable storage plugs in there). A failing sink is logged, never the request's
+problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger("dockyard.access")
+_problems = logging.getLogger("dockyard.gateway")
+
+
+@dataclass
+class AccessEntry:
+    time: str  # when the request arrived, ISO-8601 UTC
+    request_id: str
+    deployment_id: str | None
+    caller: str | None  # keyId of the request's OCI signature, when signed
+    method: str
+    path: str
+    status: int  # what the caller got; 499 when it went away first
+    bytes_in: int
+    bytes_out: int
+    latency_ms: float  # arrival to last byte sent
+    upstream_ms: float | None  # first connection attempt to the container's last byte; None if never sent
+    instance_id: str | None = None
+    attempts: int = 0  # upstream connection attempts (more than one after a refused connection)
+    error: str | None = None  # why the gateway answered itself or cut the reply, in words
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+AccessSink = Callable[[AccessEntry], None]
+
+
+class AccessLog:
+    def __init__(self, sink: AccessSink | None = None) -> None:
+        self.sink = sink
+
+    def write(self, entry: AccessEntry) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info(json.dumps(entry.as_dict(), separators=(",", ":")))
+        if self.sink is not None:
+            try:
+                self.sink(entry)
+            except Exception:
+                _problems.exception("the access-log sink failed on request %s", entry.request_id)

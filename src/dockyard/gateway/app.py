@@ -1,0 +1,332 @@
+"""The data-plane ASGI app: `/{deploymentId}/predict`, `/predict/...`, `/predictWithResponseStream`.
+
+`Gateway` only needs the metadata store: routes come from the deployment documents and the
+reconciler's instance rows, so any number of gateways (in this process or others) serve the
+same deployments. Every reply the gateway writes itself is JSON `{"code", "message"}`.
+
+Paths:
+- `GET  /health`                              the gateway itself is up
+- `GET  /{id}`                                the deployment's serving status (200, else the error predict would get)
+- `POST /{id}/predict`                        → MODEL_DEPLOY_PREDICT_ENDPOINT, the `route` header, or Triton's infer path
+- `POST /{id}/predict/`                       → `/predict/` (C4)
+- `ANY  /{id}/predict/<suffix>`               → `/<suffix>` when a custom endpoint declares it
+- `POST /{id}/predictWithResponseStream`      → as /predict, streamed; needs MODEL_DEPLOY_ENABLE_STREAMING=true
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import MutableMapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
+
+import httpx
+
+from dockyard.errors import (
+    Conflict,
+    DockyardError,
+    InternalServerError,
+    MethodNotAllowed,
+    NotAuthorizedOrNotFound,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+)
+from dockyard.gateway import endpoints, triton
+from dockyard.gateway.accesslog import AccessLog, AccessSink
+from dockyard.gateway.balancer import Balancer
+from dockyard.gateway.body import METHODS_WITH_BODY, ClientGone, RequestBody, check_framing
+from dockyard.gateway.exchange import Exchange
+from dockyard.gateway.headers import caller, request_id, upstream_request_headers
+from dockyard.gateway.metrics import GatewayMetrics
+from dockyard.gateway.options import GatewayOptions
+from dockyard.gateway.pool import UpstreamPool
+from dockyard.gateway.proxy import DisconnectWatch, Forward, Proxy
+from dockyard.gateway.replies import send_error, send_json
+from dockyard.gateway.routes import Route, RouteSource, RouteTable
+from dockyard.store.metadata import now_iso
+
+log = logging.getLogger("dockyard.gateway")
+
+Scope = MutableMapping[str, Any]
+_DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+
+PREDICT, PREDICT_SLASH, CUSTOM, STREAM = "predict", "predict/", "custom", "stream"
+
+
+class Gateway:
+    """An ASGI app serving the data plane of every deployment in `store`.
+
+    Run it alone (it answers the ASGI lifespan and closes its connections on shutdown) or
+    beside the control plane (then call `aclose()` on shutdown). `metrics` holds its Prometheus
+    registry; `gateway_metrics_app(gateway)` serves it.
+    """
+
+    def __init__(self, store: RouteSource, options: GatewayOptions, access_sink: AccessSink | None = None) -> None:
+        self.options = options
+        self.metrics = GatewayMetrics()
+        self.access = AccessLog(access_sink)
+        self.balancer = Balancer(options.ejection_s)
+        self.routes = RouteTable(store, options.route_cache_ttl_s, on_refresh=self.balancer.sync)
+        # One pool of upstream connections for every deployment; the client owns it (and closes
+        # it), the proxy sends through it directly.
+        self.transport = UpstreamPool(options.max_connections, options.max_keepalive_connections, options.keepalive_expiry_s)
+        self.client = httpx.AsyncClient(
+            transport=self.transport,
+            timeout=httpx.Timeout(options.request_timeout_s, connect=options.connect_timeout_s),
+            follow_redirects=False,
+            trust_env=False,  # never send model traffic through a proxy from the environment
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # one caller's cookies never reach another
+        )
+        self.proxy = Proxy(self.transport, self.balancer, self.metrics, options.request_timeout_s, options.connect_timeout_s)
+        self.triton = triton.TritonModels(self.client, options.triton_index_ttl_s, options.connect_timeout_s + 5)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # --- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        # websockets are not part of the data plane: not accepting one closes it
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        method = scope["method"]
+        path = _raw_path(scope)
+        ex = Exchange(
+            request_id=request_id(headers.get(b"opc-request-id")),
+            method=method,
+            path=path,
+            arrived_wall=now_iso(),
+            arrived=time.perf_counter(),
+            caller=caller(headers.get(b"authorization")),
+        )
+        try:
+            await self._dispatch(ex, scope, headers, receive, send)
+        except DockyardError as exc:
+            allow = [(b"allow", getattr(exc, "allow", "POST").encode())] if isinstance(exc, MethodNotAllowed) else None
+            await self._fail(ex, send, exc, allow)
+        except ClientGone:
+            ex.status, ex.error = 499, "the caller went away while sending its body"
+        except Exception as exc:  # never a stack trace or an HTML page to the caller
+            log.exception("request %s failed unexpectedly", ex.request_id)
+            if not ex.response_started:
+                await self._fail(ex, send, InternalServerError(
+                    f"the gateway failed on this request (opc-request-id {ex.request_id}); its log has the details"
+                ))  # fmt: skip
+            else:
+                ex.error = f"failed after the reply started: {type(exc).__name__}"
+        finally:
+            entry = ex.entry()
+            self.access.write(entry)
+            self.metrics.observe(entry, ex.known_deployment)
+
+    async def _fail(self, ex: Exchange, send: Any, exc: DockyardError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        if ex.response_started:
+            ex.error = exc.message
+            return
+        if ex.error is None:
+            ex.error = exc.message
+        ex.status = exc.status
+        ex.response_started = True
+        ex.bytes_out = await send_error(send, exc, ex.request_id, headers)
+        ex.response_complete = True
+
+    # --- routing ---------------------------------------------------------------------------------
+
+    async def _dispatch(self, ex: Exchange, scope: Scope, headers: dict[bytes, bytes], receive: Any, send: Any) -> None:
+        path = ex.path
+        if path == "/health":
+            ex.status = 200
+            ex.bytes_out = await send_json(send, 200, {"status": "ok", "role": "gateway"}, ex.request_id)
+            return
+        parts = path[1:].split("/", 2)
+        deployment_id = parts[0]
+        if not _DEPLOYMENT_ID.match(deployment_id):
+            raise NotFound(f"no data-plane operation at {path}; use /<deploymentId>/predict")
+        ex.deployment_id = deployment_id
+        if len(parts) == 1:
+            await self._status(ex, deployment_id, send)
+            return
+        action, suffix = parts[1], ("/" + parts[2] if len(parts) == 3 else None)
+        if action == "predict":
+            op = PREDICT if suffix is None else PREDICT_SLASH if suffix == "/" else CUSTOM
+        elif action == "predictWithResponseStream" and suffix is None:
+            op = STREAM
+        else:
+            raise NotFound(
+                f"no data-plane operation at {path}; use /{deployment_id}/predict or /{deployment_id}/predictWithResponseStream"
+            )
+        if op != CUSTOM and ex.method != "POST":
+            raise not_allowed(f"{ex.method} is not allowed on /{deployment_id}/{action}{suffix or ''}; use POST", "POST")
+
+        declared = check_framing(
+            ex.method, headers.get(b"content-length"), headers.get(b"transfer-encoding"), self.options.max_body_bytes
+        )
+        route = await self._serving_route(ex, deployment_id)
+        container_path, stream_required = self._container_path(route, op, suffix, ex.method, headers)
+        if op == STREAM and not route.streaming:
+            raise Conflict(
+                f"streaming is not enabled on deployment {deployment_id}; set the environment variable "
+                "MODEL_DEPLOY_ENABLE_STREAMING=true on it, or use /predict"
+            )
+        await self._forward(ex, scope, route, op, container_path, stream_required, declared, headers, receive, send)
+
+    async def _serving_route(self, ex: Exchange, deployment_id: str) -> Route:
+        route = await self.routes.get(deployment_id)
+        if route is None:
+            raise NotAuthorizedOrNotFound(
+                f"model deployment {deployment_id} was not found, or you are not allowed to use it; check the id"
+            )
+        ex.known_deployment = True
+        if not route.serving_state:
+            raise Conflict(
+                f"model deployment {deployment_id} is {route.state} and does not serve predictions; "
+                + ("wait until it is ACTIVE" if route.state == "CREATING" else "activate it (or fix it) first")
+            )
+        if not route.backends:
+            raise ServiceUnavailable(
+                f"model deployment {deployment_id} is {route.state} but has no healthy instance right now; "
+                "retry shortly (its work requests and instances tell why)"
+            )
+        return route
+
+    def _container_path(
+        self, route: Route, op: str, suffix: str | None, method: str, headers: dict[bytes, bytes]
+    ) -> tuple[str | None, bool]:
+        """The container path, or None when Triton mode must pick it; and whether the reply must stream."""
+        if op == CUSTOM:
+            assert suffix is not None
+            try:
+                return endpoints.custom_target(route.endpoints, suffix, method, route.deployment_id), False
+            except MethodNotAllowed as exc:
+                raise not_allowed(exc.message, endpoints.allowed_methods(route.endpoints, suffix)) from None
+        if op == PREDICT_SLASH:
+            return "/predict/", False
+        route_header = headers.get(b"route")
+        if route_header is not None:
+            return endpoints.checked_route_header(route_header.decode("latin-1")), op == STREAM
+        if route.triton:
+            return None, op == STREAM
+        return route.predict_path, op == STREAM
+
+    async def _forward(
+        self,
+        ex: Exchange,
+        scope: Scope,
+        route: Route,
+        op: str,
+        container_path: str | None,
+        stream_required: bool,
+        declared: int | None,
+        headers: dict[bytes, bytes],
+        receive: Any,
+        send: Any,
+    ) -> None:
+        capacity = self.balancer.capacity(route, self.options.inflight_per_instance)
+        if self.balancer.inflight(route.deployment_id) >= capacity:
+            raise TooManyRequests(
+                f"model deployment {route.deployment_id} already has {capacity} requests in flight, its capacity "
+                f"({self.options.inflight_per_instance} per ready instance); retry with back-off, or scale it out"
+            )
+        self.balancer.enter(route.deployment_id)
+        gauge = self.metrics.children(route.deployment_id).inflight
+        gauge.inc()
+        watch = DisconnectWatch(receive)
+        try:
+            if container_path is None:  # Triton without an explicit path
+                container_path = await self._triton_path(ex, route, op, headers)
+            query = scope.get("query_string") or b""
+            if query:
+                container_path += ("&" if "?" in container_path else "?") + query.decode("latin-1")
+            client = scope.get("client")
+            forwarded = upstream_request_headers(
+                scope["headers"], ex.request_id, client[0] if client else None, scope.get("scheme", "http")
+            )
+            has_body = bool(declared) or (declared is None and b"transfer-encoding" in headers)
+            if has_body and declared is None:
+                forwarded.append((b"transfer-encoding", b"chunked"))  # re-framed for this hop
+            elif declared is None and ex.method in METHODS_WITH_BODY:
+                forwarded.append((b"content-length", b"0"))
+            fwd = Forward(ex.method, container_path, forwarded, stream_required)
+            body = RequestBody(receive, self.options.max_body_bytes, on_complete=watch.start) if has_body else None
+            if body is None:
+                watch.start()
+            task = asyncio.get_running_loop().create_task(self.proxy.forward(ex, route, fwd, body, send, watch))
+            watch.target = task
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not watch.fired:
+                    raise
+                ex.status = ex.status if ex.response_started else 499
+                ex.error = "the caller went away before the reply was complete"
+        finally:
+            watch.stop()
+            gauge.dec()
+            self.balancer.leave(route.deployment_id)
+
+    async def _triton_path(self, ex: Exchange, route: Route, op: str, headers: dict[bytes, bytes]) -> str:
+        name, version = triton.requested_model(headers)
+        if name is None and op == PREDICT and endpoints.PREDICT_ENDPOINT_VAR in route.variables:
+            return route.predict_path
+        if name is None:
+            first = self.balancer.order(route)[0]
+            name = await self.triton.only_model(route.deployment_id, first.backend.base_url, ex.request_id)
+        return triton.model_path(name, version, streaming=op == STREAM)
+
+    async def _status(self, ex: Exchange, deployment_id: str, send: Any) -> None:
+        if ex.method not in ("GET", "HEAD"):
+            raise not_allowed(f"{ex.method} is not allowed on /{deployment_id}; use POST /{deployment_id}/predict", "GET, HEAD")
+        route = await self._serving_route(ex, deployment_id)
+        ex.status = 200
+        ex.bytes_out = await send_json(
+            send,
+            200,
+            {
+                "id": deployment_id,
+                "lifecycleState": route.state,
+                "readyInstances": len(route.backends),
+                "predictPath": route.predict_path,
+                "streaming": route.streaming,
+                "triton": route.triton,
+                "customEndpoints": [{"endpointUri": e.uri, "httpMethods": sorted(e.methods)} for e in route.endpoints],
+            },
+            ex.request_id,
+        )
+
+
+def not_allowed(message: str, allow: str) -> MethodNotAllowed:
+    """A 405 that carries its Allow header value."""
+    error = MethodNotAllowed(message)
+    error.allow = allow  # type: ignore[attr-defined]
+    return error
+
+
+def _raw_path(scope: Scope) -> str:
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None:
+        return str(scope["path"])
+    root = scope.get("root_path", "")
+    text = raw.decode("latin-1").split("?", 1)[0]  # some servers (httpx's ASGI transport) leave the query on
+    if root and text.startswith(root):
+        text = text[len(root) :]
+    return text or "/"

@@ -1,0 +1,83 @@
+"""The request body, streamed from the caller to the container without being held whole.
+
+`check_framing` answers 411/413 from the headers before anything is read; `RequestBody` counts
+the bytes as they pass and stops at the limit (413), so a chunked upload cannot get round it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from dockyard.errors import InvalidParameter, LengthRequired, PayloadTooLarge
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+class ClientGone(Exception):
+    """The caller disconnected before its request body was complete."""
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is over the limit of {limit} bytes ({limit / 1024 / 1024:g} MiB); send a smaller payload"
+    )
+
+
+def check_framing(method: str, content_length: bytes | None, transfer_encoding: bytes | None, limit: int) -> int | None:
+    """The declared body length (None when chunked or absent); raises 411, 413 or 400."""
+    chunked = transfer_encoding is not None and b"chunked" in transfer_encoding.lower()
+    if content_length is None:
+        if method in METHODS_WITH_BODY and not chunked:
+            raise LengthRequired(f"{method} needs a Content-Length header or a chunked body (Transfer-Encoding: chunked)")
+        return None
+    try:
+        length = int(content_length)
+    except ValueError as exc:
+        raise InvalidParameter(f"Content-Length {content_length[:40]!r} is not a number of bytes") from exc
+    if length < 0:
+        raise InvalidParameter(f"Content-Length {length} is negative")
+    if length > limit:
+        raise too_large(limit)
+    return length
+
+
+class RequestBody:
+    """An async byte stream over ASGI `receive`, iterable once, with a byte limit.
+
+    `started` tells whether any of it may have left for the upstream (a request whose body
+    started must never be retried elsewhere); `received` counts bytes for the access log.
+    """
+
+    def __init__(self, receive: Receive, limit: int, on_complete: Callable[[], None] | None = None) -> None:
+        self._receive = receive
+        self.limit = limit
+        self.on_complete = on_complete
+        self.started = False
+        self.complete = False
+        self.received = 0
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.started:
+            raise RuntimeError("a request body can be sent once only")
+        self.started = True
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone("the caller went away while sending its request body")
+            chunk = message.get("body", b"")
+            if chunk:
+                self.received += len(chunk)
+                if self.received > self.limit:
+                    raise too_large(self.limit)
+                yield chunk
+            if not message.get("more_body", False):
+                self.complete = True
+                if self.on_complete is not None:
+                    self.on_complete()
+                return

@@ -1,0 +1,52 @@
+"""What the gateway learns about one request while serving it, for the access log and metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from dockyard.gateway.accesslog import AccessEntry
+
+
+@dataclass
+class Exchange:
+    request_id: str
+    method: str
+    path: str
+    arrived_wall: str
+    arrived: float  # perf_counter at arrival
+    deployment_id: str | None = None
+    known_deployment: bool = False  # the id named an existing deployment (metrics label it)
+    caller: str | None = None
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    upstream_started: float | None = None
+    upstream_ended: float | None = None
+    instance_id: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    response_started: bool = False
+    response_complete: bool = False
+
+    def entry(self) -> AccessEntry:
+        now = time.perf_counter()
+        upstream_ms = None
+        if self.upstream_started is not None:
+            upstream_ms = round(((self.upstream_ended or now) - self.upstream_started) * 1000, 3)
+        return AccessEntry(
+            time=self.arrived_wall,
+            request_id=self.request_id,
+            deployment_id=self.deployment_id,
+            caller=self.caller,
+            method=self.method,
+            path=self.path,
+            status=self.status,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            latency_ms=round((now - self.arrived) * 1000, 3),
+            upstream_ms=upstream_ms,
+            instance_id=self.instance_id,
+            attempts=self.attempts,
+            error=self.error,
+        )

@@ -1,0 +1,94 @@
+"""Headers on the way through: hop-by-hop ones dropped both ways, the request id, the caller.
+
+Headers are ASGI/httpx raw pairs of lower-case `bytes`; nothing here decodes more than it reads.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 plus the old names still seen in the wild. `host` is set for the upstream by
+# the client; `content-length` / `transfer-encoding` are re-framed by each hop.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+REQUEST_DROP = HOP_BY_HOP | {b"host", b"opc-request-id", b"route", b"expect"}
+# The edge server writes its own `date` and `server`; two of either would be malformed.
+RESPONSE_DROP = HOP_BY_HOP | {b"opc-request-id", b"date", b"server"}
+
+REQUEST_ID = b"opc-request-id"
+_SAFE_ID = re.compile(rb"^[A-Za-z0-9._/:-]{1,98}$")
+_KEY_ID = re.compile(r'keyId="([^"]*)"')
+
+
+def request_id(incoming: bytes | None) -> str:
+    """The caller's `opc-request-id` when it is a sane token, else a new one (as the SDK makes)."""
+    if incoming and _SAFE_ID.match(incoming):
+        return incoming.decode("ascii")
+    return uuid.uuid4().hex.upper()
+
+
+def _named_by_connection(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return named
+
+
+def upstream_request_headers(headers: RawHeaders, request_id_value: str, client_host: str | None, scheme: str) -> RawHeaders:
+    """What the container receives: the caller's headers less hop-by-hop, plus the request id
+    and the usual forwarding headers."""
+    extra = _named_by_connection(headers)
+    out: RawHeaders = []
+    forwarded_for = b""
+    for name, value in headers:
+        if name in REQUEST_DROP or name in extra:
+            continue
+        if name == b"x-forwarded-for":
+            forwarded_for = value
+            continue
+        out.append((name, value))
+    out.append((REQUEST_ID, request_id_value.encode()))
+    if client_host:
+        chain = forwarded_for + b", " + client_host.encode() if forwarded_for else client_host.encode()
+        out.append((b"x-forwarded-for", chain))
+    out.append((b"x-forwarded-proto", scheme.encode()))
+    return out
+
+
+def client_response_headers(headers: Iterable[tuple[bytes, bytes]], request_id_value: str) -> RawHeaders:
+    """What the caller receives: the container's headers less hop-by-hop, plus the request id."""
+    headers = list(headers)
+    extra = _named_by_connection(headers)
+    out = [(name.lower(), value) for name, value in headers if name.lower() not in RESPONSE_DROP and name.lower() not in extra]
+    out.append((REQUEST_ID, request_id_value.encode()))
+    return out
+
+
+def caller(authorization: bytes | None) -> str | None:
+    """Who signed the request: the keyId of an OCI signature (session tokens are not logged)."""
+    if not authorization:
+        return None
+    match = _KEY_ID.search(authorization.decode("latin-1"))
+    if not match:
+        return None
+    key_id = match.group(1)
+    if key_id.startswith("ST$"):
+        return "ST$<session token>"  # the token itself is a credential
+    return key_id

@@ -1,0 +1,227 @@
+"""Forwarding one request to an instance and streaming the reply back.
+
+Bodies stream both ways through one shared `httpx.AsyncClient` and are never held whole. The
+instances are tried in the balancer's order; only a failure to *connect* moves on to the next
+one (nothing was sent, so nothing can be applied twice); any later failure is final. The
+container's status, headers (less hop-by-hop ones) and body come back as it sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpcore
+import httpx
+
+from dockyard.errors import Conflict, GatewayTimeout, ServiceUnavailable
+from dockyard.gateway.balancer import Balancer, Upstream
+from dockyard.gateway.body import RequestBody
+from dockyard.gateway.exchange import Exchange
+from dockyard.gateway.headers import RawHeaders, client_response_headers
+from dockyard.gateway.metrics import GatewayMetrics
+from dockyard.gateway.pool import UpstreamPool
+from dockyard.gateway.replies import BadGateway
+from dockyard.gateway.routes import Backend, Route
+
+log = logging.getLogger("dockyard.gateway")
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Where and how one request goes upstream."""
+
+    method: str
+    path: str  # container path, query string included
+    headers: RawHeaders
+    stream_required: bool = False  # /predictWithResponseStream: a non-streaming 2xx reply is a 409
+
+
+def is_streaming(response: httpx.Response) -> bool:
+    """Server-sent events, or a body of unknown length (chunked or close-delimited)."""
+    content_type = response.headers.get("content-type", "")
+    return content_type.startswith("text/event-stream") or "content-length" not in response.headers
+
+
+class DisconnectWatch:
+    """Once the request body is in, waits for the caller to go away and cancels the exchange.
+
+    Without it a caller that hangs up on a long stream would leave the gateway reading the
+    container's reply to the end (the server drops the writes silently).
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Task[None] | None = None
+        self.target: asyncio.Task[Any] | None = None
+        self.fired = False
+        self.done = False  # set just before the last byte of the reply goes out
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                if not self.done and self.target is not None and not self.target.done():
+                    self.fired = True
+                    self.target.cancel()
+                return
+
+
+class Proxy:
+    """Sends through the connection pool that the gateway's shared client owns.
+
+    Requests go to the pool directly: the client's per-request layers (auth flow, redirects,
+    cookie jar) do nothing a proxy wants and cost more than the rest of the gateway together
+    (a cookie jar would even replay one caller's cookies for the next).
+    """
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        balancer: Balancer,
+        metrics: GatewayMetrics,
+        request_timeout_s: float,
+        connect_timeout_s: float,
+    ) -> None:
+        self.pool = pool
+        self.balancer = balancer
+        self.metrics = metrics
+        self.request_timeout_s = request_timeout_s
+        # Per-read timeouts: a reply stream that goes silent this long is cut.
+        self.timeouts = httpx.Timeout(request_timeout_s, connect=connect_timeout_s, pool=request_timeout_s).as_dict()
+
+    @staticmethod
+    def request(backend: Backend, fwd: Forward, body: RequestBody | None, timeouts: dict[str, float | None]) -> httpcore.Request:
+        """The upstream request, built straight for the pool (an `httpx.Request` would re-parse
+        the URL and re-validate every header on each request: the largest cost of all)."""
+        host = backend.host.encode()
+        return httpcore.Request(
+            method=fwd.method.encode(),
+            url=httpcore.URL(scheme=b"http", host=host, port=backend.port, target=fwd.path.encode("latin-1")),
+            headers=[(b"host", backend.authority), *fwd.headers],
+            content=body if body is not None else b"",
+            extensions={"timeout": timeouts},
+        )
+
+    async def forward(
+        self, ex: Exchange, route: Route, fwd: Forward, body: RequestBody | None, send: Send, watch: DisconnectWatch
+    ) -> None:
+        deadline = asyncio.get_running_loop().time() + self.request_timeout_s
+        ex.upstream_started = time.perf_counter()
+        try:
+            upstream, response = await self._connect(ex, route, fwd, body, deadline)
+        finally:
+            if body is not None:
+                ex.bytes_in = body.received
+        try:
+            await self._relay(ex, fwd, response, send, watch)
+        finally:
+            try:
+                await response.aclose()
+            finally:
+                upstream.outstanding -= 1
+                ex.upstream_ended = time.perf_counter()
+
+    async def _connect(
+        self, ex: Exchange, route: Route, fwd: Forward, body: RequestBody | None, deadline: float
+    ) -> tuple[Upstream, httpx.Response]:
+        """Send the request to the first instance that accepts a connection; its reply headers."""
+        refused: list[str] = []
+        for upstream in self.balancer.order(route):
+            if body is not None and body.started:
+                break  # the body left for an instance that then failed: never send it twice
+            ex.attempts += 1
+            ex.instance_id = upstream.backend.instance_id
+            request = self.request(upstream.backend, fwd, body, self.timeouts)
+            upstream.outstanding += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    response = await self.pool.send(request)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                upstream.outstanding -= 1
+                self.metrics.upstream_errors.labels(route.deployment_id, "connect").inc()
+                refused.append(f"{upstream.backend.instance_id} ({type(exc).__name__}: {exc or 'no detail'})")
+                # Said once per ejection: a dead instance must not flood the log.
+                log.log(logging.DEBUG if upstream.ejected else logging.WARNING,
+                        "%s: instance %s refused a connection (request %s): %s; out of rotation until probed healthy again",
+                        route.deployment_id, upstream.backend.instance_id, ex.request_id, exc)  # fmt: skip
+                self.balancer.eject(upstream)
+                continue
+            except httpx.PoolTimeout as exc:
+                upstream.outstanding -= 1
+                raise ServiceUnavailable(
+                    "the gateway has no free connection to this deployment's instances; retry shortly"
+                ) from exc
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                upstream.outstanding -= 1
+                self.metrics.upstream_errors.labels(route.deployment_id, "timeout").inc()
+                raise GatewayTimeout(
+                    f"the model took too long to answer: no reply within {self.request_timeout_s:g} s "
+                    f"(instance {upstream.backend.instance_id}); make the request lighter or the model faster"
+                ) from exc
+            except httpx.TransportError as exc:
+                upstream.outstanding -= 1
+                self.metrics.upstream_errors.labels(route.deployment_id, "aborted").inc()
+                raise BadGateway(
+                    f"the model server on instance {upstream.backend.instance_id} failed before replying "
+                    f"({type(exc).__name__}: {exc or 'connection closed'}); check the container's log"
+                ) from exc
+            except BaseException:
+                upstream.outstanding -= 1
+                raise
+            if upstream.ejected:
+                self.balancer.admit(upstream)
+            return upstream, response
+        raise ServiceUnavailable(
+            f"no instance of deployment {route.deployment_id} accepted a connection ({'; '.join(refused) or 'none tried'}); "
+            "the reconciler restarts failed instances, retry shortly"
+        )
+
+    async def _relay(self, ex: Exchange, fwd: Forward, response: httpx.Response, send: Send, watch: DisconnectWatch) -> None:
+        if fwd.stream_required and 200 <= response.status_code < 300 and not is_streaming(response):
+            raise Conflict(
+                f"the model answered /predictWithResponseStream with a non-streaming reply "
+                f"(HTTP {response.status_code}, {response.headers.get('content-type', 'no content type')}, "
+                f"{response.headers.get('content-length')} bytes); use /predict, or make the container stream "
+                "(text/event-stream or chunked)"
+            )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": client_response_headers(response.headers.raw, ex.request_id),
+            }
+        )
+        ex.status = response.status_code
+        ex.response_started = True
+        try:
+            async for chunk in response.aiter_raw():
+                ex.bytes_out += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError as exc:
+            # Headers are gone: the only honest signal left is to end the reply incomplete, so
+            # the caller sees a cut stream rather than a short one that looks whole.
+            ex.error = f"the container's reply broke off after {ex.bytes_out} bytes ({type(exc).__name__})"
+            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "aborted"
+            self.metrics.upstream_errors.labels(ex.deployment_id or "-", kind).inc()
+            log.warning("request %s: %s", ex.request_id, ex.error)
+            return
+        watch.done = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        ex.response_complete = True

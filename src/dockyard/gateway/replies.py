@@ -1,0 +1,43 @@
+"""Replies the gateway writes itself: always JSON `{"code", "message"}` (Oracle ADS parses every
+reply on the predict URL as JSON, errors included), always with the request id."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dockyard.errors import DockyardError
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class BadGateway(DockyardError):
+    """The container accepted the connection but failed before a complete reply header."""
+
+    code, status = "BadGateway", 502
+
+
+async def send_json(
+    send: Send, status: int, document: Any, request_id: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> int:
+    """Write a whole JSON reply; returns the body size."""
+    body = json.dumps(document, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"opc-request-id", request_id.encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+    return len(body)
+
+
+async def send_error(send: Send, error: DockyardError, request_id: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
+    return await send_json(send, error.status, {"code": error.code, "message": error.message}, request_id, headers)
