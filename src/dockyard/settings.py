@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # The Docker Engine API endpoint (also Podman's compatible socket); empty: DOCKER_HOST or
     # the default socket.
     docker_host: str = ""
+    # Prefix of the labels on this installation's containers. Each installation sharing one
+    # engine needs its own: dockyard removes containers with its labels that no record owns.
+    label_prefix: str = "dockyard"
     # C9: an image without curl fails at once; False turns that into a warning and dockyard
     # probes health from outside the container only.
     require_curl: bool = True

@@ -109,3 +109,17 @@ def test_deleted_records_only_clean_up() -> None:
     p = plan(want(state=S.DELETED, desired=Desired.DELETED, open_work=False), [inst("a")], NOW)
     assert [s.instance_id for s in p.stops] == ["a"] and p.settle is None
     assert plan(want(state=S.DELETED, desired=Desired.DELETED, open_work=False), [], NOW).empty
+
+
+def test_h2_deadline_with_no_instance_left_names_the_last_failure() -> None:
+    # The last instance was just replaced for failing its probes: its reason is the answer.
+    p = plan(want(waited_s=601, last_failure="health: GET /health answered 500, not 200 (C3)"), [], NOW)
+    assert p.settle is not None and p.settle.state is S.FAILED
+    assert "GET /health answered 500" in p.settle.details
+
+
+def test_a_failed_deployment_runs_nothing() -> None:
+    p = plan(want(state=S.FAILED, open_work=False), [], NOW)
+    assert p.empty
+    p = plan(want(state=S.FAILED, open_work=False), [inst("a"), inst("b", alive=False)], NOW)
+    assert p.starts == 0 and p.settle is None and [s.instance_id for s in p.stops] == ["a", "b"]

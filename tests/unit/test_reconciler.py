@@ -82,7 +82,13 @@ async def test_create_runs_the_instances_and_logs_a_time_to_ready_breakdown(serv
     await until(server, deployment_id, "ACTIVE")
     assert len(await runtime(server).list(deployment_id)) == 3
     record = server.services.deployments.get(deployment_id)
-    logs = server.services.store.list_entries(record.internal["workRequestId"], "log", 0, 100).items
+    wr_id = record.internal["workRequestId"]
+    for _ in range(100):  # the state is written just before the work request is closed
+        wr = server.services.store.get_work_request(wr_id)
+        if wr is not None and wr.status == "SUCCEEDED":
+            break
+        await asyncio.sleep(0.05)
+    logs = server.services.store.list_entries(wr_id, "log", 0, 100).items
     assert logs[-1].message.startswith("Active; 3 of 3 instances healthy. Ready in")
     assert len(server.services.store.list_instances(deployment_id)) == 3
     assert runtime(server).specs[next(iter(runtime(server).specs))].environment["MODEL_DEPLOYMENT_OCID"] == deployment_id
@@ -179,3 +185,32 @@ async def test_orphans_without_a_record_are_removed(server: Server) -> None:
     await runtime(server).start(InstanceSpec(deployment_id="ocid1.datasciencemodeldeployment.oc1.local.gone", spec_hash="x", kind="DEFAULT", artifact_dir=None))
     await server.reconciler.reconcile_all()
     assert await runtime(server).list() == []
+
+
+async def test_one_failed_probe_is_not_yet_needs_attention(server: Server) -> None:
+    server.settings.health_retries = 3  # H1: unhealthy after 3 failed probes in a row
+    deployment_id = await deploy(server)
+    await until(server, deployment_id, "ACTIVE")
+    runtime(server).healthy = False
+    await server.reconciler.reconcile(deployment_id)  # one failed probe
+    assert server.services.deployments.get(deployment_id).state == "ACTIVE"
+    await until(server, deployment_id, "NEEDS_ATTENTION")  # ... then the retries run out
+    runtime(server).healthy = True
+    await until(server, deployment_id, "ACTIVE")
+
+
+async def test_an_active_deployment_that_cannot_start_an_instance_needs_attention_not_failed(server: Server) -> None:
+    deployment_id = await deploy(server)
+    await until(server, deployment_id, "ACTIVE")
+    [instance] = await runtime(server).list(deployment_id)
+    runtime(server).fail_start = "C12: pull: the image is not in the registry"
+    runtime(server).crash(instance.instance_id)
+    for _ in range(200):
+        record = server.services.deployments.get(deployment_id)
+        if "C12" in (record.body.get("lifecycleDetails") or ""):
+            break
+        assert record.state != "FAILED"
+        await asyncio.sleep(0.05)
+    assert record.state == "NEEDS_ATTENTION" and "C12" in record.body["lifecycleDetails"]
+    runtime(server).fail_start = None  # the registry has it again: the next retry starts it
+    await until(server, deployment_id, "ACTIVE")

@@ -5,6 +5,7 @@ asks for nothing more. Tested as tables in tests/unit/test_plan.py.
 
 The rules, in words:
 - deleting / deactivating: stop everything; when nothing is left, settle DELETED / INACTIVE;
+- failed: stop everything and start nothing (activate, update or delete moves it on);
 - active: keep `replicas` live instances of the desired version; replace exited ones and ones
   that keep failing their health probes (after a back-off); remove surplus ones;
 - an older version's instances are stopped only once the new version has `replicas` healthy
@@ -38,6 +39,7 @@ class DesiredView:
     not_before: datetime | None = None  # restart back-off: no new start before this time
     crashes: int = 0  # instances of this version that exited before it ever became ready
     max_crashes: int = 2  # while CREATING/UPDATING, this many crashes fail the operation
+    last_failure: str = ""  # the latest failed probe or lost instance of this operation
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,11 @@ def plan(want: DesiredView, observed: list[ObservedInstance], now: datetime) -> 
         return result
     if want.desired in (Desired.DELETED, Desired.INACTIVE):
         return _wind_down(want, observed)
+    if want.state is S.FAILED:
+        # A failed create/activate leaves nothing running until the user activates, updates or
+        # deletes it; restarting here would crash-loop (or miss H2 again) forever, unreported.
+        result.stops = [Stop(i.instance_id, "the deployment failed") for i in observed]
+        return result
     return _keep_running(want, observed, now)
 
 
@@ -136,7 +143,13 @@ def _keep_running(want: DesiredView, observed: list[ObservedInstance], now: date
     result.waiting_for_health = bool(live)
     waited = (now - want.phase_started_at).total_seconds()
     if want.state in (S.CREATING, S.UPDATING) and waited > want.deadline_s:
-        reasons = "; ".join(sorted({i.exit_detail for i in current if i.exit_detail})) or "no instance answered its health check with 200"
+        # The instances alive now say why; when the last one was just replaced (its probes kept
+        # failing), the reason it was replaced does.
+        reasons = (
+            "; ".join(sorted({i.exit_detail for i in current if i.exit_detail}))
+            or want.last_failure
+            or "no instance answered its health check with 200"
+        )
         result.stops = [Stop(i.instance_id, "health deadline passed") for i in current]
         result.starts = 0
         result.settle = Settle(

@@ -25,7 +25,7 @@ from dockyard.domain.plan import DesiredView, ObservedInstance, Plan, plan
 from dockyard.domain.states import DeploymentState, Desired, Operation
 from dockyard.errors import DockyardError
 from dockyard.reconciler.tracking import Tracker
-from dockyard.runtimes.base import Instance, InstanceSpec, InstanceState, Runtime
+from dockyard.runtimes.base import Health, Instance, InstanceSpec, InstanceState, Runtime
 from dockyard.service.work_requests import WorkRequests
 from dockyard.settings import Settings
 from dockyard.store.metadata import InstanceRecord, Record, SqlMetadataStore, now_iso
@@ -59,6 +59,7 @@ class Reconciler:
         self._dirty: set[str] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -68,11 +69,14 @@ class Reconciler:
         self._task = asyncio.create_task(self._run(), name="dockyard-reconciler")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task:
             self._task.cancel()
+            # Python 3.11's wait_for can swallow a cancellation that races with its inner
+            # future; the flag ends the loop in that case, and the timeout bounds the wait.
             try:
-                await self._task
-            except asyncio.CancelledError:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=30)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
                 pass
 
     def wake(self, deployment_id: str | None = None) -> None:
@@ -92,11 +96,14 @@ class Reconciler:
 
     async def _run(self) -> None:
         last_full = 0.0
-        while True:
+        while not self._stopping:
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.reconcile_interval_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.settings.reconcile_interval_s):
+                    await self._wakeup.wait()
+            except TimeoutError:
                 pass
+            if self._stopping:
+                return
             self._wakeup.clear()
             dirty, self._dirty = self._dirty, set()
             full = time.monotonic() - last_full >= self.settings.reconcile_interval_s or not dirty
@@ -142,6 +149,9 @@ class Reconciler:
             record = await asyncio.to_thread(self.store.get, deployment_id, KIND)
             instances = await self.runtime.list(deployment_id)
             if record is None or record.state == DeploymentState.DELETED.value:
+                if instances:
+                    log.info("%s: removing %d instance(s): %s", deployment_id, len(instances),
+                             "no such deployment" if record is None else "the deployment is deleted")
                 for instance in instances:
                     await self.runtime.stop(instance.instance_id)
                 if instances or record is None:
@@ -183,6 +193,7 @@ class Reconciler:
             not_before=track.not_before,
             crashes=track.crashes,
             max_crashes=self.settings.max_start_crashes,
+            last_failure=track.last_failure,
         )
 
     @staticmethod
@@ -198,11 +209,16 @@ class Reconciler:
         path = rules.health_path(record.body["modelDeploymentConfigurationDetails"])
         result = await self.runtime.probe(instance, path)
         health = track.probed(instance, result)
+        # H1: an instance that was healthy stays so until it fails `retries` probes in a row;
+        # one slow answer must not flip the deployment to NEEDS_ATTENTION and back.
+        healthy = result.healthy or (health.ever_healthy and not health.failing)
+        # What the gateway routes by (through the instances table): our probes, not the engine's.
+        instance.health = Health.HEALTHY if healthy else Health.UNHEALTHY
         return ObservedInstance(
             instance.instance_id,
             instance.spec_hash,
             alive=True,
-            healthy=result.healthy,
+            healthy=healthy,
             failing=health.failing,
             exit_detail=result.detail if not result.healthy else "",
         )
@@ -242,6 +258,10 @@ class Reconciler:
                 await self._log(record, f"{stop.reason}; replacing it")
             await self.runtime.stop(stop.instance_id)
             track.drop_instance(stop.instance_id)
+        if decision.stops:
+            # The instances view must not list stopped instances once the work request settles.
+            remaining = await self.runtime.list(record.id)
+            await asyncio.to_thread(self._record_instances, record, remaining)
         if decision.settle:
             await self._settle(record, decision.settle.state, decision.settle.details, decision.settle.failure)
             return False
@@ -254,7 +274,14 @@ class Reconciler:
                     track.started(instance.instance_id, time.monotonic() - started)
                     await self._log(record, f"start: instance {instance.instance_id} started", 60.0)
             except DockyardError as exc:
-                await self._settle(record, DeploymentState.FAILED, exc.message, failure=True)
+                if record.state in (DeploymentState.CREATING.value, DeploymentState.UPDATING.value):
+                    await self._settle(record, DeploymentState.FAILED, exc.message, failure=True)
+                else:
+                    # A running deployment could not replace an instance (registry down, image
+                    # gone: C12). ACTIVE may not become FAILED: it needs attention, and the start
+                    # is retried after a back-off.
+                    track.instance_lost(f"start failed: {exc.message}")
+                    await self._settle(record, DeploymentState.NEEDS_ATTENTION, exc.message)
                 return False
         return True
 
@@ -324,7 +351,9 @@ class Reconciler:
         wr_id = record.internal.get("workRequestId")
         track = self.tracker.of(record)
         rolled_back = False
-        if state is DeploymentState.ACTIVE and track.phases:
+        if state is DeploymentState.ACTIVE and track.phases and wr_id and record.internal.get("workSettled") != wr_id:
+            # Only the operation that brought it up gets a time-to-ready breakdown; a recovery
+            # from NEEDS_ATTENTION would otherwise report the create's phases again.
             details = f"{details}. {track.ready_summary()}"
 
         def write() -> Record:
@@ -362,7 +391,8 @@ class Reconciler:
             message = f"Update failed and was rolled back: {details}" if rolled_back else details
             await asyncio.to_thread(self.work_requests.finish, wr_id, not failure, message)
         log.info("%s: %s (%s)", record.id, after.state, details)
-        track.settled()
+        if state is not DeploymentState.NEEDS_ATTENTION:
+            track.settled()  # NEEDS_ATTENTION keeps its restart back-off running
 
     async def _record_instance_count(self, record: Record, observed: list[ObservedInstance]) -> None:
         count = sum(1 for i in observed if i.alive and i.healthy)

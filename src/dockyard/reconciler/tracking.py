@@ -45,6 +45,7 @@ class Track:
     health: dict[str, InstanceHealth] = field(default_factory=dict)
     probe_delay: float = FIRST_PROBE_DELAY_S
     last_report: float = 0.0
+    last_failure: str = ""  # the latest failed probe or lost instance, for the deadline's reason
     settings: Settings | None = None
 
     def next_probe_delay(self) -> float:
@@ -79,12 +80,14 @@ class Track:
             entry.failing = False
             return entry
         entry.consecutive_failures += 1
+        self.last_failure = result.detail or entry.last_result
         past_start = entry.ever_healthy or time.monotonic() - entry.first_seen > self.settings.health_start_period_s
         entry.failing = past_start and entry.consecutive_failures >= self.settings.health_retries
         return entry
 
     def instance_lost(self, reason: str) -> None:
         assert self.settings is not None
+        self.last_failure = reason
         if not self.ready:
             self.crashes += 1
         self.restarts += 1
@@ -135,6 +138,7 @@ class Tracker:
             track.op_started = time.monotonic()
             track.first_start_at = None
             track.crashes = 0
+            track.last_failure = ""
             track.ready = False
             track.probe_delay = FIRST_PROBE_DELAY_S
         return track

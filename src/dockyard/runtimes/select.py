@@ -27,6 +27,7 @@ def docker_runtime(settings: Settings) -> Runtime:
         health_retries=settings.health_retries,
         require_curl=settings.require_curl,
         registry_auth=settings.registry_credentials_by_host(),
+        label_prefix=settings.label_prefix,
     )
 
 
