@@ -197,9 +197,10 @@ class DeploymentService(ResourceService):
             return str(record.internal.get("deleteWorkRequestId") or record.internal.get("workRequestId"))
         try:
             return self._set_desired(deployment_id, Operation.DELETE, Desired.DELETED, if_match, "Deletion accepted; stopping instances")
-        except IncorrectState:
+        except (IncorrectState, Conflict):
+            # A concurrent delete got there first (the state is now DELETING or DELETED).
             record = self.get_record(deployment_id)
-            if record.internal.get("deleteWorkRequestId"):
+            if record.state in (DeploymentState.DELETING.value, DeploymentState.DELETED.value) and record.internal.get("deleteWorkRequestId"):
                 return str(record.internal["deleteWorkRequestId"])
             raise
 
