@@ -16,6 +16,11 @@ from dockyard.cli.deployments import deployments, work_requests  # noqa: E402
 
 app.add_typer(deployments, name="deployments")
 app.add_typer(work_requests, name="work-requests")
+
+from dockyard.cli.users import keys, users  # noqa: E402
+
+app.add_typer(users, name="users")
+app.add_typer(keys, name="keys")
 from dockyard.cli import check as local_checks  # noqa: E402
 app.command("check")(local_checks.check)
 app.command("run")(local_checks.run)
