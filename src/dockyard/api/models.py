@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from dockyard.api.common import empty_reply, json_reply, list_reply
+from dockyard.api.common import empty_reply, json_reply, list_query, list_reply
 from dockyard.api.requests import caller, if_match, read_json, retry_token, services
 from dockyard.schemas.catalog import CreateModelDetails, ModelProvenanceDetails, UpdateModelDetails
 from dockyard.schemas.common import ChangeCompartmentDetails
@@ -32,24 +34,7 @@ async def get_model(request: Request, model_id: str) -> Response:
 
 
 @router.get("/models")
-async def list_models(
-    request: Request,
-    compartment_id: str = Query(alias="compartmentId"),
-    project_id: str | None = Query(None, alias="projectId"),
-    limit: int | None = Query(None),
-    page: str | None = Query(None),
-    id: str | None = Query(None),
-    display_name: str | None = Query(None, alias="displayName"),
-    lifecycle_state: str | None = Query(None, alias="lifecycleState"),
-    created_by: str | None = Query(None, alias="createdBy"),
-    sort_by: str | None = Query(None, alias="sortBy"),
-    sort_order: str | None = Query(None, alias="sortOrder"),
-) -> Response:
-    query = {
-        "compartmentId": compartment_id, "projectId": project_id, "limit": limit, "page": page, "id": id,
-        "displayName": display_name, "lifecycleState": lifecycle_state, "createdBy": created_by,
-        "sortBy": sort_by, "sortOrder": sort_order,
-    }  # fmt: skip
+async def list_models(request: Request, query: dict[str, Any] = Depends(list_query)) -> Response:
     return list_reply(await run_in_threadpool(services(request).models.list, query))
 
 
