@@ -236,21 +236,25 @@ def test_header_listed_in_the_signature_but_not_sent() -> None:
 
 
 def test_date_six_minutes_old_is_refused_as_a_replay() -> None:
-    old = email.utils.formatdate(time.time() - 360, usegmt=True)
+    moment = int(time.time())  # whole seconds, as in the Date header: the skew is exactly 6 min
+    old = email.utils.formatdate(moment - 360, usegmt=True)
     request = signed("GET", "/20190101/projects", date=old)
-    message = refused(request, "date is 6 minutes off the server's clock", "behind", "sync your clock")
+    now = datetime.fromtimestamp(moment, timezone.utc)
+    message = refused(request, "date is 6 minutes off the server's clock", "behind", "sync your clock", now=now)
     assert "5 minutes" in message
 
 
 def test_replay_of_a_valid_request_six_minutes_later() -> None:
-    request = signed("POST", "/20190101/projects", json.dumps({"a": 1}))
+    moment = int(time.time())
+    request = signed("POST", "/20190101/projects", json.dumps({"a": 1}), date=email.utils.formatdate(moment, usegmt=True))
     assert verify(request) == PRINCIPAL
-    refused(request, "6 minutes off", now=datetime.now(timezone.utc) + timedelta(minutes=6))
+    refused(request, "6 minutes off", now=datetime.fromtimestamp(moment, timezone.utc) + timedelta(minutes=6))
 
 
 def test_date_from_the_future_is_refused_too() -> None:
-    request = signed("GET", "/20190101/projects", date=email.utils.formatdate(time.time() + 3 * 3600, usegmt=True))
-    refused(request, "3 hours off", "ahead of")
+    moment = int(time.time())
+    request = signed("GET", "/20190101/projects", date=email.utils.formatdate(moment + 3 * 3600, usegmt=True))
+    refused(request, "3 hours off", "ahead of", now=datetime.fromtimestamp(moment, timezone.utc))
 
 
 def test_date_within_five_minutes_is_accepted() -> None:
