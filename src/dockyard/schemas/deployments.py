@@ -94,20 +94,10 @@ EnvironmentConfiguration = Annotated[
 ]
 
 
-class UpdateEnvironment(Wire):
+class UpdateEnvironment(OcirEnvironment):
     """Either environment type's fields; the type may be omitted (it is then the stored one)."""
 
-    environment_configuration_type: Literal["DEFAULT", "OCIR_CONTAINER"] | None = None
-    image: str | None = None
-    image_digest: str | None = None
-    image_signature_id: str | None = None
-    cmd: list[str] | None = None
-    entrypoint: list[str] | None = None
-    server_port: Port | None = None
-    health_check_port: Port | None = None
-    environment_variables: dict[str, str] | None = None
-    predict_api_specification: str | None = None
-    custom_http_endpoints: list[InferenceHttpEndpoint] | None = None
+    environment_configuration_type: Literal["DEFAULT", "OCIR_CONTAINER"] | None = None  # type: ignore[assignment]
 
 
 class SingleModelConfiguration(Wire):
