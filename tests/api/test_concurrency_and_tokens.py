@@ -27,6 +27,7 @@ from tests.api.inprocess import (  # noqa: E402
     Api,
     Catalog,
     assert_error,
+    zip_bytes,
 )
 from tests.support.oci_config import COMPARTMENT  # noqa: E402
 from tests.support.server import LiveServer  # noqa: E402
@@ -102,11 +103,13 @@ async def test_the_current_etag_is_accepted_quoted_or_bare(api: Api) -> None:
 
 
 async def test_stale_etag_on_an_artifact_upload_is_412_and_keeps_the_artifact(api: Api, catalog: Catalog) -> None:
-    model = await api.create_model(catalog.project_id, "etag-artifact", artifact=b"first")
+    first = zip_bytes({"api.py": "first"})
+    model = await api.create_model(catalog.project_id, "etag-artifact", artifact=first)
     stale = "f" * 32
-    response = await api.post(f"/models/{model['id']}/artifact", content=b"second", headers={"if-match": stale})
+    second = zip_bytes({"api.py": "second"})
+    response = await api.post(f"/models/{model['id']}/artifact", content=second, headers={"if-match": stale})
     assert_error(response, 412, "NoEtagMatch")
-    assert await api.download(model["id"]) == b"first"
+    assert await api.download(model["id"]) == first
 
 
 # --- opc-retry-token ---------------------------------------------------------------------------------
@@ -208,7 +211,7 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     server = LiveServer(tmp_path_factory.mktemp("live") / "data").start()
     try:
         limits = httpx.Limits(max_connections=32)
-        async with httpx.AsyncClient(base_url=server.url + API, timeout=30, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=server.url + API, timeout=30, limits=limits, auth=server.auth) as client:
             yield Api(client, data_dir=server.data_dir)
     finally:
         server.stop()

@@ -15,6 +15,7 @@ from dockyard.service.resources import ListResult, ResourceService, check_compar
 from dockyard.settings import Settings
 from dockyard.store.artifacts import FilesystemArtifactStore
 from dockyard.store.metadata import ArtifactRecord, Record, SqlMetadataStore, new_etag, now_iso
+from dockyard.store.zipcheck import inspect_zip
 
 SUMMARY_FIELDS = (
     "compartmentId",
@@ -165,14 +166,21 @@ class ModelService(ResourceService):
     async def put_artifact(
         self, model_id: str, chunks: AsyncIterator[bytes], content_disposition: str | None, if_match: str | None
     ) -> ArtifactRecord:
-        """Store a new artifact for the model; the previous one stays until this one is complete."""
+        """Store a new artifact for the model; the previous one stays until this one is complete.
+
+        The zip-safety rules (`dockyard.store.zipcheck`) run on the stored bytes before they are
+        published, so a hostile or broken zip is refused at upload with the entry and the rule
+        named (400), not later when a deployment unpacks it; the unpacker checks again anyway.
+        Only zips are accepted: dockyard has no model-by-reference (its JSON artifact) and
+        deployments can only mount a zip's tree.
+        """
         model = self.get_record(model_id)
         if model.state == ModelState.DELETED.value:
             raise Conflict(f"model {model_id} is DELETED; create a new model to upload an artifact")
         existing = self.store.get_artifact(model_id)
         if if_match is not None and (existing is None or existing.etag != if_match) and if_match != model.etag:
             raise_no_match(model_id, if_match)
-        blob = await self.blobs.write(chunks, self.settings.max_artifact_bytes)
+        blob = await self.blobs.write(chunks, self.settings.max_artifact_bytes, check=inspect_zip)
         artifact = ArtifactRecord(
             model_id=model_id,
             sha256=blob.sha256,

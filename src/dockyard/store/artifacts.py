@@ -1,9 +1,10 @@
 """Artifact blobs on the local filesystem, content-addressed by SHA-256.
 
 An upload streams into a temporary file under ``tmp/`` while SHA-256 and MD5 are computed,
-is fsynced, and only then renamed to ``blobs/<sha256>``: a crash at any moment leaves either no
-blob or a complete one, never a partial one under a real name. Memory stays constant whatever
-the size: chunks are written as they arrive.
+is fsynced, checked (the caller's ``check``, e.g. the zip-safety rules), and only then renamed
+to ``blobs/<sha256>``: a crash at any moment leaves either no blob or a complete one, never a
+partial or unchecked one under a real name. Memory stays constant whatever the size: chunks are
+written as they arrive.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import errno
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +65,14 @@ class FilesystemArtifactStore:
                 removed += 1
         return removed
 
-    async def write(self, chunks: AsyncIterator[bytes], max_bytes: int) -> BlobInfo:
-        """Stream `chunks` into a new blob; raises PayloadTooLarge past `max_bytes`."""
+    async def write(
+        self, chunks: AsyncIterator[bytes], max_bytes: int, check: Callable[[Path], object] | None = None
+    ) -> BlobInfo:
+        """Stream `chunks` into a new blob; raises PayloadTooLarge past `max_bytes`.
+
+        `check` runs (in a thread) on the complete temporary file before it is published; when
+        it raises, the error propagates and no blob is left behind.
+        """
         temp = self.tmp / f"{secrets.token_hex(8)}.part"
         sha, md5 = hashlib.sha256(), hashlib.md5()
         size = 0
@@ -93,6 +100,8 @@ class FilesystemArtifactStore:
                 await asyncio.to_thread(handle.write, b"".join(pending))
             await asyncio.to_thread(_flush_and_sync, handle)
             handle.close()
+            if check is not None:
+                await asyncio.to_thread(check, temp)
             digest = sha.hexdigest()
             await asyncio.to_thread(os.replace, temp, self.path(digest))
             await asyncio.to_thread(_fsync_dir, self.blobs)
