@@ -3,8 +3,9 @@ the server's peak memory (VmHWM).
 
     .venv/bin/python benchmarks/artifact_transfer.py --size-gb 2
 
-The artifact is streamed from a generator (no file of that size is needed on the client side)
-and the download is hashed as it arrives, so the figures measure the server, not the disk
+The artifact (a zip holding one stored file, since the server refuses anything else) is
+streamed from a generator (no file of that size is needed on the client side) and the
+download is hashed as it arrives, so the figures measure the server, not the disk
 space of the client.
 """
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import struct
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -32,6 +35,24 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def stored_zip_frame(block: bytes, size: int) -> tuple[bytes, bytes]:
+    """The bytes before and after ``size`` bytes of repeated ``block`` that make them a valid zip
+    of one stored file (no zip64, so under 4 GiB)."""
+    if size >= 0xFFFFFFFF:
+        raise SystemExit("--size-gb must stay under 4 (this benchmark writes no zip64 records)")
+    crc, remaining = 0, size
+    while remaining > 0:
+        piece = block[: min(CHUNK, remaining)]
+        crc = zlib.crc32(piece, crc)
+        remaining -= len(piece)
+    name = b"weights.bin"
+    local = struct.pack("<4sHHHHHLLLHH", b"PK\x03\x04", 20, 0, 0, 0, 0x21, crc, size, size, len(name), 0) + name
+    central = struct.pack("<4sHHHHHHLLLHHHHHLL", b"PK\x01\x02", (3 << 8) | 20, 20, 0, 0, 0, 0x21, crc, size, size,
+                          len(name), 0, 0, 0, 0, 0o100644 << 16, 0) + name  # fmt: skip
+    end = struct.pack("<4sHHHHLLH", b"PK\x05\x06", 0, 0, 1, 1, len(central), len(local) + size, 0)
+    return local, central + end
 
 
 def main() -> None:
@@ -52,16 +73,23 @@ def main() -> None:
 
             sent = hashlib.sha256()
 
+            head, tail = stored_zip_frame(block, size)
+            total = len(head) + size + len(tail)
+
             def body() -> object:
+                sent.update(head)
+                yield head
                 remaining = size
                 while remaining > 0:
                     piece = block[: min(CHUNK, remaining)]
                     sent.update(piece)
                     remaining -= len(piece)
                     yield piece
+                sent.update(tail)
+                yield tail
 
             started = time.perf_counter()
-            response = client.post(f"/models/{model['id']}/artifact", content=body(), headers={"content-length": str(size)})
+            response = client.post(f"/models/{model['id']}/artifact", content=body(), headers={"content-length": str(total)})
             upload_s = time.perf_counter() - started
             response.raise_for_status()
             upload_rss = peak_rss_mb(server.process.pid)
@@ -77,7 +105,7 @@ def main() -> None:
             download_s = time.perf_counter() - started
             peak = peak_rss_mb(server.process.pid)
 
-            assert count == size and received.hexdigest() == sent.hexdigest(), "download differs from upload"
+            assert count == total and received.hexdigest() == sent.hexdigest(), "download differs from upload"
             mb = size / 1024**2
             print(f"artifact size        {mb:10.0f} MB")
             print(f"upload               {upload_s:10.1f} s   {mb / upload_s:8.0f} MB/s")
