@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
@@ -47,6 +47,9 @@ from dockyard.gateway.pool import UpstreamPool
 from dockyard.gateway.proxy import DisconnectWatch, Forward, Proxy
 from dockyard.gateway.replies import send_error, send_json
 from dockyard.gateway.routes import Route, RouteSource, RouteTable
+
+# (caller or None, the deployment's compartment id) -> may they use it (predict)?
+Authorize = Callable[[Any, str], Awaitable[bool]]
 from dockyard.store.metadata import now_iso
 
 log = logging.getLogger("dockyard.gateway")
@@ -65,8 +68,13 @@ class Gateway:
     registry; `gateway_metrics_app(gateway)` serves it.
     """
 
-    def __init__(self, store: RouteSource, options: GatewayOptions, access_sink: AccessSink | None = None) -> None:
+    def __init__(
+        self, store: RouteSource, options: GatewayOptions, access_sink: AccessSink | None = None, authorize: Authorize | None = None
+    ) -> None:
         self.options = options
+        # May the verified caller (scope["state"]["caller"]) use a deployment in this compartment?
+        # None: everyone may. A refusal is the 404 of an unknown deployment.
+        self.authorize = authorize
         self.metrics = GatewayMetrics()
         self.access = AccessLog(access_sink)
         self.balancer = Balancer(options.ejection_s)
@@ -164,7 +172,7 @@ class Gateway:
             raise NotFound(f"no data-plane operation at {path}; use /<deploymentId>/predict")
         ex.deployment_id = deployment_id
         if len(parts) == 1:
-            await self._status(ex, deployment_id, send)
+            await self._status(ex, deployment_id, send, scope)
             return
         action, suffix = parts[1], ("/" + parts[2] if len(parts) == 3 else None)
         if action == "predict":
@@ -181,7 +189,7 @@ class Gateway:
         declared = check_framing(
             ex.method, headers.get(b"content-length"), headers.get(b"transfer-encoding"), self.options.max_body_bytes
         )
-        route = await self._serving_route(ex, deployment_id)
+        route = await self._serving_route(ex, deployment_id, scope)
         container_path, stream_required = self._container_path(route, op, suffix, ex.method, headers)
         if op == STREAM and not route.streaming:
             raise Conflict(
@@ -190,8 +198,11 @@ class Gateway:
             )
         await self._forward(ex, scope, route, op, container_path, stream_required, declared, headers, receive, send)
 
-    async def _serving_route(self, ex: Exchange, deployment_id: str) -> Route:
+    async def _serving_route(self, ex: Exchange, deployment_id: str, scope: Scope) -> Route:
         route = await self.routes.get(deployment_id)
+        if route is not None and self.authorize is not None:
+            if not await self.authorize(scope.get("state", {}).get("caller"), route.compartment_id):
+                route = None  # checked before the state: a refusal must not reveal it either
         if route is None:
             raise NotAuthorizedOrNotFound(
                 f"model deployment {deployment_id} was not found, or you are not allowed to use it; check the id"
@@ -266,7 +277,7 @@ class Gateway:
                 forwarded.append((b"transfer-encoding", b"chunked"))  # re-framed for this hop
             elif declared is None and ex.method in METHODS_WITH_BODY:
                 forwarded.append((b"content-length", b"0"))
-            fwd = Forward(ex.method, container_path, forwarded, stream_required)
+            fwd = Forward(ex.method, container_path, forwarded, stream_required, chunked=has_body and declared is None)
             body = RequestBody(receive, self.options.max_body_bytes, on_complete=watch.start) if has_body else None
             if body is None:
                 watch.start()
@@ -293,10 +304,10 @@ class Gateway:
             name = await self.triton.only_model(route.deployment_id, first.backend.base_url, ex.request_id)
         return triton.model_path(name, version, streaming=op == STREAM)
 
-    async def _status(self, ex: Exchange, deployment_id: str, send: Any) -> None:
+    async def _status(self, ex: Exchange, deployment_id: str, send: Any, scope: Scope) -> None:
         if ex.method not in ("GET", "HEAD"):
             raise not_allowed(f"{ex.method} is not allowed on /{deployment_id}; use POST /{deployment_id}/predict", "GET, HEAD")
-        route = await self._serving_route(ex, deployment_id)
+        route = await self._serving_route(ex, deployment_id, scope)
         ex.status = 200
         ex.bytes_out = await send_json(
             send,

@@ -1,15 +1,16 @@
-"""The upstream connection pool: an httpx transport that finds a free connection in O(1).
+"""The upstream connection pool: keep-alive HTTP/1.1 connections per instance, found in O(1).
 
-httpx's own pool (httpcore's `AsyncConnectionPool`) re-examines every connection it holds, with
-a system call each, whenever any request starts or ends. Under 64 concurrent requests that
-work grew to three times the rest of the gateway's per-request cost, and it grows with the
-square of the concurrency (long LLM streams make it worse). This pool keeps, per origin, a
-stack of idle HTTP/1.1 connections (the most recently used is reused first, so idle ones
-expire at the bottom) and a queue of requests waiting for one; checking a connection out or
-in touches only that connection.
+Per origin (host, port) the pool keeps a stack of idle connections (the most recently used is
+reused first, so idle ones expire at the bottom) and a queue of requests waiting for one;
+checking a connection out or in touches only that connection. Connections are the lean
+`UpstreamConnection`s of `gateway.upstream`.
 
-It is a plain `httpx.AsyncBaseTransport`: the gateway's shared `httpx.AsyncClient` owns it
-(and closes it), and the proxy sends through it directly.
+Two ways in:
+- `send(...)`: the proxy's hot path; the caller frames the request (Host, Content-Length or
+  Transfer-Encoding) and gets a `Reply` whose `close()` gives the connection back.
+- `handle_async_request(httpx.Request)`: the pool as an `httpx.AsyncBaseTransport`, for the
+  gateway's shared `httpx.AsyncClient` (Triton's model index) and anything else that wants it.
+Errors are httpx's transport errors either way.
 """
 
 from __future__ import annotations
@@ -18,50 +19,31 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
-import httpcore
 import httpx
 
-# httpcore errors as the httpx ones callers expect (the same table httpx uses internally).
-_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
-    httpcore.ConnectTimeout: httpx.ConnectTimeout,
-    httpcore.ReadTimeout: httpx.ReadTimeout,
-    httpcore.WriteTimeout: httpx.WriteTimeout,
-    httpcore.PoolTimeout: httpx.PoolTimeout,
-    httpcore.TimeoutException: httpx.TimeoutException,
-    httpcore.ConnectError: httpx.ConnectError,
-    httpcore.ReadError: httpx.ReadError,
-    httpcore.WriteError: httpx.WriteError,
-    httpcore.NetworkError: httpx.NetworkError,
-    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
-    httpcore.LocalProtocolError: httpx.LocalProtocolError,
-    httpcore.ProtocolError: httpx.ProtocolError,
-    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
-}
+from dockyard.gateway.upstream import Headers, Reply, UpstreamConnection
 
-
-@contextlib.contextmanager
-def _httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except httpcore.ConnectionNotAvailable:
-        raise
-    except Exception as exc:
-        for core, mapped in _ERRORS.items():
-            if isinstance(exc, core):
-                raise mapped(str(exc)) from exc
-        raise
+Key = tuple[str, int]
+_OPEN = object()  # handed to a waiter: a connection slot is yours, open a new one
 
 
 @dataclass
 class _Origin:
-    """Connections to one scheme://host:port."""
+    """Connections to one host:port."""
 
-    idle: list[tuple[httpcore.AsyncHTTPConnection, float]] = field(default_factory=list)  # (connection, idle since)
+    idle: list[UpstreamConnection] = field(default_factory=list)
     count: int = 0  # open or opening, idle included
-    waiters: collections.deque[asyncio.Future[httpcore.AsyncHTTPConnection | None]] = field(default_factory=collections.deque)
+    waiters: collections.deque[asyncio.Future[object]] = field(default_factory=collections.deque)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float | None = 5.0
+    read_s: float | None = 60.0  # the wait for the reply's headers, and between two body chunks
+    pool_s: float | None = 60.0  # the wait for a free connection at the limit
 
 
 class UpstreamPool(httpx.AsyncBaseTransport):
@@ -72,53 +54,67 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         self.max_connections = max_connections
         self.max_idle = max_idle
         self.keepalive_expiry_s = keepalive_expiry_s
-        self._origins: dict[tuple[bytes, bytes, int | None], _Origin] = {}
+        self._origins: dict[Key, _Origin] = {}
         self._closed = False
         self._last_sweep = time.monotonic()
-        self._closing: set[asyncio.Task[None]] = set()
 
-    # --- the transport ------------------------------------------------------------------------
+    # --- the proxy's way in ---------------------------------------------------------------------
+
+    async def send(
+        self,
+        host: str,
+        port: int,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes | AsyncIterable[bytes] | None,
+        chunked: bool,
+        timeouts: Timeouts,
+    ) -> Reply:
+        """Send one request (headers complete, Host included) and wait for the reply's headers.
+
+        The body is read only once a connection is open, so a refused connection leaves it
+        untouched for another instance. Raises httpx.ConnectError / ConnectTimeout / PoolTimeout
+        before anything was sent, other httpx transport errors after."""
+        if self._closed:
+            raise httpx.ConnectError("the gateway's upstream pool is closed")
+        head = UpstreamConnection.head(method, target, headers)
+        key = (host, port)
+        connection = await self._checkout(key, timeouts)
+        reply = connection.start(method)
+        reply._on_close = lambda conn, reusable: self._checkin(key, conn, reusable)  # noqa: SLF001
+        try:
+            await connection.send_body(head, body, chunked)
+            if timeouts.read_s is None:
+                await reply.wait_head()
+            else:
+                async with asyncio.timeout(timeouts.read_s):
+                    await reply.wait_head()
+        except TimeoutError as exc:
+            reply.close()
+            raise httpx.ReadTimeout(f"the container sent no reply within {timeouts.read_s:g} s") from exc
+        except BaseException:
+            reply.close()
+            raise
+        return reply
+
+    # --- httpx's way in -------------------------------------------------------------------------
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        return await self.send(core_request)
-
-    async def send(self, request: httpcore.Request) -> httpx.Response:
-        """Send an httpcore request as it is (the caller has framed it: Host, Content-Length or
-        Transfer-Encoding); the reply as an httpx response whose closing frees the connection.
-
-        The proxy uses this directly: building an `httpx.Request` costs more than the rest of
-        the gateway's own work on a request. Raises httpx's transport errors.
-        """
-        if self._closed:
-            raise httpx.ConnectError("the gateway's upstream pool is closed")
-        url = request.url
-        key = (url.scheme, url.host, url.port)
-        pool_timeout = (request.extensions.get("timeout") or {}).get("pool")
-        while True:
-            connection = await self._checkout(key, pool_timeout)
-            try:
-                with _httpx_errors():
-                    response = await connection.handle_async_request(request)
-            except httpcore.ConnectionNotAvailable:
-                self._checkin(key, connection)  # it closed while idle; nothing was sent: take another
-                continue
-            except BaseException:
-                self._checkin(key, connection)
-                raise
-            return httpx.Response(
-                status_code=response.status,
-                headers=response.headers,
-                stream=_ReleasingStream(response.stream, self, key, connection),
-                extensions=response.extensions,
-            )
+        timeout = request.extensions.get("timeout") or {}
+        timeouts = Timeouts(timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
+        try:
+            body: bytes | AsyncIterable[bytes] = request.content
+        except httpx.RequestNotRead:
+            body = request.stream  # type: ignore[assignment]
+        headers = request.headers.raw
+        chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in headers)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        if url.scheme != "http":
+            raise httpx.UnsupportedProtocol(f"the gateway reaches instances over plain http, not {url.scheme}")
+        reply = await self.send(url.host, port, request.method.encode(), url.raw_path, headers, body, chunked, timeouts)
+        return httpx.Response(status_code=reply.status, headers=reply.headers, stream=_ReplyStream(reply, timeouts.read_s))
 
     async def aclose(self) -> None:
         """Close idle connections now; busy ones close when their replies do."""
@@ -126,134 +122,136 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         for origin in self._origins.values():
             idle, origin.idle = origin.idle, []
             origin.count -= len(idle)
-            for connection, _ in idle:
-                self._close_later(connection)
+            for connection in idle:
+                connection.close()
             while origin.waiters:
                 waiter = origin.waiters.popleft()
                 if not waiter.done():
                     waiter.set_result(None)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await asyncio.sleep(0)  # let the transports finish closing
 
     def open_connections(self) -> int:
         return sum(o.count for o in self._origins.values())
 
     # --- checkout and checkin -------------------------------------------------------------------
 
-    async def _checkout(self, key: tuple[bytes, bytes, int | None], timeout_s: float | None) -> httpcore.AsyncHTTPConnection:
-        # No await until a connection is chosen: the bookkeeping below is never interleaved.
+    async def _checkout(self, key: Key, timeouts: Timeouts) -> UpstreamConnection:
+        # No await until a connection (or a slot for a new one) is chosen: the bookkeeping
+        # below is never interleaved.
         now = time.monotonic()
         if now - self._last_sweep > 1.0:
             self._sweep(now)  # before the lookup: it may drop empty origins
         origin = self._origins.get(key)
         if origin is None:
             origin = self._origins[key] = _Origin()
-        while origin.idle:
-            connection, since = origin.idle.pop()
-            if now - since < self.keepalive_expiry_s and connection.is_available() and not connection.has_expired():
+        idle = origin.idle
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and now - connection.idle_since < self.keepalive_expiry_s:
                 return connection
             origin.count -= 1
-            self._close_later(connection)
+            connection.close()
         if origin.count < self.max_connections:
             origin.count += 1
-            return self._new(key)
-        waiter: asyncio.Future[httpcore.AsyncHTTPConnection | None] = asyncio.get_running_loop().create_future()
+            return await self._open(key, origin, timeouts.connect_s)
+        waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         origin.waiters.append(waiter)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(timeouts.pool_s):
                 handed = await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled() and (lost := waiter.result()) is not None:
-                self._checkin(key, lost)  # handed over just as we gave up: pass it on
+                self._pass_on(key, origin, lost)  # handed over just as we gave up
             if isinstance(exc, TimeoutError):
-                raise httpx.PoolTimeout(f"no free connection to this instance within {timeout_s} s") from exc
+                raise httpx.PoolTimeout(f"no free connection to this instance within {timeouts.pool_s} s") from exc
             raise
         finally:
             with contextlib.suppress(ValueError):
                 origin.waiters.remove(waiter)
         if handed is None:
             raise httpx.ConnectError("the gateway's upstream pool is closed")
-        return handed
+        if handed is _OPEN:
+            return await self._open(key, origin, timeouts.connect_s)
+        return handed  # type: ignore[return-value]
 
-    def _checkin(self, key: tuple[bytes, bytes, int | None], connection: httpcore.AsyncHTTPConnection) -> None:
-        """Give a connection back once its exchange is over (done, failed or abandoned)."""
-        origin = self._origins.get(key)
-        if origin is None:  # cannot happen while counts are right; never leak a socket if it does
-            self._close_later(connection)
-            return
-        reusable = not self._closed and connection.is_idle() and not connection.is_closed()
+    async def _open(self, key: Key, origin: _Origin, timeout_s: float | None) -> UpstreamConnection:
+        """Open a connection in a slot already counted; the slot is given up if that fails."""
+        try:
+            return await UpstreamConnection.open(key[0], key[1], timeout_s)
+        except BaseException:
+            origin.count -= 1
+            self._hand_slot(origin)
+            raise
+
+    def _hand_slot(self, origin: _Origin) -> None:
+        """A slot came free: the first live waiter may open a connection in it."""
         while origin.waiters:
             waiter = origin.waiters.popleft()
-            if waiter.done():
-                continue
-            if not reusable:  # the waiter gets a fresh connection in this one's place
-                self._discard(origin, connection)
+            if not waiter.done():
                 origin.count += 1
-                connection = self._new(key)
-            waiter.set_result(connection)
-            return
-        if reusable and len(origin.idle) < self.max_idle:
-            origin.idle.append((connection, time.monotonic()))
-            return
-        self._discard(origin, connection)
-        if not origin.count:
-            self._origins.pop(key, None)
+                waiter.set_result(_OPEN)
+                return
 
-    def _new(self, key: tuple[bytes, bytes, int | None]) -> httpcore.AsyncHTTPConnection:
-        scheme, host, port = key
-        return httpcore.AsyncHTTPConnection(
-            origin=httpcore.Origin(scheme, host, port or (443 if scheme == b"https" else 80)),
-            keepalive_expiry=self.keepalive_expiry_s,
-        )
+    def _pass_on(self, key: Key, origin: _Origin, handed: object) -> None:
+        if handed is _OPEN:
+            origin.count -= 1
+            self._hand_slot(origin)
+        else:
+            self._checkin(key, handed, True)  # type: ignore[arg-type]
 
-    def _discard(self, origin: _Origin, connection: httpcore.AsyncHTTPConnection) -> None:
+    def _checkin(self, key: Key, connection: UpstreamConnection, reusable: bool) -> None:
+        """Take a connection back once its exchange is over (done, failed or abandoned)."""
+        origin = self._origins.get(key)
+        if origin is None:  # cannot happen while counts are right; never leak a socket if it does
+            connection.close()
+            return
+        reusable = reusable and not self._closed and not connection.closed
+        if not reusable:
+            connection.close()
+            origin.count -= 1
+            if not self._closed:
+                self._hand_slot(origin)
+            if not origin.count and not origin.waiters:
+                self._origins.pop(key, None)
+            return
+        while origin.waiters:
+            waiter = origin.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        if len(origin.idle) < self.max_idle:
+            connection.idle_since = time.monotonic()
+            origin.idle.append(connection)
+            return
+        connection.close()
         origin.count -= 1
-        if not connection.is_closed():  # mid-exchange (an abandoned reply) or surplus: its socket goes
-            self._close_later(connection)
-
-    def _close_later(self, connection: httpcore.AsyncHTTPConnection) -> None:
-        task = asyncio.get_running_loop().create_task(connection.aclose())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
 
     def _sweep(self, now: float) -> None:
         """Close connections idle past their expiry, in every origin (instances come and go)."""
         self._last_sweep = now
         for key, origin in list(self._origins.items()):
             keep = []
-            for connection, since in origin.idle:
-                if now - since < self.keepalive_expiry_s and not connection.has_expired():
-                    keep.append((connection, since))
+            for connection in origin.idle:
+                if not connection.closed and now - connection.idle_since < self.keepalive_expiry_s:
+                    keep.append(connection)
                 else:
                     origin.count -= 1
-                    self._close_later(connection)
+                    connection.close()
             origin.idle = keep
             if not origin.count and not origin.waiters:
                 del self._origins[key]
 
 
-class _ReleasingStream(httpx.AsyncByteStream):
-    """The reply body; closing it gives the connection back to the pool."""
+class _ReplyStream(httpx.AsyncByteStream):
+    """A `Reply` as an httpx response body; closing it gives the connection back to the pool."""
 
-    def __init__(
-        self, stream: object, pool: UpstreamPool, key: tuple[bytes, bytes, int | None], connection: httpcore.AsyncHTTPConnection
-    ) -> None:
-        self._stream = stream
-        self._pool = pool
-        self._key = key
-        self._connection = connection
-        self._released = False
+    def __init__(self, reply: Reply, read_timeout_s: float | None) -> None:
+        self._reply = reply
+        self._timeout_s = read_timeout_s
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _httpx_errors():
-            async for part in self._stream:  # type: ignore[attr-defined]
-                yield part
+        while chunk := await self._reply.read(self._timeout_s):
+            yield chunk
 
     async def aclose(self) -> None:
-        try:
-            with _httpx_errors():
-                await self._stream.aclose()  # type: ignore[attr-defined]
-        finally:
-            if not self._released:
-                self._released = True
-                self._pool._checkin(self._key, self._connection)  # noqa: SLF001
+        self._reply.close()

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpcore
 import httpx
 
 from dockyard.errors import Conflict, GatewayTimeout, ServiceUnavailable
@@ -24,9 +23,10 @@ from dockyard.gateway.body import RequestBody
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import RawHeaders, client_response_headers
 from dockyard.gateway.metrics import GatewayMetrics
-from dockyard.gateway.pool import UpstreamPool
+from dockyard.gateway.pool import Timeouts, UpstreamPool
 from dockyard.gateway.replies import BadGateway
-from dockyard.gateway.routes import Backend, Route
+from dockyard.gateway.routes import Route
+from dockyard.gateway.upstream import Reply
 
 log = logging.getLogger("dockyard.gateway")
 
@@ -40,14 +40,17 @@ class Forward:
 
     method: str
     path: str  # container path, query string included
-    headers: RawHeaders
+    headers: RawHeaders  # Host excepted (each instance has its own)
     stream_required: bool = False  # /predictWithResponseStream: a non-streaming 2xx reply is a 409
+    chunked: bool = False  # the body is re-framed as chunks (the caller sent it chunked)
 
+    @property
+    def method_bytes(self) -> bytes:
+        return self.method.encode()
 
-def is_streaming(response: httpx.Response) -> bool:
-    """Server-sent events, or a body of unknown length (chunked or close-delimited)."""
-    content_type = response.headers.get("content-type", "")
-    return content_type.startswith("text/event-stream") or "content-length" not in response.headers
+    @property
+    def target(self) -> bytes:
+        return self.path.encode("latin-1")
 
 
 class DisconnectWatch:
@@ -104,20 +107,7 @@ class Proxy:
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
         # Per-read timeouts: a reply stream that goes silent this long is cut.
-        self.timeouts = httpx.Timeout(request_timeout_s, connect=connect_timeout_s, pool=request_timeout_s).as_dict()
-
-    @staticmethod
-    def request(backend: Backend, fwd: Forward, body: RequestBody | None, timeouts: dict[str, float | None]) -> httpcore.Request:
-        """The upstream request, built straight for the pool (an `httpx.Request` would re-parse
-        the URL and re-validate every header on each request: the largest cost of all)."""
-        host = backend.host.encode()
-        return httpcore.Request(
-            method=fwd.method.encode(),
-            url=httpcore.URL(scheme=b"http", host=host, port=backend.port, target=fwd.path.encode("latin-1")),
-            headers=[(b"host", backend.authority), *fwd.headers],
-            content=body if body is not None else b"",
-            extensions={"timeout": timeouts},
-        )
+        self.timeouts = Timeouts(connect_s=connect_timeout_s, read_s=request_timeout_s, pool_s=request_timeout_s)
 
     async def forward(
         self, ex: Exchange, route: Route, fwd: Forward, body: RequestBody | None, send: Send, watch: DisconnectWatch
@@ -132,15 +122,13 @@ class Proxy:
         try:
             await self._relay(ex, fwd, response, send, watch)
         finally:
-            try:
-                await response.aclose()
-            finally:
-                upstream.outstanding -= 1
-                ex.upstream_ended = time.perf_counter()
+            response.close()
+            upstream.outstanding -= 1
+            ex.upstream_ended = time.perf_counter()
 
     async def _connect(
         self, ex: Exchange, route: Route, fwd: Forward, body: RequestBody | None, deadline: float
-    ) -> tuple[Upstream, httpx.Response]:
+    ) -> tuple[Upstream, Reply]:
         """Send the request to the first instance that accepts a connection; its reply headers."""
         refused: list[str] = []
         for upstream in self.balancer.order(route):
@@ -148,11 +136,14 @@ class Proxy:
                 break  # the body left for an instance that then failed: never send it twice
             ex.attempts += 1
             ex.instance_id = upstream.backend.instance_id
-            request = self.request(upstream.backend, fwd, body, self.timeouts)
+            backend = upstream.backend
             upstream.outstanding += 1
             try:
                 async with asyncio.timeout_at(deadline):
-                    response = await self.pool.send(request)
+                    response = await self.pool.send(
+                        backend.host, backend.port, fwd.method_bytes, fwd.target, [(b"host", backend.authority), *fwd.headers],
+                        body, fwd.chunked, self.timeouts,
+                    )  # fmt: skip
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 upstream.outstanding -= 1
                 self.metrics.upstream_errors.labels(route.deployment_id, "connect").inc()
@@ -193,26 +184,31 @@ class Proxy:
             "the reconciler restarts failed instances, retry shortly"
         )
 
-    async def _relay(self, ex: Exchange, fwd: Forward, response: httpx.Response, send: Send, watch: DisconnectWatch) -> None:
-        if fwd.stream_required and 200 <= response.status_code < 300 and not is_streaming(response):
+    async def _relay(self, ex: Exchange, fwd: Forward, reply: Reply, send: Send, watch: DisconnectWatch) -> None:
+        if fwd.stream_required and 200 <= reply.status < 300 and not reply.streaming:
             raise Conflict(
                 f"the model answered /predictWithResponseStream with a non-streaming reply "
-                f"(HTTP {response.status_code}, {response.headers.get('content-type', 'no content type')}, "
-                f"{response.headers.get('content-length')} bytes); use /predict, or make the container stream "
+                f"(HTTP {reply.status}, {(reply.content_type or b'no content type').decode('latin-1')}, "
+                f"{(reply.content_length or b'?').decode('latin-1')} bytes); use /predict, or make the container stream "
                 "(text/event-stream or chunked)"
             )
         await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": client_response_headers(response.headers.raw, ex.request_id),
-            }
+            {"type": "http.response.start", "status": reply.status, "headers": client_response_headers(reply.headers, ex.request_id)}
         )
-        ex.status = response.status_code
+        ex.status = reply.status
         ex.response_started = True
+        read_timeout = self.timeouts.read_s
         try:
-            async for chunk in response.aiter_raw():
+            while True:
+                chunk = await reply.read(read_timeout)
+                if not chunk:
+                    break
                 ex.bytes_out += len(chunk)
+                if reply.drained:  # that was the last chunk: it ends the reply, one message fewer
+                    watch.done = True
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    ex.response_complete = True
+                    return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.HTTPError as exc:
             # Headers are gone: the only honest signal left is to end the reply incomplete, so

@@ -1,0 +1,348 @@
+"""One keep-alive HTTP/1.1 connection to a model server: asyncio's Protocol API, httptools (the
+parser uvicorn uses) reading the replies.
+
+A general-purpose client spends most of a proxied request in layers a proxy does not need
+(a task-group per call, a lock per read and write, per-header validation, an event-driven
+HTTP/1.1 state machine in Python). Here a request is one `transport.write` of the request
+head and the first body chunk, and the reply arrives through parser callbacks straight into
+a `Reply` the proxy reads from. Errors are httpx's transport error types, so callers can
+treat this and an httpx transport alike.
+
+Flow control both ways: writes wait while the socket's buffer is full, and reading pauses
+while more than `READ_HIGH_WATER` bytes of a reply wait for the caller to take them, so a
+slow caller never makes the gateway hold a whole reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+from typing import Any
+
+import httptools
+import httpx
+
+READ_HIGH_WATER = 256 * 1024
+Headers = list[tuple[bytes, bytes]]
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class Reply:
+    """The reply to one request: status and headers once they are in, then the body as chunks.
+
+    `read()` returns the next chunk (b"" at the end). `complete` tells whether the whole body
+    arrived; a reply closed before that takes its connection down with it (the rest of the
+    body is still on the wire, nothing else can be sent on it).
+    """
+
+    __slots__ = (
+        "status", "headers", "content_type", "content_length", "chunked", "complete", "_connection",
+        "_chunks", "_buffered", "_waiter", "_error", "_head", "_closed", "_on_close",
+    )  # fmt: skip
+
+    def __init__(self, connection: UpstreamConnection) -> None:
+        self.status = 0
+        self.headers: Headers = []
+        self.content_type: bytes | None = None
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.complete = False
+        self._connection = connection
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: Exception | None = None
+        self._head: asyncio.Future[None] = connection.loop.create_future()
+        self._closed = False
+        self._on_close: Any = None  # called with (connection, reusable) once, by close()
+
+    @property
+    def streaming(self) -> bool:
+        """Server-sent events, or a body of unknown length (chunked or close-delimited)."""
+        return self.content_length is None or (self.content_type or b"").startswith(b"text/event-stream")
+
+    @property
+    def drained(self) -> bool:
+        """The whole body arrived and was read."""
+        return self.complete and not self._chunks
+
+    # --- the caller's side ------------------------------------------------------------------------
+
+    async def wait_head(self) -> None:
+        if not self._head.done():
+            await self._head
+        elif self._error is not None and not self.status:
+            raise self._error
+
+    async def read(self, timeout_s: float | None = None) -> bytes:
+        """The body bytes that arrived since the last call, waiting up to `timeout_s` for some;
+        b"" once the body is complete. Raises httpx.ReadTimeout or a transport error."""
+        while True:
+            if self._chunks:
+                chunks, self._chunks = self._chunks, []
+                self._buffered = 0
+                self._connection.resume_reading()
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if self.complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            waiter = self._waiter = self._connection.loop.create_future()
+            timer = None
+            if timeout_s is not None:
+                timer = self._connection.loop.call_later(timeout_s, _time_out, waiter, timeout_s)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+    def close(self) -> None:
+        """Done with the reply: its connection goes back to the pool if the body was read whole."""
+        if self._closed:
+            return
+        self._closed = True
+        connection = self._connection
+        reusable = self.complete and connection.keep_alive and not connection.closed
+        connection.reply = None
+        if not reusable:
+            connection.close()
+        if self._on_close is not None:
+            self._on_close(connection, reusable)
+
+    # --- the connection's side --------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _body(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > READ_HIGH_WATER:
+            self._connection.pause_reading()
+        self._wake()
+
+    def _finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def _fail(self, error: Exception) -> None:
+        if self.complete or self._error is not None:
+            return
+        self._error = error
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved: a reply nobody waits for must not be reported
+        self._wake()
+
+
+def _time_out(waiter: asyncio.Future[None], timeout_s: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(httpx.ReadTimeout(f"the container sent nothing for {timeout_s:g} s"))
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection carrying one request at a time. `reply` is the exchange in progress."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.reply: Reply | None = None
+        self.closed = False
+        self.keep_alive = True
+        self.idle_since = 0.0
+        self._interim = False  # parsing a 1xx reply: its end is not the end of the exchange
+        self._head_only = False  # a HEAD request: the reply has headers and no body
+        self._reading_paused = False
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+
+    # --- opening, sending ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, host: str, port: int, timeout_s: float | None) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, connection = await loop.create_connection(lambda: cls(loop), host, port)
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {timeout_s:g} s") from exc
+        except OSError as exc:
+            raise httpx.ConnectError(f"{exc.strerror or exc} ({host}:{port})") from exc
+        return connection
+
+    def start(self, method: bytes) -> Reply:
+        """A new exchange; the caller writes the head (built by `head`) and the body next."""
+        reply = self.reply = Reply(self)
+        self._interim = False
+        self._head_only = method == b"HEAD"
+        return reply
+
+    @staticmethod
+    def head(method: bytes, target: bytes, headers: Headers) -> bytes:
+        """The request line and headers. Raises httpx.LocalProtocolError for a line break or space
+        where none may be (a smuggled second request)."""
+        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # Counting is cheaper than validating each header, and catches every injected CR or LF.
+        if head.count(b"\n") != len(headers) + 2 or head.count(b"\r") != len(headers) + 2 or target.count(b" "):
+            raise httpx.LocalProtocolError("a request header or the request target holds a line break or a space")
+        return head
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed:
+            waiter = self._write_waiter = self.loop.create_future()
+            await waiter
+
+    async def send_body(self, head: bytes, body: bytes | AsyncIterable[bytes] | None, chunked: bool) -> None:
+        """Write the head and the body (re-framed as chunks when `chunked`). Stops quietly when
+        the connection closes under it: the container may have answered early, and its reply
+        (or the lack of one) tells the rest."""
+        if body is None or isinstance(body, bytes):
+            if chunked:
+                self.write(head + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"))
+            else:
+                self.write(head + body if body else head)
+            return
+        pending = head
+        async for chunk in body:
+            if not chunk:
+                continue
+            data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
+            if pending:  # the head goes out with the first chunk: one write for a small request
+                data, pending = pending + data, b""
+            self.write(data)
+            if self.closed:
+                return
+            await self.drain()
+        if chunked:
+            self.write(pending + b"0\r\n\r\n")
+        elif pending:
+            self.write(pending)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    # --- flow control ---------------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._release_writer()
+
+    def _release_writer(self) -> None:
+        waiter, self._write_waiter = self._write_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reply = self.reply
+        if reply is None:  # bytes nobody asked for: whatever the server meant, this connection is done
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            reply._fail(httpx.RemoteProtocolError("the container switched protocols, which the gateway does not relay"))
+            self.close()
+        except httptools.HttpParserError as exc:
+            reply._fail(httpx.RemoteProtocolError(f"the container's reply is not valid HTTP/1.1 ({exc})"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: a half-closed upstream cannot take another request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._release_writer()
+        reply = self.reply
+        if reply is None or reply.complete:
+            return
+        if reply.status and not reply.chunked and reply.content_length is None:
+            reply._finish()  # a close-delimited body ends with the connection
+        elif reply.status:
+            reply._fail(httpx.RemoteProtocolError("the container closed the connection in the middle of its reply"))
+        elif exc is not None:
+            reply._fail(httpx.ReadError(f"the connection to the container failed before a reply ({exc})"))
+        else:
+            reply._fail(httpx.RemoteProtocolError("the container closed the connection without replying"))
+
+    # --- httptools callbacks --------------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        reply = self.reply
+        assert reply is not None
+        reply.headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length":
+            reply.content_length = value
+        elif lowered == b"content-type":
+            reply.content_type = value
+        elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
+            reply.chunked = True
+
+    def on_headers_complete(self) -> None:
+        reply = self.reply
+        assert reply is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # 100 Continue and friends: the real reply follows
+            self._interim = True
+            reply.headers, reply.content_length, reply.content_type, reply.chunked = [], None, None, False
+            return
+        self._interim = False
+        reply.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        if status in _NO_BODY_STATUS:
+            reply.content_length = reply.content_length or b"0"
+        if not reply._head.done():
+            reply._head.set_result(None)
+        if self._head_only:
+            # Headers only, whatever Content-Length says; the parser would wait for that many
+            # bytes, so this connection is not reused.
+            reply.content_length = reply.content_length or b"0"
+            self.keep_alive = False
+            reply._finish()
+
+    def on_body(self, body: bytes) -> None:
+        reply = self.reply
+        if reply is not None and not self._head_only:
+            reply._body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        reply = self.reply
+        if reply is not None and not reply.complete:
+            reply._finish()
