@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from dockyard.gateway.accesslog import AccessEntry, AccessSink
-from dockyard.gateway.app import Gateway
+from dockyard.gateway.app import Authorize, Gateway
 from dockyard.gateway.compose import beside
 from dockyard.gateway.options import GatewayOptions, MiB
 from dockyard.gateway.routes import RouteSource
@@ -38,12 +38,14 @@ def create_gateway(
     keepalive_expiry_s: float = 4.0,
     access_sink: AccessSink | None = None,
     options: GatewayOptions | None = None,
+    authorize: Authorize | None = None,
 ) -> Gateway:
     """The data-plane ASGI app over `store` (see `GatewayOptions` for what each option means).
 
     Pass either the keyword options or a ready `options` object (which then wins). Nothing is
     started or connected here: connections open on first use and close with `aclose()` or on
-    the ASGI lifespan shutdown. Raises ValueError for an option out of range.
+    the ASGI lifespan shutdown. Raises ValueError for an option out of range. `authorize`
+    (caller, compartment id) -> bool decides who may use a deployment; None: everyone.
     """
     if options is None:
         options = GatewayOptions(
@@ -58,7 +60,7 @@ def create_gateway(
             max_keepalive_connections=max_keepalive_connections,
             keepalive_expiry_s=keepalive_expiry_s,
         )
-    return Gateway(store, options, access_sink)
+    return Gateway(store, options, access_sink, authorize)
 
 
 def gateway_metrics_app(gateway: Gateway) -> Any:

@@ -69,6 +69,7 @@ class Route:
     triton: bool = False
     endpoints: tuple[CustomEndpoint, ...] = ()
     variables: Mapping[str, str] = field(default_factory=dict)
+    compartment_id: str = ""  # for the authorization hook (Gateway.authorize)
 
     @property
     def serving_state(self) -> bool:
@@ -94,6 +95,7 @@ def route_from(record: Record, instances: list[InstanceRecord]) -> Route:
         triton=variables.get(CONTAINER_TYPE_VAR, "").strip().upper() == "TRITON",
         endpoints=custom_endpoints(record.id, variables, env),
         variables=variables,
+        compartment_id=str(record.body.get("compartmentId") or ""),
     )
 
 
