@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from dockyard.api.app import create_api
 from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
 from dockyard.reconciler.loop import Reconciler
+from dockyard.reconciler.predict_logs import collect_predict_logs
 from dockyard.runtimes.base import Runtime
 from dockyard.service.bundle import Services
 from dockyard.service.deployments import DeploymentService
@@ -28,6 +29,7 @@ from dockyard.service.projects import ProjectService
 from dockyard.service.work_requests import WorkRequests
 from dockyard.settings import Settings
 from dockyard.store.artifacts import FilesystemArtifactStore
+from dockyard.store.logs import log_store_for
 from dockyard.store.metadata import SqlMetadataStore
 from dockyard.store.unpacking import ArtifactUnpacker
 
@@ -62,6 +64,7 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
     reconciler = Reconciler(
         store, runtime, work_requests, settings, artifact_dir=lambda sha: unpacker.unpack(blobs.path(sha), sha)
     )
+    collect_predict_logs(reconciler, runtime, log_store_for(store, settings))
     services = Services(
         settings=settings,
         store=store,
@@ -92,6 +95,7 @@ def gateway_for(settings: Settings, store: SqlMetadataStore) -> Gateway:
             ejection_s=settings.gateway_ejection_s,
             connect_timeout_s=settings.gateway_connect_timeout_s,
         ),
+        access_sink=log_store_for(store, settings).add_access,
     )
 
 

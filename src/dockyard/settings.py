@@ -127,3 +127,14 @@ class Settings(BaseSettings):
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
+
+    # --- deployment logs (access and predict; store/logs.py) -------------------------------------
+    # Entries older than this are deleted (checked every minute).
+    log_retention_hours: float = 72.0
+    # Per deployment and category, only the newest this many entries are kept.
+    log_max_entries_per_deployment: int = 1_000_000
+    # Entries waiting to be written; beyond this new entries are dropped (and counted) rather
+    # than slowing the gateway or growing memory without bound.
+    log_queue_max_entries: int = 100_000
+    # How often queued entries are written, one transaction per batch.
+    log_flush_interval_s: float = 0.2

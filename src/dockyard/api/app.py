@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from dockyard import __version__
-from dockyard.api import deployments, models, projects, work_requests
+from dockyard.api import deployments, logs, models, projects, work_requests
 from dockyard.api.errors import install_error_handlers
 from dockyard.api.middleware import RequestIdMiddleware
 from dockyard.service.bundle import Services
@@ -25,6 +25,7 @@ def create_api(services: Services) -> FastAPI:
     app.state.services = services
     for module in (projects, models, deployments, work_requests):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(logs.router, prefix=API_PREFIX)  # a dockyard extension: deployment logs
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
 

@@ -24,6 +24,8 @@ app.add_typer(keys, name="keys")
 from dockyard.cli import check as local_checks  # noqa: E402
 app.command("check")(local_checks.check)
 app.command("run")(local_checks.run)
+from dockyard.cli.logs import logs as deployment_logs  # noqa: E402
+app.command("logs")(deployment_logs)
 
 
 @app.callback()

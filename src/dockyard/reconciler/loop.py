@@ -61,6 +61,8 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Called with (deployment_id, instances) each time the runtime is asked what runs (predict logs).
+        self.instance_observers: list[Callable[[str, list[Instance]], None]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -148,6 +150,8 @@ class Reconciler:
         for _ in range(MAX_PASSES):
             record = await asyncio.to_thread(self.store.get, deployment_id, KIND)
             instances = await self.runtime.list(deployment_id)
+            for observer in self.instance_observers:
+                observer(deployment_id, instances)
             if record is None or record.state == DeploymentState.DELETED.value:
                 if instances:
                     log.info("%s: removing %d instance(s): %s", deployment_id, len(instances),

@@ -41,7 +41,9 @@ from dockyard.registry import parse_image_reference
 from dockyard.runtimes import docker_config as config
 from dockyard.runtimes.base import Instance, InstanceSpec, ProbeResult, Progress
 from dockyard.runtimes.docker_observe import has_stopped, host_port, is_running, to_instance
+from dockyard.runtimes.docker_output import follow_container_output
 from dockyard.runtimes.docker_pull import PullProgress, pull_failure
+from dockyard.runtimes.output import OutputLine
 
 log = logging.getLogger("dockyard.runtimes.docker")
 
@@ -379,6 +381,13 @@ class DockerRuntime:
             for stream in streams:
                 stream.close()
             reader.cancel()
+
+    async def follow_output(self, instance_id: str, after: str | None = None) -> AsyncIterator[OutputLine]:
+        """Each stdout/stderr line of the container after position `after`, with the engine's
+        timestamp, then each new one until it stops (`docker_output`)."""
+        client = await self._engine("logs")
+        async for line in follow_container_output(client, instance_id, after):
+            yield line
 
     # --- prepare ------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +39,8 @@ from dockyard.inference.artifact import validate_artifact
 from dockyard.inference.environments import EnvironmentBuildFailed, dockyard_sitedirs, ensure_environment
 from dockyard.runtimes import process_state as proc
 from dockyard.runtimes.base import Health, Instance, InstanceSpec, InstanceState, ProbeResult, Progress
+from dockyard.runtimes.output import OutputLine
+from dockyard.runtimes.process_output import follow_file
 from dockyard.runtimes.process_sandbox import MOUNT_POINT, SANDBOXES, Sandbox, probe as probe_sandbox
 from dockyard.runtimes.process_state import InstanceRecord, StateDir
 
@@ -212,6 +215,17 @@ class ProcessRuntime:
 
     async def logs(self, instance_id: str, tail: int = 50) -> str:
         return await asyncio.to_thread(proc.tail, self.state.log_file(instance_id), tail)
+
+    async def follow_output(self, instance_id: str, after: str | None = None) -> AsyncIterator[OutputLine]:
+        """Each line of the instance's output file after byte offset `after`, then each new one,
+        until the instance is gone and its file read (`process_output`)."""
+
+        def running() -> bool:
+            record = self.state.read(instance_id)
+            return record is not None and proc.is_alive(record)
+
+        async for line in follow_file(self.state.log_file(instance_id), running, after):
+            yield line
 
     async def close(self) -> None:
         """Forget the clients; instances keep running and are adopted by the next runtime."""

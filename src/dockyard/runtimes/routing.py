@@ -9,8 +9,10 @@ second. Instances are told apart by their id (the process runtime's start with "
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from dockyard.runtimes.base import Instance, InstanceSpec, ProbeResult, Progress, Runtime
+from dockyard.runtimes.output import OutputLine
 
 PROCESS_PREFIX = "proc-"
 
@@ -45,6 +47,10 @@ class RoutingRuntime:
 
     async def logs(self, instance_id: str, tail: int = 50) -> str:
         return await self._for_id(instance_id).logs(instance_id, tail)
+
+    def follow_output(self, instance_id: str, after: str | None = None) -> AsyncIterator[OutputLine]:
+        """The owning runtime's output follower (predict logs)."""
+        return self._for_id(instance_id).follow_output(instance_id, after)  # type: ignore[attr-defined, no-any-return]
 
     async def close(self) -> None:
         await asyncio.gather(self.containers.close(), self.processes.close())

@@ -137,3 +137,36 @@ retry_tokens = Table(
     Column("work_request_id", String(255)),
     Column("time_created", String(40), nullable=False),
 )
+
+# Access and predict logs of deployments (store/logs.py). `seq` never repeats (AUTOINCREMENT on
+# SQLite), so a reader following with "seq > cursor" misses nothing even after retention has
+# deleted every older row. Retention deletes by `time`; readers page by (deployment, seq).
+log_entries = Table(
+    "log_entries",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("deployment_id", String(255), nullable=False),
+    Column("category", String(16), nullable=False),  # access | predict
+    Column("time", String(40), nullable=False),  # fixed-width ISO-8601 UTC: sorts as text
+    Column("instance_id", String(255)),
+    Column("stream", String(16)),  # predict: stdout | stderr | combined
+    Column("log_id", String(255)),  # categoryLogDetails.<category>.logId when the deployment names one
+    Column("message", Text, nullable=False),
+    Column("fields", JSON),  # access: the whole AccessEntry; predict: nothing more
+    Index("ix_log_entries_read", "deployment_id", "category", "seq"),
+    Index("ix_log_entries_deployment", "deployment_id", "seq"),
+    Index("ix_log_entries_time", "time"),
+    sqlite_autoincrement=True,
+)
+
+# How far the predict-log collector has read each instance's output (the runtime's own cursor:
+# a byte offset for local processes, a timestamp for containers). Written in the same
+# transaction as the lines it covers, so a restart resumes exactly after the last stored line.
+log_positions = Table(
+    "log_positions",
+    metadata,
+    Column("instance_id", String(255), primary_key=True),
+    Column("deployment_id", String(255), nullable=False),
+    Column("position", String(64), nullable=False),
+    Column("time_updated", String(40), nullable=False),
+)

@@ -1,0 +1,383 @@
+"""Durable access and predict logs of deployments, in the metadata database.
+
+Why a table in the same database rather than files: the gateway may run in another process
+(`--role gateway`) than the predict-log collector, and both must append to one ordered stream a
+reader can follow with a cursor. The database gives that ordering (`seq`, committed in order
+since SQLite has one writer), works unchanged on PostgreSQL, and makes retention one DELETE.
+
+Volume: the gateway's request path only appends to an in-memory queue (`add_access`, O(1), no
+lock, no I/O). A flusher thread writes the queue in batches, one transaction per batch, every
+`flush_interval_s` or as soon as `batch_max` entries wait. A full queue drops the new entry and
+counts it (`dropped`, with a warning at most every 10 s) instead of growing without bound.
+Retention (age and entries per deployment and category) runs in the same thread every
+`retention_interval_s`.
+
+Predict lines carry the runtime's read position of their instance; the position is written in
+the same transaction as the lines, so `position(instance_id)` after a restart points exactly past
+the last stored line: nothing is stored twice, and nothing read but not yet written is lost.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
+
+from dockyard.errors import InvalidParameter
+from dockyard.store import schema as t
+from dockyard.store.metadata import SqlMetadataStore
+
+log = logging.getLogger("dockyard.logs")
+
+CATEGORIES = ("access", "predict")
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+LOG_ID_TTL_S = 5.0  # how long a deployment's categoryLogDetails are cached by the flusher
+
+
+def log_time(moment: datetime | None = None) -> str:
+    """Fixed-width ISO-8601 UTC with microseconds, so times sort as text."""
+    moment = (moment or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_log_time(text: str) -> datetime:
+    """An RFC 3339 time (Z or an offset; any number of fraction digits) as an aware datetime;
+    ValueError when it is not one."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    head, dot, rest = value.partition(".")
+    if dot:  # fromisoformat takes at most 6 fraction digits on 3.11
+        count = len(rest) - len(rest.lstrip("0123456789"))
+        digits, zone = rest[:count][:9], rest[count:]
+        value = f"{head}.{(digits + '000000')[:6]}{zone}"
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return moment.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    seq: int
+    time: str
+    deployment_id: str
+    category: str
+    instance_id: str | None
+    stream: str | None
+    log_id: str | None
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "time": self.time, "deploymentId": self.deployment_id, "category": self.category,
+            "instanceId": self.instance_id, "stream": self.stream, "logId": self.log_id, "message": self.message,
+            "fields": self.fields,
+        }  # fmt: skip
+
+
+@dataclass
+class LogPage:
+    entries: list[LogEntry]
+    cursor: int  # pass as `after_seq` to get what comes next (0: nothing stored yet)
+
+
+# One queued row: (deployment_id, category, time, instance_id, stream, message, fields, position)
+_Row = tuple[str, str, str, "str | None", "str | None", str, "dict[str, Any] | None", "str | None"]
+
+
+class LogStore:
+    def __init__(
+        self,
+        engine: Engine,
+        writer: Engine | None = None,
+        *,
+        retention_hours: float = 72.0,
+        max_entries_per_deployment: int = 1_000_000,
+        queue_max: int = 100_000,
+        batch_max: int = 5_000,
+        flush_interval_s: float = 0.2,
+        retention_interval_s: float = 60.0,
+        idle_exit_s: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.writer = writer or engine
+        self.retention_hours = retention_hours
+        self.max_entries_per_deployment = max_entries_per_deployment
+        self.queue_max = queue_max
+        self.batch_max = batch_max
+        self.flush_interval_s = flush_interval_s
+        self.retention_interval_s = retention_interval_s
+        self.idle_exit_s = idle_exit_s
+        self.dropped = 0  # entries refused because the queue was full
+        self.written = 0
+        self.batches = 0  # write transactions of entries (a measure of batching)
+        self._queue: deque[_Row] = deque()
+        self._wake = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._thread_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._last_drop_warning = 0.0
+        self._last_retention = time.monotonic()
+        self._log_ids: dict[str, tuple[float, dict[str, str]]] = {}
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def add(self, deployment_id: str, category: str, message: str, *, time_: datetime | str | None = None,
+            instance_id: str | None = None, stream: str | None = None, fields: dict[str, Any] | None = None,
+            position: str | None = None) -> bool:
+        """Queue one entry; never blocks. False when the queue is full and the entry was dropped."""
+        if len(self._queue) >= self.queue_max:
+            self._drop()
+            return False
+        stamp = time_ if isinstance(time_, str) else log_time(time_)
+        self._queue.append((deployment_id, category, stamp, instance_id, stream, message, fields, position))
+        if len(self._queue) >= self.batch_max:
+            self._wake.set()
+        self._ensure_thread()
+        return True
+
+    def add_access(self, entry: Any) -> None:
+        """The gateway's access-log sink (`dockyard.gateway.AccessEntry`): entries of requests
+        that named no deployment are not stored (they belong to no deployment's log)."""
+        if entry.deployment_id is None:
+            return
+        fields = entry.as_dict()
+        message = f"{entry.method} {entry.path} {entry.status}"
+        # The request's own time is when it arrived; keep the gateway's text unless it is not ours.
+        self.add(entry.deployment_id, "access", message, time_=_normalised(entry.time),
+                 instance_id=entry.instance_id, fields=fields)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_warning >= 10.0:
+            self._last_drop_warning = now
+            log.warning("log queue full (%d entries waiting): dropped %d entries so far; the database cannot keep up",
+                        len(self._queue), self.dropped)
+
+    def flush(self) -> int:
+        """Write everything queued now (in batches); the number of entries written."""
+        total = 0
+        with self._flush_lock:
+            while self._queue:
+                batch: list[_Row] = []
+                while self._queue and len(batch) < self.batch_max:
+                    batch.append(self._queue.popleft())
+                self._write(batch)
+                total += len(batch)
+        return total
+
+    def _write(self, batch: list[_Row]) -> None:
+        log_ids = self._log_ids_of({row[0] for row in batch})
+        rows = [
+            {"deployment_id": d, "category": c, "time": stamp, "instance_id": i, "stream": s,
+             "log_id": log_ids.get(d, {}).get(c), "message": m, "fields": f}
+            for d, c, stamp, i, s, m, f, _ in batch
+        ]  # fmt: skip
+        positions: dict[str, tuple[str, str]] = {}
+        for d, _, _, i, _, _, _, p in batch:
+            if i is not None and p is not None:
+                positions[i] = (d, p)
+        try:
+            with self.writer.begin() as conn:
+                conn.execute(insert(t.log_entries), rows)
+                now = log_time()
+                for instance_id, (deployment_id, position) in positions.items():
+                    changed = conn.execute(
+                        update(t.log_positions).where(t.log_positions.c.instance_id == instance_id)
+                        .values(position=position, time_updated=now)
+                    ).rowcount
+                    if not changed:
+                        conn.execute(insert(t.log_positions).values(
+                            instance_id=instance_id, deployment_id=deployment_id, position=position, time_updated=now))
+        except Exception:
+            # The database refused (full disk, gone): these entries are lost, the next batch tries again.
+            self.dropped += len(batch)
+            log.exception("could not store %d log entries", len(batch))
+            return
+        self.written += len(batch)
+        self.batches += 1
+
+    def _log_ids_of(self, deployment_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """categoryLogDetails of each deployment as {category: logId}, cached for a few seconds."""
+        now = time.monotonic()
+        wanted = [d for d in deployment_ids if now - self._log_ids.get(d, (-1e9, {}))[0] > LOG_ID_TTL_S]
+        if wanted:
+            found: dict[str, dict[str, str]] = {d: {} for d in wanted}
+            try:
+                with self.engine.connect() as conn:
+                    for row in conn.execute(select(t.resources.c.id, t.resources.c.body).where(t.resources.c.id.in_(wanted))):
+                        details = (row.body or {}).get("categoryLogDetails") or {}
+                        found[row.id] = {c: v["logId"] for c, v in details.items() if isinstance(v, dict) and v.get("logId")}
+            except Exception:
+                log.exception("could not read categoryLogDetails")
+            for deployment_id, ids in found.items():
+                self._log_ids[deployment_id] = (now, ids)
+            if len(self._log_ids) > 10_000:
+                self._log_ids.clear()
+        return {d: self._log_ids.get(d, (0.0, {}))[1] for d in deployment_ids}
+
+    # --- the flusher thread ----------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._thread_lock:
+            if self._closed or (self._thread is not None and self._thread.is_alive()):
+                return
+            self._thread = threading.Thread(target=self._run, name="dockyard-log-flusher", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        idle_since = time.monotonic()
+        while not self._closed:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            try:
+                if self.flush():
+                    idle_since = time.monotonic()
+                if time.monotonic() - self._last_retention >= self.retention_interval_s:
+                    self._last_retention = time.monotonic()
+                    self.enforce_retention()
+            except Exception:
+                log.exception("log flusher pass failed")
+            if time.monotonic() - idle_since > self.idle_exit_s and not self._queue:
+                # Idle: end, so stores of finished servers leave no thread behind. An add() racing
+                # with this either sees no thread and starts one, or is seen by the check below.
+                with self._thread_lock:
+                    self._thread = None
+                if self._queue:
+                    self._ensure_thread()
+                return
+
+    def close(self) -> None:
+        """Write what is queued and stop the flusher."""
+        self._closed = True
+        self._wake.set()
+        self.flush()
+
+    # --- retention -------------------------------------------------------------------------------
+
+    def enforce_retention(self, now: datetime | None = None) -> int:
+        """Delete entries older than `retention_hours` and, per deployment and category, all but
+        the newest `max_entries_per_deployment`; the number of entries deleted."""
+        cutoff = log_time((now or datetime.now(timezone.utc)) - timedelta(hours=self.retention_hours))
+        e = t.log_entries
+        deleted = 0
+        with self.writer.begin() as conn:
+            deleted += conn.execute(delete(e).where(e.c.time < cutoff)).rowcount or 0
+            conn.execute(delete(t.log_positions).where(t.log_positions.c.time_updated < cutoff))
+        with self.engine.connect() as conn:
+            crowded = conn.execute(
+                select(e.c.deployment_id, e.c.category).group_by(e.c.deployment_id, e.c.category)
+                .having(func.count() > self.max_entries_per_deployment)
+            ).all()
+        for deployment_id, category in crowded:
+            where = and_(e.c.deployment_id == deployment_id, e.c.category == category)
+            with self.writer.begin() as conn:
+                oldest_kept = conn.execute(
+                    select(e.c.seq).where(where).order_by(e.c.seq.desc()).offset(self.max_entries_per_deployment - 1).limit(1)
+                ).scalar()
+                if oldest_kept is not None:
+                    deleted += conn.execute(delete(e).where(where, e.c.seq < oldest_kept)).rowcount or 0
+        if deleted:
+            log.info("log retention removed %d entries", deleted)
+        return deleted
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def read(self, deployment_id: str, category: str | None = None, *, after_seq: int | None = None,
+             since: datetime | None = None, tail: int | None = None, limit: int = DEFAULT_PAGE) -> LogPage:
+        """Entries oldest first with seq > after_seq and time >= since; `tail` keeps only the
+        last N of those. The cursor covers everything up to the newest entry that existed when
+        the read began, so following with it never misses or repeats an entry."""
+        if category is not None and category not in CATEGORIES:
+            raise InvalidParameter(f"category {category!r} is not known; use one of {', '.join(CATEGORIES)}")
+        limit = max(1, min(limit, MAX_PAGE))
+        e = t.log_entries
+        conditions = [e.c.deployment_id == deployment_id]
+        if category:
+            conditions.append(e.c.category == category)
+        if after_seq is not None:
+            conditions.append(e.c.seq > after_seq)
+        if since is not None:
+            conditions.append(e.c.time >= log_time(since))
+        with self.engine.connect() as conn:
+            # Read the top first: every entry at or below it is committed (one writer, seq in
+            # commit order), so a later page starting above the cursor misses none of them.
+            top = conn.execute(select(func.max(e.c.seq))).scalar() or 0
+            conditions.append(e.c.seq <= top)
+            if tail is not None:
+                rows = list(reversed(conn.execute(
+                    select(e).where(*conditions).order_by(e.c.seq.desc()).limit(max(0, min(tail, MAX_PAGE)))).all()))
+            else:
+                rows = conn.execute(select(e).where(*conditions).order_by(e.c.seq).limit(limit)).all()
+        entries = [_entry(row) for row in rows]
+        full_page = tail is None and len(entries) == limit
+        cursor = entries[-1].seq if full_page else max(top, after_seq or 0)
+        return LogPage(entries, cursor)
+
+    def position(self, instance_id: str) -> str | None:
+        """Where the collector stopped reading an instance's output (None: never read)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(t.log_positions.c.position).where(t.log_positions.c.instance_id == instance_id)
+            ).scalar()
+
+
+def _entry(row: Any) -> LogEntry:
+    return LogEntry(row.seq, row.time, row.deployment_id, row.category, row.instance_id, row.stream, row.log_id,
+                    row.message, row.fields or {})
+
+
+def _normalised(text: str) -> str:
+    try:
+        return log_time(parse_log_time(text))
+    except ValueError:
+        return log_time()
+
+
+# One LogStore per metadata store, shared by the gateway (access) and the collector (predict) of
+# one process, so they share one queue and one flusher.
+_stores: weakref.WeakKeyDictionary[SqlMetadataStore, LogStore] = weakref.WeakKeyDictionary()
+_stores_lock = threading.Lock()
+
+
+def log_store_for(store: SqlMetadataStore, settings: Any) -> LogStore:
+    """The log store over `store`'s database, configured by `settings` (DOCKYARD_LOG_*)."""
+    with _stores_lock:
+        logs = _stores.get(store)
+        if logs is None:
+            logs = LogStore(
+                store.engine,
+                store.writer,
+                retention_hours=settings.log_retention_hours,
+                max_entries_per_deployment=settings.log_max_entries_per_deployment,
+                queue_max=settings.log_queue_max_entries,
+                flush_interval_s=settings.log_flush_interval_s,
+            )
+            _stores[store] = logs
+            atexit.register(_flush_at_exit, weakref.ref(logs))
+        return logs
+
+
+def _flush_at_exit(ref: weakref.ref[LogStore]) -> None:
+    logs = ref()
+    if logs is not None:
+        try:
+            logs.close()
+        except Exception:
+            log.exception("could not write the last log entries at exit")
