@@ -118,6 +118,37 @@ def spec_hash(config: dict[str, Any], artifact_sha256: str | None) -> str:
 def health_path(config: dict[str, Any]) -> str:
     env = environment(config)
     variables = env.get("environmentVariables") or {}
-    if variables.get("CONTAINER_TYPE", "").upper() == "TRITON":
-        return variables.get("MODEL_DEPLOY_HEALTH_ENDPOINT") or "/v2/health/ready"
+    if is_triton(variables):
+        return variables.get("MODEL_DEPLOY_HEALTH_ENDPOINT") or TRITON_HEALTH_PATH
     return variables.get("MODEL_DEPLOY_HEALTH_ENDPOINT") or DEFAULT_HEALTH_PATH
+
+
+# --- Triton mode (T1) ---------------------------------------------------------------------------
+
+TRITON_HEALTH_PATH = "/v2/health/ready"
+# The folder of the artifact that holds the model repository; without it, the artifact's root is
+# the repository (each top-level folder one model).
+TRITON_REPOSITORY_FOLDER = "model_repository"
+ARTIFACT_MOUNT = "/opt/ds/model/deployed_model"
+
+
+def is_triton(variables: dict[str, str]) -> bool:
+    return str(variables.get("CONTAINER_TYPE", "")).strip().upper() == "TRITON"
+
+
+def triton_server_command(server_port: int, repository_folder: bool) -> list[str]:
+    """What runs when a Triton-mode deployment names no command: NVIDIA's images start no server
+    by themselves (their entrypoint runs its arguments), so the service starts tritonserver on the
+    artifact's model repository, with its HTTP endpoint on the deployment's serverPort.
+
+    gRPC and metrics are switched off: the service forwards only the HTTP port, and on the process
+    runtime their fixed ports (8001, 8002) would collide between instances.
+    """
+    repository = f"{ARTIFACT_MOUNT}/{TRITON_REPOSITORY_FOLDER}" if repository_folder else ARTIFACT_MOUNT
+    return ["tritonserver", f"--model-repository={repository}", f"--http-port={server_port}",
+            "--allow-grpc=false", "--allow-metrics=false"]
+
+
+def starts_tritonserver(command: list[str] | None) -> bool:
+    """Whether an image's own ENTRYPOINT/CMD already starts tritonserver (then it is kept)."""
+    return any("tritonserver" in word for word in command or [])

@@ -39,6 +39,7 @@ from dockyard.errors import (
 )
 from dockyard.registry import parse_image_reference
 from dockyard.runtimes import docker_config as config
+from dockyard.runtimes import triton
 from dockyard.runtimes.base import Instance, InstanceSpec, ProbeResult, Progress
 from dockyard.runtimes.docker_observe import has_stopped, host_port, is_running, to_instance
 from dockyard.runtimes.docker_output import follow_container_output
@@ -546,6 +547,7 @@ class DockerRuntime:
     async def _create_and_start(self, spec: InstanceSpec, prepared: _PreparedImage) -> Instance:
         client = await self._engine("start")
         cpus, memory, swap_limit = await self._host_resources(client)
+        spec = triton.with_server_command(spec, prepared.entrypoint, prepared.cmd)  # Triton mode's default command
         entrypoint, cmd = config.resolve_command(spec.entrypoint, spec.cmd, prepared.entrypoint,
                                                  prepared.cmd)
         limits = config.resource_limits(spec, cpus, memory, self._vcpus_per_ocpu)

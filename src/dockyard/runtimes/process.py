@@ -38,6 +38,7 @@ from dockyard.inference.artifact import errors as artifact_errors
 from dockyard.inference.artifact import validate_artifact
 from dockyard.inference.environments import EnvironmentBuildFailed, dockyard_sitedirs, ensure_environment
 from dockyard.runtimes import process_state as proc
+from dockyard.runtimes import triton
 from dockyard.runtimes.base import Health, Instance, InstanceSpec, InstanceState, ProbeResult, Progress
 from dockyard.runtimes.output import OutputLine
 from dockyard.runtimes.process_output import follow_file
@@ -402,6 +403,7 @@ class ProcessRuntime:
 
 
 def _container_command(spec: InstanceSpec) -> list[str]:
+    spec = triton.with_server_command(spec)  # Triton mode without a command: the platform's tritonserver
     command = list(spec.entrypoint or []) + list(spec.cmd or [])
     if not command:
         raise InvalidParameter(
