@@ -7,13 +7,25 @@ from dataclasses import dataclass
 
 from dockyard.gateway.accesslog import AccessEntry
 
+_second: tuple[int, str] = (-1, "")
+
+
+def wall_iso(moment: float) -> str:
+    """`moment` (time.time()) as `now_iso` writes it (RFC 3339, microseconds, `Z`), formatting
+    the calendar part once per second: per request this was the gateway's dearest line."""
+    global _second
+    whole = int(moment)
+    if _second[0] != whole:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((moment - whole) * 1_000_000):06d}Z"
+
 
 @dataclass
 class Exchange:
     request_id: str
     method: str
     path: str
-    arrived_wall: str
+    arrived_wall: float  # time.time() at arrival
     arrived: float  # perf_counter at arrival
     deployment_id: str | None = None
     known_deployment: bool = False  # the id named an existing deployment (metrics label it)
@@ -35,7 +47,7 @@ class Exchange:
         if self.upstream_started is not None:
             upstream_ms = round(((self.upstream_ended or now) - self.upstream_started) * 1000, 3)
         return AccessEntry(
-            time=self.arrived_wall,
+            time=wall_iso(self.arrived_wall),
             request_id=self.request_id,
             deployment_id=self.deployment_id,
             caller=self.caller,

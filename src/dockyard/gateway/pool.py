@@ -42,8 +42,9 @@ class _Origin:
 @dataclass(frozen=True)
 class Timeouts:
     connect_s: float | None = 5.0
-    read_s: float | None = 60.0  # the wait for the reply's headers, and between two body chunks
+    read_s: float | None = 60.0  # the longest silence between two chunks of the reply's body
     pool_s: float | None = 60.0  # the wait for a free connection at the limit
+    head_s: float | None = None  # the wait for the reply's headers; None: the caller bounds it
 
 
 class UpstreamPool(httpx.AsyncBaseTransport):
@@ -85,14 +86,16 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         reply._on_close = lambda conn, reusable: self._checkin(key, conn, reusable)  # noqa: SLF001
         try:
             await connection.send_body(head, body, chunked)
-            if timeouts.read_s is None:
+            if timeouts.head_s is None:
                 await reply.wait_head()
             else:
-                async with asyncio.timeout(timeouts.read_s):
+                async with asyncio.timeout(timeouts.head_s):
                     await reply.wait_head()
         except TimeoutError as exc:
             reply.close()
-            raise httpx.ReadTimeout(f"the container sent no reply within {timeouts.read_s:g} s") from exc
+            if timeouts.head_s is None:
+                raise  # the caller's own deadline
+            raise httpx.ReadTimeout(f"the container sent no reply within {timeouts.head_s:g} s") from exc
         except BaseException:
             reply.close()
             raise
@@ -103,7 +106,7 @@ class UpstreamPool(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         timeout = request.extensions.get("timeout") or {}
-        timeouts = Timeouts(timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
+        timeouts = Timeouts(timeout.get("connect"), timeout.get("read"), timeout.get("pool"), head_s=timeout.get("read"))
         try:
             body: bytes | AsyncIterable[bytes] = request.content
         except httpx.RequestNotRead:
