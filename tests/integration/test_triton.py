@@ -21,7 +21,9 @@ them, or failed when DOCKYARD_TEST_REQUIRE_INFRA=1 (scripts/test), naming the co
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,7 +198,25 @@ def check_one_model(h: Harness, url: str) -> None:
     assert wrong_input.status_code == 400 and "NOPE" in wrong_input.json()["error"], wrong_input.text
     # a version without a name is the caller's mistake, named as such
     lone = predict(s, url, multiply_request([1]), {"model_version": "1"})
-    assert lone.status_code == 400 and "model_name" in lone.text, lone.text
+    assert lone.status_code == 400 and lone.json()["message"].startswith("T1: model_version '1' was sent without model_name")
+    # the binary tensor extension (what tritonclient sends): header and raw bytes pass both ways
+    check_binary_tensors(s, url)
+
+
+def check_binary_tensors(s: LiveServer, url: str) -> None:
+    header = json.dumps({
+        "inputs": [{"name": "INPUT0", "shape": [3], "datatype": "FP32", "parameters": {"binary_data_size": 12}}],
+        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}],
+    }).encode()
+    body = header + struct.pack("<3f", 1.0, -2.0, 0.25)
+    reply = httpx.post(f"{url}/predict", content=body, auth=s.auth, timeout=60, trust_env=False,
+                       headers={"content-type": "application/octet-stream", "model_name": "multiply",
+                                "inference-header-content-length": str(len(header))})
+    assert reply.status_code == 200, reply.text
+    split = int(reply.headers["inference-header-content-length"])
+    answer = json.loads(reply.content[:split])
+    assert answer["outputs"][0]["parameters"]["binary_data_size"] == 12
+    assert struct.unpack("<3f", reply.content[split:]) == (3.0, -6.0, 0.75)
 
 
 def check_two_models(h: Harness, url: str) -> None:
@@ -205,7 +225,8 @@ def check_two_models(h: Harness, url: str) -> None:
     unnamed = predict(s, url, multiply_request([1]))
     assert unnamed.status_code == 400, unnamed.text
     message = unnamed.json()["message"]
-    assert "model_name" in message and "add_sub" in message and "multiply" in message, message
+    assert message.startswith("T1: this Triton deployment serves 2 models (") and "add_sub" in message, message
+    assert "multiply" in message and "model_name header (or model-name)" in message, message
     assert outputs(predict(s, url, add_sub_request([5, 1], [2, 3]), {"model_name": "add_sub"})) == {
         "OUTPUT0": [7.0, 4.0], "OUTPUT1": [3.0, -2.0]}
     assert outputs(predict(s, url, multiply_request([2]), {"model-name": "multiply"})) == {"OUTPUT0": [6.0]}

@@ -27,7 +27,10 @@ def requested_model(headers: dict[bytes, bytes]) -> tuple[str | None, str | None
     name_text = name.decode("latin-1").strip() if name else None
     version_text = version.decode("latin-1").strip() if version else None
     if version_text and not name_text:
-        raise MissingParameter("model_version was sent without model_name; send both headers, or model_name alone")
+        raise MissingParameter(
+            f"model_version {version_text!r} was sent without model_name; send both headers (model_name and "
+            "model_version, or model-name and model-version), or the name alone for the newest version", rule="T1"
+        )
     return name_text or None, version_text or None
 
 
@@ -56,10 +59,18 @@ class TritonModels:
         names = await self._names(deployment_id, base_url, request_id)
         if len(names) == 1:
             return names[0]
-        listed = ", ".join(names[:20]) if names else "no ready model"
+        if not names:
+            raise MissingParameter(
+                "this Triton deployment has no ready model to send the request to (its repository index lists none "
+                "as READY); check the server's log, or name the model with the model_name (or model-name) header",
+                rule="T1",
+            )
+        listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
         raise MissingParameter(
-            f"this Triton deployment serves {listed}; name the model with the model_name header "
-            "(and model_version if you need one version)"
+            f"this Triton deployment serves {len(names)} models ({listed}), so the request must name one: send the "
+            "model_name header (or model-name), and model_version (or model-version) for a version other than "
+            "the newest",
+            rule="T1",
         )
 
     async def _names(self, deployment_id: str, base_url: str, request_id: str) -> tuple[str, ...]:
@@ -81,12 +92,13 @@ class TritonModels:
             ) from exc
         except json.JSONDecodeError as exc:
             raise MissingParameter(
-                f"this Triton server's model list ({INDEX_PATH}) is not JSON; name the model with the model_name header"
+                f"this Triton server's model list ({INDEX_PATH}) is not JSON; name the model with the model_name "
+                "(or model-name) header", rule="T1"
             ) from exc
         if not isinstance(entries, list):
             raise MissingParameter(
                 f"this Triton server did not list its models (HTTP {reply.status_code} from {INDEX_PATH}); "
-                "name the model with the model_name header"
+                "name the model with the model_name (or model-name) header", rule="T1"
             )
         ready = (str(e["name"]) for e in entries if isinstance(e, dict) and e.get("name") and e.get("state", "READY") == "READY")
         found = tuple(dict.fromkeys(ready))  # each name once (a model may list several versions), in order
