@@ -34,7 +34,7 @@ def where(top: str) -> set[str]:
     [
         ("docker", ("runtimes/docker", "runtimes/select.py")),
         ("fastapi", ("api/", "gateway/", "server.py")),
-        ("sqlalchemy", ("store/", "service/", "auth/principals.py")),
+        ("sqlalchemy", ("store/", "service/", "auth/principals.py", "auth/access_store.py")),
         ("typer", ("cli/",)),
     ],
 )

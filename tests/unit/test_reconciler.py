@@ -46,7 +46,7 @@ async def deploy(srv: Server, count: int = 1) -> str:
     s = srv.services
     project = s.projects.create(CreateProjectDetails(compartment_id=COMPARTMENT), ANONYMOUS, None)
     model = s.models.create(CreateModelDetails(compartment_id=COMPARTMENT, project_id=project.id), ANONYMOUS, None)
-    await s.models.put_artifact(model.id, one(artifact()), None, None)
+    await s.models.put_artifact(model.id, one(artifact()), None, None, ANONYMOUS)
     details = CreateModelDeploymentDetails.model_validate(
         {
             "projectId": project.id, "compartmentId": COMPARTMENT,
@@ -66,10 +66,10 @@ async def deploy(srv: Server, count: int = 1) -> str:
 
 async def until(srv: Server, deployment_id: str, state: str, timeout_s: float = 10) -> None:
     for _ in range(int(timeout_s / 0.05)):
-        if srv.services.deployments.get(deployment_id).state == state:
+        if srv.services.deployments.get(deployment_id, ANONYMOUS).state == state:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"still {srv.services.deployments.get(deployment_id).state}, wanted {state}")
+    raise AssertionError(f"still {srv.services.deployments.get(deployment_id, ANONYMOUS).state}, wanted {state}")
 
 
 def runtime(srv: Server) -> FakeRuntime:
@@ -81,7 +81,7 @@ async def test_create_runs_the_instances_and_logs_a_time_to_ready_breakdown(serv
     deployment_id = await deploy(server, count=3)
     await until(server, deployment_id, "ACTIVE")
     assert len(await runtime(server).list(deployment_id)) == 3
-    record = server.services.deployments.get(deployment_id)
+    record = server.services.deployments.get(deployment_id, ANONYMOUS)
     wr_id = record.internal["workRequestId"]
     for _ in range(100):  # the state is written just before the work request is closed
         wr = server.services.store.get_work_request(wr_id)
@@ -101,7 +101,7 @@ async def test_scale_down_keeps_the_remaining_instance(server: Server) -> None:
     update = UpdateModelDeploymentDetails.model_validate(
         {"modelDeploymentConfigurationDetails": {"modelConfigurationDetails": {"scalingPolicy": {"policyType": "FIXED_SIZE", "instanceCount": 1}}}}
     )
-    server.services.deployments.update(deployment_id, update, None)
+    server.services.deployments.update(deployment_id, update, None, ANONYMOUS)
     await until(server, deployment_id, "ACTIVE")
     after = {i.instance_id for i in await runtime(server).list(deployment_id)}
     assert len(after) == 1 and after <= before
@@ -149,14 +149,14 @@ async def test_a_failing_update_rolls_back_and_keeps_the_old_instance(server: Se
 
     fake.probe = probe  # type: ignore[method-assign]
     update = UpdateModelDeploymentDetails.model_validate({"environmentConfigurationDetails": {"environmentVariables": {"NEW": "1"}}})
-    wr_id = server.services.deployments.update(deployment_id, update, None)
+    wr_id = server.services.deployments.update(deployment_id, update, None, ANONYMOUS)
     for _ in range(200):
         wr = server.services.store.get_work_request(wr_id)
         if wr and wr.status in ("SUCCEEDED", "FAILED"):
             break
         await asyncio.sleep(0.05)
     assert wr is not None and wr.status == "FAILED"
-    record = server.services.deployments.get(deployment_id)
+    record = server.services.deployments.get(deployment_id, ANONYMOUS)
     assert record.state == "ACTIVE" and "rolled back" in record.body["lifecycleDetails"]
     env = record.body["modelDeploymentConfigurationDetails"]["environmentConfigurationDetails"]
     assert "environmentVariables" not in env
@@ -168,13 +168,13 @@ async def test_a_failing_update_rolls_back_and_keeps_the_old_instance(server: Se
 async def test_deactivate_activate_delete(server: Server) -> None:
     deployment_id = await deploy(server, count=2)
     await until(server, deployment_id, "ACTIVE")
-    server.services.deployments.deactivate(deployment_id, None)
+    server.services.deployments.deactivate(deployment_id, None, ANONYMOUS)
     await until(server, deployment_id, "INACTIVE")
     assert await runtime(server).list(deployment_id) == []
-    server.services.deployments.activate(deployment_id, None)
+    server.services.deployments.activate(deployment_id, None, ANONYMOUS)
     await until(server, deployment_id, "ACTIVE")
     assert len(await runtime(server).list(deployment_id)) == 2
-    server.services.deployments.delete(deployment_id, None)
+    server.services.deployments.delete(deployment_id, None, ANONYMOUS)
     await until(server, deployment_id, "DELETED")
     assert await runtime(server).list(deployment_id) == []
 
@@ -193,7 +193,7 @@ async def test_one_failed_probe_is_not_yet_needs_attention(server: Server) -> No
     await until(server, deployment_id, "ACTIVE")
     runtime(server).healthy = False
     await server.reconciler.reconcile(deployment_id)  # one failed probe
-    assert server.services.deployments.get(deployment_id).state == "ACTIVE"
+    assert server.services.deployments.get(deployment_id, ANONYMOUS).state == "ACTIVE"
     await until(server, deployment_id, "NEEDS_ATTENTION")  # ... then the retries run out
     runtime(server).healthy = True
     await until(server, deployment_id, "ACTIVE")
@@ -206,7 +206,7 @@ async def test_an_active_deployment_that_cannot_start_an_instance_needs_attentio
     runtime(server).fail_start = "C12: pull: the image is not in the registry"
     runtime(server).crash(instance.instance_id)
     for _ in range(200):
-        record = server.services.deployments.get(deployment_id)
+        record = server.services.deployments.get(deployment_id, ANONYMOUS)
         if "C12" in (record.body.get("lifecycleDetails") or ""):
             break
         assert record.state != "FAILED"

@@ -29,44 +29,44 @@ async def create_model(request: Request) -> Response:
 
 @router.get("/models/{model_id}")
 async def get_model(request: Request, model_id: str) -> Response:
-    record = await run_in_threadpool(services(request).models.get, model_id)
+    record = await run_in_threadpool(services(request).models.get, model_id, caller(request))
     return json_reply(record.body, etag=record.etag)
 
 
 @router.get("/models")
 async def list_models(request: Request, query: dict[str, Any] = Depends(list_query)) -> Response:
-    return list_reply(await run_in_threadpool(services(request).models.list, query))
+    return list_reply(await run_in_threadpool(services(request).models.list, query, caller(request)))
 
 
 @router.put("/models/{model_id}")
 async def update_model(request: Request, model_id: str) -> Response:
     details, _ = await read_json(request, UpdateModelDetails)
-    record = await run_in_threadpool(services(request).models.update, model_id, details, if_match(request))
+    record = await run_in_threadpool(services(request).models.update, model_id, details, if_match(request), caller(request))
     return json_reply(record.body, etag=record.etag)
 
 
 @router.delete("/models/{model_id}")
 async def delete_model(request: Request, model_id: str) -> Response:
-    await run_in_threadpool(services(request).models.delete, model_id, if_match(request))
+    await run_in_threadpool(services(request).models.delete, model_id, if_match(request), caller(request))
     return empty_reply(204)
 
 
 @router.post("/models/{model_id}/actions/activate")
 async def activate_model(request: Request, model_id: str) -> Response:
-    record = await run_in_threadpool(services(request).models.set_active, model_id, True, if_match(request))
+    record = await run_in_threadpool(services(request).models.set_active, model_id, True, if_match(request), caller(request))
     return json_reply(record.body, etag=record.etag)
 
 
 @router.post("/models/{model_id}/actions/deactivate")
 async def deactivate_model(request: Request, model_id: str) -> Response:
-    record = await run_in_threadpool(services(request).models.set_active, model_id, False, if_match(request))
+    record = await run_in_threadpool(services(request).models.set_active, model_id, False, if_match(request), caller(request))
     return json_reply(record.body, etag=record.etag)
 
 
 @router.post("/models/{model_id}/actions/changeCompartment")
 async def change_model_compartment(request: Request, model_id: str) -> Response:
     details, _ = await read_json(request, ChangeCompartmentDetails)
-    await run_in_threadpool(services(request).models.change_compartment, model_id, details, if_match(request))
+    await run_in_threadpool(services(request).models.change_compartment, model_id, details, if_match(request), caller(request))
     return empty_reply(200)
 
 
@@ -74,7 +74,7 @@ async def change_model_compartment(request: Request, model_id: str) -> Response:
 async def create_model_artifact(request: Request, model_id: str) -> Response:
     """Streams the body to disk: memory use does not grow with the artifact's size."""
     artifact = await services(request).models.put_artifact(
-        model_id, request.stream(), request.headers.get("content-disposition"), if_match(request)
+        model_id, request.stream(), request.headers.get("content-disposition"), if_match(request), caller(request)
     )
     return empty_reply(200, etag=artifact.etag)
 
@@ -82,7 +82,7 @@ async def create_model_artifact(request: Request, model_id: str) -> Response:
 @router.api_route("/models/{model_id}/artifact/content", methods=["GET", "HEAD"])
 async def get_model_artifact_content(request: Request, model_id: str) -> Response:
     model_service = services(request).models
-    artifact = await run_in_threadpool(model_service.get_artifact, model_id)
+    artifact = await run_in_threadpool(model_service.get_artifact, model_id, caller(request))
     created = datetime.strptime(artifact.time_created, "%Y-%m-%dT%H:%M:%S.%fZ")
     headers = {
         "etag": artifact.etag,
@@ -99,18 +99,18 @@ async def get_model_artifact_content(request: Request, model_id: str) -> Respons
 @router.post("/models/{model_id}/provenance")
 async def create_model_provenance(request: Request, model_id: str) -> Response:
     details, _ = await read_json(request, ModelProvenanceDetails)
-    body, etag = await run_in_threadpool(services(request).models.put_provenance, model_id, details, False)
+    body, etag = await run_in_threadpool(services(request).models.put_provenance, model_id, details, False, caller(request))
     return json_reply(body, etag=etag)
 
 
 @router.put("/models/{model_id}/provenance")
 async def update_model_provenance(request: Request, model_id: str) -> Response:
     details, _ = await read_json(request, ModelProvenanceDetails)
-    body, etag = await run_in_threadpool(services(request).models.put_provenance, model_id, details, True)
+    body, etag = await run_in_threadpool(services(request).models.put_provenance, model_id, details, True, caller(request))
     return json_reply(body, etag=etag)
 
 
 @router.get("/models/{model_id}/provenance")
 async def get_model_provenance(request: Request, model_id: str) -> Response:
-    body, etag = await run_in_threadpool(services(request).models.get_provenance, model_id)
+    body, etag = await run_in_threadpool(services(request).models.get_provenance, model_id, caller(request))
     return json_reply(body, etag=etag)

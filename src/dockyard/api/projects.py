@@ -25,30 +25,30 @@ async def create_project(request: Request) -> Response:
 
 @router.get("/projects/{project_id}")
 async def get_project(request: Request, project_id: str) -> Response:
-    record = await run_in_threadpool(services(request).projects.get, project_id)
+    record = await run_in_threadpool(services(request).projects.get, project_id, caller(request))
     return json_reply(record.body, etag=record.etag)
 
 
 @router.get("/projects")
 async def list_projects(request: Request, query: dict[str, Any] = Depends(list_query)) -> Response:
-    return list_reply(await run_in_threadpool(services(request).projects.list, query))
+    return list_reply(await run_in_threadpool(services(request).projects.list, query, caller(request)))
 
 
 @router.put("/projects/{project_id}")
 async def update_project(request: Request, project_id: str) -> Response:
     details, _ = await read_json(request, UpdateProjectDetails)
-    record = await run_in_threadpool(services(request).projects.update, project_id, details, if_match(request))
+    record = await run_in_threadpool(services(request).projects.update, project_id, details, if_match(request), caller(request))
     return json_reply(record.body, etag=record.etag)
 
 
 @router.delete("/projects/{project_id}")
 async def delete_project(request: Request, project_id: str) -> Response:
-    wr_id = await run_in_threadpool(services(request).projects.delete, project_id, if_match(request))
+    wr_id = await run_in_threadpool(services(request).projects.delete, project_id, if_match(request), caller(request))
     return empty_reply(202, opc_work_request_id=wr_id)
 
 
 @router.post("/projects/{project_id}/actions/changeCompartment")
 async def change_project_compartment(request: Request, project_id: str) -> Response:
     details, _ = await read_json(request, ChangeCompartmentDetails)
-    await run_in_threadpool(services(request).projects.change_compartment, project_id, details, if_match(request))
+    await run_in_threadpool(services(request).projects.change_compartment, project_id, details, if_match(request), caller(request))
     return empty_reply(200)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from dockyard.api.common import json_reply, list_reply
-from dockyard.api.requests import services
+from dockyard.api.requests import caller, services
 from dockyard.errors import Conflict
 from dockyard.service.paging import check_choice, check_limit, check_sort, decode_page, next_page
 from dockyard.service.resources import ListResult, check_compartment
@@ -35,7 +35,7 @@ def work_request_view(wr: WorkRequestRecord) -> dict[str, Any]:
 
 @router.get("/workRequests/{work_request_id}")
 async def get_work_request(request: Request, work_request_id: str) -> Response:
-    wr = await run_in_threadpool(services(request).work_requests.get, work_request_id)
+    wr = await run_in_threadpool(services(request).work_requests.get, work_request_id, caller(request))
     finished = wr.status in ("SUCCEEDED", "FAILED", "CANCELED")
     return json_reply(work_request_view(wr), etag=f"{wr.status}-{wr.percent_complete}", retry_after=None if finished else "1")
 
@@ -54,6 +54,7 @@ async def list_work_requests(
     sort_order: str | None = Query(None, alias="sortOrder"),
 ) -> Response:
     check_compartment(compartment_id)
+    await run_in_threadpool(services(request).work_requests.require_list, caller(request), compartment_id)
     check_choice("status", status, STATUSES)
     size, offset = check_limit(limit), decode_page(page)
     sort_field, descending = check_sort(sort_by, sort_order, ("timeAccepted", "operationType", "status"), "timeAccepted")
@@ -65,7 +66,7 @@ async def list_work_requests(
 
 async def _entries(request: Request, work_request_id: str, kind: str, limit: int | None, page: str | None) -> Response:
     svc = services(request)
-    await run_in_threadpool(svc.work_requests.get, work_request_id)  # 404 for an unknown id
+    await run_in_threadpool(svc.work_requests.get, work_request_id, caller(request))  # 404 for an unknown id
     size, offset = check_limit(limit), decode_page(page)
     result = await run_in_threadpool(svc.store.list_entries, work_request_id, kind, offset, size)
     if kind == "error":
@@ -92,7 +93,7 @@ async def list_work_request_errors(
 
 @router.delete("/workRequests/{work_request_id}")
 async def cancel_work_request(request: Request, work_request_id: str) -> Response:
-    wr = await run_in_threadpool(services(request).work_requests.get, work_request_id)
+    wr = await run_in_threadpool(services(request).work_requests.get, work_request_id, caller(request))
     raise Conflict(
         f"work request {wr.id} ({wr.operation_type}, {wr.status}) cannot be canceled; "
         "to stop a deployment's change, delete or deactivate the deployment"

@@ -20,8 +20,9 @@ from dockyard.domain.validation import raise_if_any
 from dockyard.errors import Conflict, IncorrectState, InvalidParameter, RelatedResourceNotFound
 from dockyard.schemas.common import ChangeCompartmentDetails
 from dockyard.schemas.deployments import CreateModelDeploymentDetails, UpdateModelDeploymentDetails
+from dockyard.service.access import Access, Verb
 from dockyard.service.context import Caller, RetryToken
-from dockyard.service.resources import ListResult, ResourceService, check_compartment
+from dockyard.service.resources import ListResult, ResourceService
 from dockyard.service.work_requests import WorkRequests
 from dockyard.settings import Settings
 from dockyard.store.artifacts import FilesystemArtifactStore
@@ -29,15 +30,18 @@ from dockyard.store.metadata import Record, SqlMetadataStore, now_iso
 
 
 class ImageResolver(Protocol):
-    """Checks an image can be run and pins it (D2): returns the digest to record."""
+    """Checks an image can be run and pins it (D2): returns the digest to record.
 
-    def resolve(self, image: str, digest: str | None) -> str | None: ...
+    `registry_hosts` are the registries whose configured credentials the caller's tenancy may
+    use (C8); None: all of them."""
+
+    def resolve(self, image: str, digest: str | None, registry_hosts: set[str] | None = None) -> str | None: ...
 
 
 class PassThroughResolver:
     """Records the digest the user gave, if any, without asking a registry."""
 
-    def resolve(self, image: str, digest: str | None) -> str | None:
+    def resolve(self, image: str, digest: str | None, registry_hosts: set[str] | None = None) -> str | None:
         return digest
 
 
@@ -65,8 +69,9 @@ class DeploymentService(ResourceService):
         blobs: FilesystemArtifactStore,
         resolver: ImageResolver | None = None,
         on_change: Callable[[str], None] = lambda _id: None,
+        access: Access | None = None,
     ) -> None:
-        super().__init__(store, settings)
+        super().__init__(store, settings, access)
         self.work_requests = work_requests
         self.blobs = blobs
         self.resolver = resolver or PassThroughResolver()
@@ -75,16 +80,16 @@ class DeploymentService(ResourceService):
     # --- create ---------------------------------------------------------------------------------
 
     def create(self, details: CreateModelDeploymentDetails, caller: Caller, token: RetryToken | None) -> tuple[Record, str]:
-        check_compartment(details.compartment_id)
+        self.require_in_compartment(caller, Verb.MANAGE, details.compartment_id)
         project = self.store.get(details.project_id, "project") if ids.ocid_type(details.project_id) == ids.PROJECT else None
-        if project is None or project.state != ProjectState.ACTIVE.value:
+        if project is None or project.state != ProjectState.ACTIVE.value or not self.readable(caller, project):
             raise RelatedResourceNotFound(
                 f"projectId {details.project_id} is not an ACTIVE project; create the project first or check the id"
             )
         config = rules.complete(details.model_deployment_configuration_details.wire())
         raise_if_any(rules.validate(config, self.settings.max_instances))
-        artifact_sha = self._check_model(config)
-        self._pin_image(config)
+        artifact_sha = self._check_model(config, caller)
+        self._pin_image(config, caller)
 
         def create(tx: Connection) -> tuple[Record, str]:
             now = now_iso()
@@ -119,12 +124,13 @@ class DeploymentService(ResourceService):
 
     # --- read -----------------------------------------------------------------------------------
 
-    def get(self, deployment_id: str) -> Record:
-        return self.get_record(deployment_id)
+    def get(self, deployment_id: str, caller: Caller) -> Record:
+        return self.authorized(caller, deployment_id, Verb.READ)
 
-    def list(self, query: dict[str, Any]) -> ListResult:
+    def list(self, query: dict[str, Any], caller: Caller) -> ListResult:
         filters = {k: query.get(k) for k in ("compartmentId", "projectId", "id", "displayName", "lifecycleState", "createdBy")}
         return self.list_records(
+            caller,
             filters,
             query.get("limit"),
             query.get("page"),
@@ -135,8 +141,8 @@ class DeploymentService(ResourceService):
 
     # --- changes ----------------------------------------------------------------------------------
 
-    def update(self, deployment_id: str, details: UpdateModelDeploymentDetails, if_match: str | None) -> str:
-        self.get_record(deployment_id)
+    def update(self, deployment_id: str, details: UpdateModelDeploymentDetails, if_match: str | None, caller: Caller) -> str:
+        self.authorized(caller, deployment_id, Verb.MANAGE)
         update = details.wire()
         prepared: dict[str, Any] = {}
 
@@ -149,9 +155,9 @@ class DeploymentService(ResourceService):
             old_config = record.body["modelDeploymentConfigurationDetails"]
             artifact_sha = record.internal.get("artifactSha256")
             if rules.model_id(config) != rules.model_id(old_config):
-                artifact_sha = self._check_model(config)
+                artifact_sha = self._check_model(config, caller)
             if rules.environment(config) != rules.environment(old_config):
-                self._pin_image(config)
+                self._pin_image(config, caller)
             runs_differently = rules.spec_hash(config, artifact_sha) != record.internal.get("specHash") or rules.replicas(
                 config
             ) != rules.replicas(old_config)
@@ -183,16 +189,18 @@ class DeploymentService(ResourceService):
             self.work_requests.finish(wr_id, True, "Update stored; nothing that runs changed, so no instance was replaced")
         return wr_id
 
-    def activate(self, deployment_id: str, if_match: str | None) -> str:
+    def activate(self, deployment_id: str, if_match: str | None, caller: Caller) -> str:
+        self.authorized(caller, deployment_id, Verb.MANAGE)
         return self._set_desired(deployment_id, Operation.ACTIVATE, Desired.ACTIVE, if_match, "Activation accepted; starting instances")
 
-    def deactivate(self, deployment_id: str, if_match: str | None) -> str:
+    def deactivate(self, deployment_id: str, if_match: str | None, caller: Caller) -> str:
+        self.authorized(caller, deployment_id, Verb.MANAGE)
         return self._set_desired(deployment_id, Operation.DEACTIVATE, Desired.INACTIVE, if_match, "Deactivation accepted; stopping instances")
 
-    def delete(self, deployment_id: str, if_match: str | None) -> str:
+    def delete(self, deployment_id: str, if_match: str | None, caller: Caller) -> str:
         # Deletes carry no retry token and the SDK retries them: a repeated (or concurrent) delete
         # is answered with the work request of the first one.
-        record = self.get_record(deployment_id)
+        record = self.authorized(caller, deployment_id, Verb.MANAGE)
         if record.state in (DeploymentState.DELETING.value, DeploymentState.DELETED.value):
             return str(record.internal.get("deleteWorkRequestId") or record.internal.get("workRequestId"))
         try:
@@ -204,9 +212,9 @@ class DeploymentService(ResourceService):
                 return str(record.internal["deleteWorkRequestId"])
             raise
 
-    def change_compartment(self, deployment_id: str, details: ChangeCompartmentDetails, if_match: str | None) -> None:
-        check_compartment(details.compartment_id)
-        self.get_record(deployment_id)
+    def change_compartment(self, deployment_id: str, details: ChangeCompartmentDetails, if_match: str | None, caller: Caller) -> None:
+        self.authorized(caller, deployment_id, Verb.MANAGE)
+        self.require_in_compartment(caller, Verb.MANAGE, details.compartment_id)
 
         def change(record: Record) -> Record:
             if record.state == DeploymentState.DELETED.value:
@@ -287,13 +295,13 @@ class DeploymentService(ResourceService):
         }
         raise Conflict(f"model deployment {record.id} is {state.value}; {verb} is not possible in that state: {hints.get(state, '')}")
 
-    def _check_model(self, config: dict[str, Any]) -> str:
+    def _check_model(self, config: dict[str, Any], caller: Caller) -> str:
         """The model must exist, be ACTIVE and have an artifact (A1); DEFAULT needs score.py and
         runtime.yaml in it (A2). Returns the artifact digest the deployment pins (A5)."""
         model_id = rules.model_id(config)
         field = "modelDeploymentConfigurationDetails.modelConfigurationDetails.modelId"
         model = self.store.get(model_id, "model") if ids.ocid_type(model_id) == ids.MODEL else None
-        if model is None or model.state == ModelState.DELETED.value:
+        if model is None or model.state == ModelState.DELETED.value or not self.readable(caller, model):
             raise RelatedResourceNotFound(f"{field}: model {model_id} was not found; check the id")
         if model.state != ModelState.ACTIVE.value:
             raise InvalidParameter(f"{field}: model {model_id} is {model.state}; activate it first")
@@ -321,11 +329,11 @@ class DeploymentService(ResourceService):
                 rule="A2",
             )
 
-    def _pin_image(self, config: dict[str, Any]) -> None:
+    def _pin_image(self, config: dict[str, Any], caller: Caller) -> None:
         env = rules.environment(config)
         if env.get("environmentConfigurationType") != "OCIR_CONTAINER":
             return
-        digest = self.resolver.resolve(env["image"], env.get("imageDigest"))
+        digest = self.resolver.resolve(env["image"], env.get("imageDigest"), self.access.registry_hosts_for(caller))
         if digest:
             env["imageDigest"] = digest
 

@@ -10,8 +10,9 @@ from dockyard.domain.states import ModelState, ProjectState
 from dockyard.errors import Conflict, NoEtagMatch, NotAuthorizedOrNotFound, RelatedResourceNotFound
 from dockyard.schemas.catalog import CreateModelDetails, ModelProvenanceDetails, UpdateModelDetails
 from dockyard.schemas.common import ChangeCompartmentDetails
+from dockyard.service.access import Access, Verb
 from dockyard.service.context import Caller, RetryToken
-from dockyard.service.resources import ListResult, ResourceService, check_compartment, check_id
+from dockyard.service.resources import ListResult, ResourceService, check_id
 from dockyard.settings import Settings
 from dockyard.store.artifacts import FilesystemArtifactStore
 from dockyard.store.metadata import ArtifactRecord, Record, SqlMetadataStore, new_etag, now_iso
@@ -42,17 +43,17 @@ class ModelService(ResourceService):
     kind, label, ocid_type = "model", "model", ids.MODEL
     sort_fields = ("timeCreated", "displayName", "lifecycleState")
 
-    def __init__(self, store: SqlMetadataStore, settings: Settings, blobs: FilesystemArtifactStore) -> None:
-        super().__init__(store, settings)
+    def __init__(self, store: SqlMetadataStore, settings: Settings, blobs: FilesystemArtifactStore, access: Access | None = None) -> None:
+        super().__init__(store, settings, access)
         self.blobs = blobs
 
     # --- the model record ------------------------------------------------------------------------
 
     def create(self, details: CreateModelDetails, caller: Caller, token: RetryToken | None) -> Record:
-        check_compartment(details.compartment_id)
+        self.require_in_compartment(caller, Verb.MANAGE, details.compartment_id)
         check_id(details.project_id, ids.PROJECT, "project")
         project = self.store.get(details.project_id, "project")
-        if project is None or project.state != ProjectState.ACTIVE.value:
+        if project is None or project.state != ProjectState.ACTIVE.value or not self.readable(caller, project):
             raise RelatedResourceNotFound(
                 f"projectId {details.project_id} is not an ACTIVE project; create the project first or check the id"
             )
@@ -89,12 +90,13 @@ class ModelService(ResourceService):
 
         return self.create_once("CreateModel", token, create)[0]
 
-    def get(self, model_id: str) -> Record:
-        return self.get_record(model_id)
+    def get(self, model_id: str, caller: Caller) -> Record:
+        return self.authorized(caller, model_id, Verb.READ)
 
-    def list(self, query: dict[str, Any]) -> ListResult:
+    def list(self, query: dict[str, Any], caller: Caller) -> ListResult:
         filters = {k: query.get(k) for k in ("compartmentId", "projectId", "id", "displayName", "lifecycleState", "createdBy")}
         return self.list_records(
+            caller,
             filters,
             query.get("limit"),
             query.get("page"),
@@ -103,8 +105,8 @@ class ModelService(ResourceService):
             lambda r: {k: r.body.get(k) for k in SUMMARY_FIELDS},
         )
 
-    def update(self, model_id: str, details: UpdateModelDetails, if_match: str | None) -> Record:
-        self.get_record(model_id)
+    def update(self, model_id: str, details: UpdateModelDetails, if_match: str | None, caller: Caller) -> Record:
+        self.authorized(caller, model_id, Verb.MANAGE)
         changes = details.wire()
 
         def change(record: Record) -> Record:
@@ -115,8 +117,8 @@ class ModelService(ResourceService):
 
         return self.store.mutate(model_id, self.kind, self.label, change, if_match)
 
-    def set_active(self, model_id: str, active: bool, if_match: str | None) -> Record:
-        self.get_record(model_id)
+    def set_active(self, model_id: str, active: bool, if_match: str | None, caller: Caller) -> Record:
+        self.authorized(caller, model_id, Verb.MANAGE)
         target = ModelState.ACTIVE if active else ModelState.INACTIVE
 
         def change(record: Record) -> Record | None:
@@ -131,9 +133,9 @@ class ModelService(ResourceService):
 
         return self.store.mutate(model_id, self.kind, self.label, change, if_match)
 
-    def change_compartment(self, model_id: str, details: ChangeCompartmentDetails, if_match: str | None) -> None:
-        check_compartment(details.compartment_id)
-        self.get_record(model_id)
+    def change_compartment(self, model_id: str, details: ChangeCompartmentDetails, if_match: str | None, caller: Caller) -> None:
+        self.authorized(caller, model_id, Verb.MANAGE)
+        self.require_in_compartment(caller, Verb.MANAGE, details.compartment_id)
 
         def change(record: Record) -> Record:
             record.body["compartmentId"] = details.compartment_id
@@ -141,8 +143,8 @@ class ModelService(ResourceService):
 
         self.store.mutate(model_id, self.kind, self.label, change, if_match)
 
-    def delete(self, model_id: str, if_match: str | None) -> None:
-        record = self.get_record(model_id)
+    def delete(self, model_id: str, if_match: str | None, caller: Caller) -> None:
+        record = self.authorized(caller, model_id, Verb.MANAGE)
         if record.state == ModelState.DELETED.value:
             return
         self._refuse_if_deployed(model_id, "deleted")
@@ -164,7 +166,7 @@ class ModelService(ResourceService):
     # --- artifacts ------------------------------------------------------------------------------
 
     async def put_artifact(
-        self, model_id: str, chunks: AsyncIterator[bytes], content_disposition: str | None, if_match: str | None
+        self, model_id: str, chunks: AsyncIterator[bytes], content_disposition: str | None, if_match: str | None, caller: Caller
     ) -> ArtifactRecord:
         """Store a new artifact for the model; the previous one stays until this one is complete.
 
@@ -174,7 +176,7 @@ class ModelService(ResourceService):
         Only zips are accepted: dockyard has no model-by-reference (its JSON artifact) and
         deployments can only mount a zip's tree.
         """
-        model = self.get_record(model_id)
+        model = self.authorized(caller, model_id, Verb.MANAGE)
         if model.state == ModelState.DELETED.value:
             raise Conflict(f"model {model_id} is DELETED; create a new model to upload an artifact")
         existing = self.store.get_artifact(model_id)
@@ -193,8 +195,8 @@ class ModelService(ResourceService):
         self.store.put_artifact(artifact)
         return artifact
 
-    def get_artifact(self, model_id: str) -> ArtifactRecord:
-        model = self.get_record(model_id)
+    def get_artifact(self, model_id: str, caller: Caller) -> ArtifactRecord:
+        model = self.authorized(caller, model_id, Verb.READ)
         artifact = self.store.get_artifact(model_id)
         if artifact is None or model.state == ModelState.DELETED.value:
             raise NotAuthorizedOrNotFound(
@@ -205,15 +207,17 @@ class ModelService(ResourceService):
 
     # --- provenance -----------------------------------------------------------------------------
 
-    def put_provenance(self, model_id: str, details: ModelProvenanceDetails, replace_only: bool) -> tuple[dict[str, Any], str]:
-        self.get_record(model_id)
+    def put_provenance(
+        self, model_id: str, details: ModelProvenanceDetails, replace_only: bool, caller: Caller
+    ) -> tuple[dict[str, Any], str]:
+        self.authorized(caller, model_id, Verb.MANAGE)
         if replace_only and self.store.get_provenance(model_id) is None:
             raise NotAuthorizedOrNotFound(f"model {model_id} has no provenance yet; create it with POST first")
         body = {k: None for k in PROVENANCE_FIELDS} | details.wire()
         return body, self.store.put_provenance(model_id, body)
 
-    def get_provenance(self, model_id: str) -> tuple[dict[str, Any], str]:
-        self.get_record(model_id)
+    def get_provenance(self, model_id: str, caller: Caller) -> tuple[dict[str, Any], str]:
+        self.authorized(caller, model_id, Verb.READ)
         found = self.store.get_provenance(model_id)
         if found is None:
             raise NotAuthorizedOrNotFound(f"model {model_id} has no provenance; create it with CreateModelProvenance")

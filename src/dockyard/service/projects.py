@@ -9,8 +9,9 @@ from dockyard.domain.states import Operation, ProjectState
 from dockyard.errors import Conflict
 from dockyard.schemas.catalog import CreateProjectDetails, UpdateProjectDetails
 from dockyard.schemas.common import ChangeCompartmentDetails
+from dockyard.service.access import Access, Verb
 from dockyard.service.context import Caller, RetryToken
-from dockyard.service.resources import ListResult, ResourceService, check_compartment
+from dockyard.service.resources import ListResult, ResourceService
 from dockyard.service.work_requests import WorkRequests
 from dockyard.settings import Settings
 from dockyard.store.metadata import Record, SqlMetadataStore, now_iso
@@ -19,12 +20,12 @@ from dockyard.store.metadata import Record, SqlMetadataStore, now_iso
 class ProjectService(ResourceService):
     kind, label, ocid_type = "project", "project", ids.PROJECT
 
-    def __init__(self, store: SqlMetadataStore, settings: Settings, work_requests: WorkRequests) -> None:
-        super().__init__(store, settings)
+    def __init__(self, store: SqlMetadataStore, settings: Settings, work_requests: WorkRequests, access: Access | None = None) -> None:
+        super().__init__(store, settings, access)
         self.work_requests = work_requests
 
     def create(self, details: CreateProjectDetails, caller: Caller, token: RetryToken | None) -> Record:
-        check_compartment(details.compartment_id)
+        self.require_in_compartment(caller, Verb.MANAGE, details.compartment_id)
 
         def create(tx: Any) -> tuple[Record, None]:
             now = now_iso()
@@ -44,17 +45,18 @@ class ProjectService(ResourceService):
 
         return self.create_once("CreateProject", token, create)[0]
 
-    def get(self, project_id: str) -> Record:
-        return self.get_record(project_id)
+    def get(self, project_id: str, caller: Caller) -> Record:
+        return self.authorized(caller, project_id, Verb.READ)
 
-    def list(self, query: dict[str, Any]) -> ListResult:
+    def list(self, query: dict[str, Any], caller: Caller) -> ListResult:
         filters = {k: query.get(k) for k in ("compartmentId", "id", "displayName", "lifecycleState", "createdBy")}
         return self.list_records(
+            caller,
             filters, query.get("limit"), query.get("page"), query.get("sortBy"), query.get("sortOrder"), lambda r: r.body
         )
 
-    def update(self, project_id: str, details: UpdateProjectDetails, if_match: str | None) -> Record:
-        self.get_record(project_id)
+    def update(self, project_id: str, details: UpdateProjectDetails, if_match: str | None, caller: Caller) -> Record:
+        self.authorized(caller, project_id, Verb.MANAGE)
         changes = details.wire()
 
         def change(record: Record) -> Record:
@@ -65,9 +67,9 @@ class ProjectService(ResourceService):
 
         return self.store.mutate(project_id, self.kind, self.label, change, if_match)
 
-    def change_compartment(self, project_id: str, details: ChangeCompartmentDetails, if_match: str | None) -> None:
-        check_compartment(details.compartment_id)
-        self.get_record(project_id)
+    def change_compartment(self, project_id: str, details: ChangeCompartmentDetails, if_match: str | None, caller: Caller) -> None:
+        self.authorized(caller, project_id, Verb.MANAGE)
+        self.require_in_compartment(caller, Verb.MANAGE, details.compartment_id)
 
         def change(record: Record) -> Record:
             record.body["compartmentId"] = details.compartment_id
@@ -75,9 +77,9 @@ class ProjectService(ResourceService):
 
         self.store.mutate(project_id, self.kind, self.label, change, if_match)
 
-    def delete(self, project_id: str, if_match: str | None) -> str:
+    def delete(self, project_id: str, if_match: str | None, caller: Caller) -> str:
         """Delete an empty project; returns the work request id (it finishes at once)."""
-        record = self.get_record(project_id)
+        record = self.authorized(caller, project_id, Verb.MANAGE)
         if record.state == ProjectState.DELETED.value:
             done = self.store.list_work_requests({"resourceId": project_id}, "timeAccepted", True, 0, 1).items
             if done:

@@ -10,7 +10,8 @@ from sqlalchemy import Connection
 
 from dockyard.domain import ids
 from dockyard.errors import InvalidatedRetryToken, InvalidParameter, NotAuthorizedOrNotFound
-from dockyard.service.context import RetryToken
+from dockyard.service.access import FAMILY_OF_KIND, Access, Verb
+from dockyard.service.context import Caller, RetryToken
 from dockyard.service.paging import check_limit, check_sort, decode_page, next_page
 from dockyard.settings import Settings
 from dockyard.store.metadata import Record, RetryTokenTaken, SqlMetadataStore
@@ -27,6 +28,11 @@ def check_compartment(value: str, field: str = "compartmentId") -> None:
         raise InvalidParameter(
             f"{field} {value!r} is not an OCID; pass a compartment or tenancy id like 'ocid1.compartment.oc1..aaaa...'"
         )
+
+
+def missing_message(label: str, resource_id: str) -> str:
+    """What `SqlMetadataStore.require` says for an id it does not hold: a refusal says the same."""
+    return f"{label} {resource_id} was not found, or you are not allowed to see it; check the id"
 
 
 def check_id(value: str, expected_type: str, label: str) -> None:
@@ -50,16 +56,39 @@ class ResourceService:
     ocid_type: str = ""
     sort_fields: tuple[str, ...] = ("timeCreated", "displayName")
 
-    def __init__(self, store: SqlMetadataStore, settings: Settings) -> None:
+    def __init__(self, store: SqlMetadataStore, settings: Settings, access: Access | None = None) -> None:
         self.store = store
         self.settings = settings
+        # Who may do what (service/access.py); without one, everything is allowed (unit tests).
+        self.access = access or Access()
+
+    @property
+    def family(self) -> str:
+        return FAMILY_OF_KIND[self.kind]
 
     def new_id(self) -> str:
         return ids.new_ocid(self.ocid_type, self.settings.realm, self.settings.region)
 
     def get_record(self, resource_id: str, tx: Connection | None = None) -> Record:
+        """The record, whoever asks: for internal use after `authorized` (or by the reconciler)."""
         check_id(resource_id, self.ocid_type, self.label)
         return self.store.require(resource_id, self.kind, self.label, tx)
+
+    def authorized(self, caller: Caller, resource_id: str, verb: Verb, tx: Connection | None = None) -> Record:
+        """The record if `caller` may do `verb` on it; otherwise the very 404 an unknown id gets."""
+        record = self.get_record(resource_id, tx)
+        self.access.require(caller, verb, self.family, record.body["compartmentId"], missing_message(self.label, resource_id))
+        return record
+
+    def readable(self, caller: Caller, record: Record) -> bool:
+        """Whether `caller` may read `record` (of any kind): a related resource they may not read
+        is, to them, one that does not exist."""
+        return self.access.allowed(caller, Verb.READ, FAMILY_OF_KIND[record.kind], record.body["compartmentId"])
+
+    def require_in_compartment(self, caller: Caller, verb: Verb, compartment_id: str, field: str = "compartmentId") -> None:
+        """The compartment id is well formed and `caller` may do `verb` on this family in it."""
+        check_compartment(compartment_id, field)
+        self.access.require_compartment(caller, verb, self.family, compartment_id)
 
     def create_once(
         self,
@@ -103,6 +132,7 @@ class ResourceService:
 
     def list_records(
         self,
+        caller: Caller,
         filters: dict[str, Any],
         limit: int | None,
         page: str | None,
@@ -110,7 +140,7 @@ class ResourceService:
         sort_order: str | None,
         view: Callable[[Record], dict[str, Any]],
     ) -> ListResult:
-        check_compartment(filters["compartmentId"])
+        self.require_in_compartment(caller, Verb.INSPECT, filters["compartmentId"])
         limit = check_limit(limit)
         offset = decode_page(page)
         sort_field, descending = check_sort(sort_by, sort_order, self.sort_fields, "timeCreated")

@@ -15,6 +15,8 @@ from sqlalchemy import Connection
 from dockyard.domain import ids
 from dockyard.domain.states import Operation, WorkRequestStatus
 from dockyard.errors import NotAuthorizedOrNotFound
+from dockyard.service.access import WORK_REQUESTS, Access, Verb
+from dockyard.service.context import Caller
 from dockyard.service.resources import check_id
 from dockyard.settings import Settings
 from dockyard.store.metadata import Entry, SqlMetadataStore, WorkRequestRecord, now_iso
@@ -32,9 +34,10 @@ ACTIONS = {
 
 
 class WorkRequests:
-    def __init__(self, store: SqlMetadataStore, settings: Settings) -> None:
+    def __init__(self, store: SqlMetadataStore, settings: Settings, access: Access | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.access = access or Access()
 
     def new_id(self) -> str:
         return ids.new_ocid(ids.WORK_REQUEST, self.settings.realm, self.settings.region)
@@ -73,12 +76,25 @@ class WorkRequests:
         self.store.add_entry(wr.id, Entry("log", message, now), tx)
         return wr
 
-    def get(self, work_request_id: str) -> WorkRequestRecord:
+    def get(self, work_request_id: str, caller: Caller) -> WorkRequestRecord:
+        """The work request if `caller` may read work requests where its resource is now (a
+        work request follows its resource when that changes compartment); else the 404 of an
+        unknown id."""
         check_id(work_request_id, ids.WORK_REQUEST, "work request")
         wr = self.store.get_work_request(work_request_id)
+        missing = f"work request {work_request_id} was not found; check the id"
         if wr is None:
-            raise NotAuthorizedOrNotFound(f"work request {work_request_id} was not found; check the id")
+            raise NotAuthorizedOrNotFound(missing)
+        self.access.require(caller, Verb.READ, WORK_REQUESTS, self.compartment_of(wr), missing)
         return wr
+
+    def compartment_of(self, wr: WorkRequestRecord) -> str:
+        resource = self.store.get(wr.resource_id) if wr.resource_id else None
+        return str(resource.body.get("compartmentId") or wr.compartment_id) if resource is not None else wr.compartment_id
+
+    def require_list(self, caller: Caller, compartment_id: str) -> None:
+        """ListWorkRequests in a compartment the caller may not inspect reads as an unknown one."""
+        self.access.require_compartment(caller, Verb.INSPECT, WORK_REQUESTS, compartment_id)
 
     def log(self, work_request_id: str, message: str, percent: float | None = None, tx: Connection | None = None) -> None:
         """Add a progress line, unless the work request has finished: its last line is the
