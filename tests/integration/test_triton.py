@@ -42,6 +42,7 @@ from tests.integration.docker_fixtures import (
     containers_of,
     infra_missing,
     registry_digest,
+    until,
 )
 from tests.support.server import LiveServer, free_port
 
@@ -139,7 +140,12 @@ def _harness(kind: type[Harness], root: Path, engine: docker.DockerClient, env: 
         yield h
     finally:
         h.record_every_deployment()
-        h.delete_quietly(h.janitor.deployments)
+        # Wait for the deletes: instances of the process runtime outlive a stopped dockyard.
+        for deployment_id in sorted(h.janitor.deployments):
+            try:
+                delete(h, deployment_id)
+            except Exception:  # best effort; the janitor removes what containers are left
+                pass
         h.stop()
         problems = h.janitor.clean()
         if problems:
@@ -167,6 +173,38 @@ def deploy(h: Harness, name: str, artifact: Path, **kw: Any) -> Any:
     assert wr.status == "SUCCEEDED" and got.lifecycle_state == "ACTIVE", (
         wr.status, got.lifecycle_state, got.lifecycle_details, h.logs(wr_id), h.errors(wr_id), h.server_log())
     return got
+
+
+def delete(h: Harness, deployment_id: str) -> None:
+    """Delete and wait until the work request says it is done."""
+    if h.get(deployment_id).lifecycle_state in ("DELETED", "DELETING"):
+        return
+    wr_id = h.ds.delete_model_deployment(deployment_id).headers["opc-work-request-id"]
+    wr = h.wait_work_request(wr_id, 120)
+    assert wr.status == "SUCCEEDED", (h.logs(wr_id), h.errors(wr_id))
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """Every process on the host: pid -> (parent pid, command line)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                ppid = int(next(line for line in (entry / "status").read_text().splitlines()
+                                if line.startswith("PPid:")).split()[1])
+            except (OSError, StopIteration, ValueError):
+                continue
+            found[int(entry.name)] = (ppid, cmdline)
+    return found
+
+
+def triton_processes(port: int) -> set[int]:
+    """The tritonserver listening on `port` and its Python-backend stubs (one per model instance)."""
+    table = processes()
+    servers = {pid for pid, (_, cmd) in table.items() if "bin/tritonserver " in cmd and f"--http-port={port}" in cmd}
+    stubs = {pid for pid, (ppid, cmd) in table.items() if ppid in servers and "triton_python_backend_stub" in cmd}
+    return servers | stubs
 
 
 # --- the checks, the same on both runtimes ---------------------------------------------------------------
@@ -273,3 +311,8 @@ def test_triton_on_the_process_runtime_two_models(on_host: Harness, artifacts: d
     port = free_port()
     got = deploy(on_host, "triton-two-host", artifacts["two"], server_port=port, health_port=port)
     check_two_models(on_host, got.model_deployment_url)
+    # Delete stops the server and its Python-backend stubs (three: add_sub and two versions of multiply)
+    running = triton_processes(port)
+    assert len(running) == 4, running
+    delete(on_host, got.id)
+    until(lambda: not (running & set(processes())), 30, what=f"processes {running} gone")
