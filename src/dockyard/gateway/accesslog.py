@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("dockyard.access")
@@ -35,7 +35,9 @@ class AccessEntry:
     error: str | None = None  # why the gateway answered itself or cut the reply, in words
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a str, number or None: a shallow copy is the same as dataclasses.asdict
+        # at a fraction of its cost (asdict deep-copies field by field), paid once per request.
+        return dict(self.__dict__)
 
 
 AccessSink = Callable[[AccessEntry], None]

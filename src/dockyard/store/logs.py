@@ -93,8 +93,9 @@ class LogPage:
     cursor: int  # pass as `after_seq` to get what comes next (0: nothing stored yet)
 
 
-# One queued row: (deployment_id, category, time, instance_id, stream, message, fields, position)
-_Row = tuple[str, str, str, "str | None", "str | None", str, "dict[str, Any] | None", "str | None"]
+# One queued row: (deployment_id, category, time, instance_id, stream, message, fields, position);
+# for access entries `fields` is the gateway's AccessEntry itself, turned into a dict when written.
+_Row = tuple[str, str, str, "str | None", "str | None", str, Any, "str | None"]
 
 
 class LogStore:
@@ -150,15 +151,19 @@ class LogStore:
         return True
 
     def add_access(self, entry: Any) -> None:
-        """The gateway's access-log sink (`dockyard.gateway.AccessEntry`): entries of requests
-        that named no deployment are not stored (they belong to no deployment's log)."""
+        """The gateway's access-log sink (`dockyard.gateway.AccessEntry`). Only a tuple is queued
+        here; the entry becomes fields and a message in the flusher thread. Requests that named
+        no deployment are not stored (they belong to no deployment's log)."""
         if entry.deployment_id is None:
             return
-        fields = entry.as_dict()
-        message = f"{entry.method} {entry.path} {entry.status}"
-        # The request's own time is when it arrived; keep the gateway's text unless it is not ours.
-        self.add(entry.deployment_id, "access", message, time_=_normalised(entry.time),
-                 instance_id=entry.instance_id, fields=fields)
+        if len(self._queue) >= self.queue_max:
+            self._drop()
+            return
+        self._queue.append((entry.deployment_id, "access", entry.time, entry.instance_id, None, "", entry, None))
+        if len(self._queue) >= self.batch_max:
+            self._wake.set()
+        if self._thread is None:
+            self._ensure_thread()
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -182,11 +187,12 @@ class LogStore:
 
     def _write(self, batch: list[_Row]) -> None:
         log_ids = self._log_ids_of({row[0] for row in batch})
-        rows = [
-            {"deployment_id": d, "category": c, "time": stamp, "instance_id": i, "stream": s,
-             "log_id": log_ids.get(d, {}).get(c), "message": m, "fields": f}
-            for d, c, stamp, i, s, m, f, _ in batch
-        ]  # fmt: skip
+        rows = []
+        for d, c, stamp, i, s, m, f, _ in batch:
+            if f is not None and not isinstance(f, dict):  # an access entry, as the gateway gave it
+                m, f = f"{f.method} {f.path} {f.status}", f.as_dict()
+            rows.append({"deployment_id": d, "category": c, "time": _normalised(stamp), "instance_id": i, "stream": s,
+                         "log_id": log_ids.get(d, {}).get(c), "message": m, "fields": f})
         positions: dict[str, tuple[str, str]] = {}
         for d, _, _, i, _, _, _, p in batch:
             if i is not None and p is not None:
@@ -344,6 +350,9 @@ def _entry(row: Any) -> LogEntry:
 
 
 def _normalised(text: str) -> str:
+    """`text` in the fixed-width form times are stored in (now, when it is not a time)."""
+    if len(text) == 27 and text[19] == "." and text.endswith("Z"):
+        return text  # already ours
     try:
         return log_time(parse_log_time(text))
     except ValueError:
