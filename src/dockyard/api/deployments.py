@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from dockyard.api.openapi import json_body
 from dockyard.api.common import empty_reply, json_reply, list_query, list_reply
 from dockyard.api.requests import caller, if_match, read_json, retry_token, services
 from dockyard.domain.shapes import SHAPES
@@ -20,7 +21,7 @@ from dockyard.service.resources import ListResult
 router = APIRouter()
 
 
-@router.post("/modelDeployments")
+@router.post("/modelDeployments", openapi_extra=json_body(CreateModelDeploymentDetails))
 async def create_model_deployment(request: Request) -> Response:
     details, _ = await read_json(request, CreateModelDeploymentDetails)
     token = retry_token(request, "CreateModelDeployment", details.wire())
@@ -44,7 +45,7 @@ async def list_model_deployments(request: Request, query: dict[str, Any] = Depen
     return list_reply(await run_in_threadpool(services(request).deployments.list, query, caller(request)))
 
 
-@router.put("/modelDeployments/{deployment_id}")
+@router.put("/modelDeployments/{deployment_id}", openapi_extra=json_body(UpdateModelDeploymentDetails))
 async def update_model_deployment(request: Request, deployment_id: str) -> Response:
     details, _ = await read_json(request, UpdateModelDeploymentDetails)
     wr_id = await run_in_threadpool(services(request).deployments.update, deployment_id, details, if_match(request), caller(request))
@@ -69,7 +70,7 @@ async def delete_model_deployment(request: Request, deployment_id: str) -> Respo
     return empty_reply(202, opc_work_request_id=wr_id)
 
 
-@router.post("/modelDeployments/{deployment_id}/actions/changeCompartment")
+@router.post("/modelDeployments/{deployment_id}/actions/changeCompartment", openapi_extra=json_body(ChangeCompartmentDetails))
 async def change_model_deployment_compartment(request: Request, deployment_id: str) -> Response:
     details, _ = await read_json(request, ChangeCompartmentDetails)
     await run_in_threadpool(services(request).deployments.change_compartment, deployment_id, details, if_match(request), caller(request))

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from dockyard.api.openapi import binary_body, json_body
 from dockyard.api.common import empty_reply, json_reply, list_query, list_reply
 from dockyard.api.requests import caller, if_match, read_json, retry_token, services
 from dockyard.schemas.catalog import CreateModelDetails, ModelProvenanceDetails, UpdateModelDetails
@@ -19,7 +20,7 @@ from dockyard.schemas.common import ChangeCompartmentDetails
 router = APIRouter()
 
 
-@router.post("/models")
+@router.post("/models", openapi_extra=json_body(CreateModelDetails))
 async def create_model(request: Request) -> Response:
     details, _ = await read_json(request, CreateModelDetails)
     token = retry_token(request, "CreateModel", details.wire())
@@ -38,7 +39,7 @@ async def list_models(request: Request, query: dict[str, Any] = Depends(list_que
     return list_reply(await run_in_threadpool(services(request).models.list, query, caller(request)))
 
 
-@router.put("/models/{model_id}")
+@router.put("/models/{model_id}", openapi_extra=json_body(UpdateModelDetails))
 async def update_model(request: Request, model_id: str) -> Response:
     details, _ = await read_json(request, UpdateModelDetails)
     record = await run_in_threadpool(services(request).models.update, model_id, details, if_match(request), caller(request))
@@ -63,14 +64,14 @@ async def deactivate_model(request: Request, model_id: str) -> Response:
     return json_reply(record.body, etag=record.etag)
 
 
-@router.post("/models/{model_id}/actions/changeCompartment")
+@router.post("/models/{model_id}/actions/changeCompartment", openapi_extra=json_body(ChangeCompartmentDetails))
 async def change_model_compartment(request: Request, model_id: str) -> Response:
     details, _ = await read_json(request, ChangeCompartmentDetails)
     await run_in_threadpool(services(request).models.change_compartment, model_id, details, if_match(request), caller(request))
     return empty_reply(200)
 
 
-@router.post("/models/{model_id}/artifact")
+@router.post("/models/{model_id}/artifact", openapi_extra=binary_body("the model artifact: a zip archive"))
 async def create_model_artifact(request: Request, model_id: str) -> Response:
     """Streams the body to disk: memory use does not grow with the artifact's size."""
     artifact = await services(request).models.put_artifact(
@@ -79,7 +80,9 @@ async def create_model_artifact(request: Request, model_id: str) -> Response:
     return empty_reply(200, etag=artifact.etag)
 
 
-@router.api_route("/models/{model_id}/artifact/content", methods=["GET", "HEAD"])
+# Two decorators rather than one api_route: each method gets its own OpenAPI operation id.
+@router.get("/models/{model_id}/artifact/content", operation_id="GetModelArtifactContent")
+@router.head("/models/{model_id}/artifact/content", operation_id="HeadModelArtifact")
 async def get_model_artifact_content(request: Request, model_id: str) -> Response:
     model_service = services(request).models
     artifact = await run_in_threadpool(model_service.get_artifact, model_id, caller(request))
@@ -96,14 +99,14 @@ async def get_model_artifact_content(request: Request, model_id: str) -> Respons
     return response
 
 
-@router.post("/models/{model_id}/provenance")
+@router.post("/models/{model_id}/provenance", openapi_extra=json_body(ModelProvenanceDetails))
 async def create_model_provenance(request: Request, model_id: str) -> Response:
     details, _ = await read_json(request, ModelProvenanceDetails)
     body, etag = await run_in_threadpool(services(request).models.put_provenance, model_id, details, False, caller(request))
     return json_reply(body, etag=etag)
 
 
-@router.put("/models/{model_id}/provenance")
+@router.put("/models/{model_id}/provenance", openapi_extra=json_body(ModelProvenanceDetails))
 async def update_model_provenance(request: Request, model_id: str) -> Response:
     details, _ = await read_json(request, ModelProvenanceDetails)
     body, etag = await run_in_threadpool(services(request).models.put_provenance, model_id, details, True, caller(request))
