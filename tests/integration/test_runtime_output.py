@@ -97,3 +97,43 @@ async def test_container_output_is_followed_by_stream_and_resumed_after_a_positi
 
 async def drain(stream: AsyncIterator[OutputLine]) -> list[OutputLine]:
     return [line async for line in stream]
+
+
+async def test_the_collector_stores_a_containers_lines_by_stream_through_the_routing_runtime(runtime: DockerRuntime, tmp_path: Path) -> None:
+    """What `dockyard serve` does with a Docker engine: the reconciler's observation starts a
+    follow through the routing runtime, and the lines land in the log store with their stream."""
+    from dockyard.reconciler.predict_logs import PredictLogCollector
+    from dockyard.runtimes.process import ProcessRuntime
+    from dockyard.runtimes.routing import RoutingRuntime
+    from dockyard.store.logs import LogStore
+    from dockyard.store.metadata import SqlMetadataStore
+
+    metadata = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
+    logs = LogStore(metadata.engine, metadata.writer, flush_interval_s=0.1)
+    routing = RoutingRuntime(runtime, ProcessRuntime(state_dir=tmp_path / "processes"))
+    spec = InstanceSpec(deployment_id=DEPLOYMENT, spec_hash="h1", kind="OCIR_CONTAINER", artifact_dir=None, image=BASE,
+                        entrypoint=["sh", "-c"], cmd=[SCRIPT], server_port=8080, health_port=8080)
+    instance = await routing.start(spec)
+    collector = PredictLogCollector(routing, logs)
+    collector.observe(DEPLOYMENT, await routing.list(DEPLOYMENT))
+    assert collector.following == {instance.instance_id}
+
+    async def stored() -> dict[str, str]:
+        entries = logs.read(DEPLOYMENT, "predict", limit=1000).entries
+        return {e.message: e.stream for e in entries if e.instance_id == instance.instance_id}
+
+    deadline = asyncio.get_running_loop().time() + 60
+    while "err 3" not in (lines := await stored()) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    assert lines.get("out 1") == "stdout" and lines.get("err 1") == "stderr" and lines.get("err 3") == "stderr", lines
+    assert logs.position(instance.instance_id) is not None
+    await routing.stop(instance.instance_id)
+    await asyncio.wait_for(_until_idle(collector), 60)
+    await collector.close()
+    logs.close()
+    metadata.close()
+
+
+async def _until_idle(collector: object) -> None:
+    while collector.following:  # type: ignore[attr-defined]
+        await asyncio.sleep(0.1)
