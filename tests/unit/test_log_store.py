@@ -19,9 +19,16 @@ D1 = "ocid1.datasciencemodeldeployment.oc1.local.aaaaone"
 D2 = "ocid1.datasciencemodeldeployment.oc1.local.aaaatwo"
 
 
+def deployment(deployment_id: str, **body: object) -> Record:
+    return Record(id=deployment_id, kind="modeldeployment",
+                  body={"compartmentId": "c", "lifecycleState": "ACTIVE", "timeCreated": log_time(), **body})
+
+
 @pytest.fixture()
 def metadata(tmp_path: Path) -> SqlMetadataStore:
     store = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
+    store.insert(deployment(D1))
+    store.insert(deployment(D2))
     yield store
     store.close()
 
@@ -162,18 +169,30 @@ def test_an_instance_position_is_stored_with_its_lines(metadata: SqlMetadataStor
     assert logs.position("proc-2") is None
 
 
-def test_log_ids_come_from_the_deployments_category_log_details(metadata: SqlMetadataStore) -> None:
-    metadata.insert(Record(id=D1, kind="modeldeployment", body={
-        "compartmentId": "c", "lifecycleState": "ACTIVE", "timeCreated": log_time(),
-        "categoryLogDetails": {"access": {"logId": "la", "logGroupId": "lg"}, "predict": {"logId": "lp", "logGroupId": "lg"}},
-    }))  # fmt: skip
+def test_log_ids_come_from_the_deployments_category_log_details(tmp_path: Path) -> None:
+    metadata = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
+    metadata.insert(deployment(D1, categoryLogDetails={
+        "access": {"logId": "la", "logGroupId": "lg"}, "predict": {"logId": "lp", "logGroupId": "lg"}}))
+    metadata.insert(deployment(D2, categoryLogDetails={}))
     logs = quiet_store(metadata)
     logs.add(D1, "access", "GET")
     logs.add(D1, "predict", "out", instance_id="i")
-    logs.add(D2, "access", "no such deployment")
+    logs.add(D2, "access", "no log named")
     logs.flush()
     assert [e.log_id for e in logs.read(D1).entries] == ["la", "lp"]
     assert [e.log_id for e in logs.read(D2).entries] == [None]
+
+
+def test_access_entries_of_ids_that_name_no_deployment_are_not_stored(tmp_path: Path) -> None:
+    metadata = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
+    metadata.insert(deployment(D1))
+    logs = quiet_store(metadata)
+    for n in range(50):
+        logs.add(f"ocid1.datasciencemodeldeployment.oc1.local.aaaaprobe{n}", "access", "POST /x/predict 404")
+    logs.add(D1, "access", "POST /d/predict 200")
+    logs.flush()
+    assert (logs.written, logs.unknown) == (1, 50)
+    assert messages(logs.read(D1)) == ["POST /d/predict 200"]
 
 
 def test_the_access_sink_stores_every_field_of_the_gateway_entry(metadata: SqlMetadataStore) -> None:

@@ -132,7 +132,8 @@ class LogStore:
         self._closed = False
         self._last_drop_warning = 0.0
         self._last_retention = time.monotonic()
-        self._log_ids: dict[str, tuple[float, dict[str, str]]] = {}
+        self._log_ids: dict[str, tuple[float, dict[str, str] | None]] = {}
+        self.unknown = 0  # access entries of ids that name no deployment, not stored
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -189,17 +190,24 @@ class LogStore:
         log_ids = self._log_ids_of({row[0] for row in batch})
         rows = []
         for d, c, stamp, i, s, m, f, _ in batch:
+            ids = log_ids.get(d)
+            if ids is None and c == "access":
+                # A request to a deployment id that names no deployment (a typo, or someone
+                # probing ids): it is in no deployment's log, and must not grow the table.
+                self.unknown += 1
+                continue
             if f is not None and not isinstance(f, dict):  # an access entry, as the gateway gave it
                 m, f = f"{f.method} {f.path} {f.status}", f.as_dict()
             rows.append({"deployment_id": d, "category": c, "time": _normalised(stamp), "instance_id": i, "stream": s,
-                         "log_id": log_ids.get(d, {}).get(c), "message": m, "fields": f})
+                         "log_id": (ids or {}).get(c), "message": m, "fields": f})
         positions: dict[str, tuple[str, str]] = {}
         for d, _, _, i, _, _, _, p in batch:
             if i is not None and p is not None:
                 positions[i] = (d, p)
         try:
             with self.writer.begin() as conn:
-                conn.execute(insert(t.log_entries), rows)
+                if rows:
+                    conn.execute(insert(t.log_entries), rows)
                 now = log_time()
                 for instance_id, (deployment_id, position) in positions.items():
                     changed = conn.execute(
@@ -214,27 +222,31 @@ class LogStore:
             self.dropped += len(batch)
             log.exception("could not store %d log entries", len(batch))
             return
-        self.written += len(batch)
+        self.written += len(rows)
         self.batches += 1
 
-    def _log_ids_of(self, deployment_ids: Iterable[str]) -> dict[str, dict[str, str]]:
-        """categoryLogDetails of each deployment as {category: logId}, cached for a few seconds."""
+    def _log_ids_of(self, deployment_ids: Iterable[str]) -> dict[str, dict[str, str] | None]:
+        """categoryLogDetails of each deployment as {category: logId}, None for an id that names
+        no deployment; cached for a few seconds."""
         now = time.monotonic()
-        wanted = [d for d in deployment_ids if now - self._log_ids.get(d, (-1e9, {}))[0] > LOG_ID_TTL_S]
+        wanted = [d for d in deployment_ids if now - self._log_ids.get(d, (-1e9, None))[0] > LOG_ID_TTL_S]
         if wanted:
-            found: dict[str, dict[str, str]] = {d: {} for d in wanted}
+            found: dict[str, dict[str, str] | None] = {d: None for d in wanted}
             try:
                 with self.engine.connect() as conn:
-                    for row in conn.execute(select(t.resources.c.id, t.resources.c.body).where(t.resources.c.id.in_(wanted))):
+                    query = select(t.resources.c.id, t.resources.c.body).where(
+                        t.resources.c.id.in_(wanted), t.resources.c.kind == "modeldeployment")
+                    for row in conn.execute(query):
                         details = (row.body or {}).get("categoryLogDetails") or {}
                         found[row.id] = {c: v["logId"] for c, v in details.items() if isinstance(v, dict) and v.get("logId")}
             except Exception:
-                log.exception("could not read categoryLogDetails")
-            for deployment_id, ids in found.items():
-                self._log_ids[deployment_id] = (now, ids)
+                log.exception("could not read categoryLogDetails; storing the entries without log ids")
+                found = {d: {} for d in wanted}
             if len(self._log_ids) > 10_000:
                 self._log_ids.clear()
-        return {d: self._log_ids.get(d, (0.0, {}))[1] for d in deployment_ids}
+            for deployment_id, ids in found.items():
+                self._log_ids[deployment_id] = (now, ids)
+        return {d: self._log_ids.get(d, (0.0, None))[1] for d in deployment_ids}
 
     # --- the flusher thread ----------------------------------------------------------------------
 
@@ -282,9 +294,8 @@ class LogStore:
         the newest `max_entries_per_deployment`; the number of entries deleted."""
         cutoff = log_time((now or datetime.now(timezone.utc)) - timedelta(hours=self.retention_hours))
         e = t.log_entries
-        deleted = 0
+        deleted = self._delete_in_chunks(e.c.time < cutoff)
         with self.writer.begin() as conn:
-            deleted += conn.execute(delete(e).where(e.c.time < cutoff)).rowcount or 0
             conn.execute(delete(t.log_positions).where(t.log_positions.c.time_updated < cutoff))
         with self.engine.connect() as conn:
             crowded = conn.execute(
@@ -293,15 +304,28 @@ class LogStore:
             ).all()
         for deployment_id, category in crowded:
             where = and_(e.c.deployment_id == deployment_id, e.c.category == category)
-            with self.writer.begin() as conn:
+            with self.engine.connect() as conn:
                 oldest_kept = conn.execute(
                     select(e.c.seq).where(where).order_by(e.c.seq.desc()).offset(self.max_entries_per_deployment - 1).limit(1)
                 ).scalar()
-                if oldest_kept is not None:
-                    deleted += conn.execute(delete(e).where(where, e.c.seq < oldest_kept)).rowcount or 0
+            if oldest_kept is not None:
+                deleted += self._delete_in_chunks(and_(where, e.c.seq < oldest_kept))
         if deleted:
             log.info("log retention removed %d entries", deleted)
         return deleted
+
+    def _delete_in_chunks(self, condition: Any, chunk: int = 10_000) -> int:
+        """Delete matching entries a chunk per transaction, so the database's one write lock is
+        never held long enough to delay the control plane's writes."""
+        e = t.log_entries
+        deleted = 0
+        while True:
+            with self.writer.begin() as conn:
+                batch = select(e.c.seq).where(condition).order_by(e.c.seq).limit(chunk).scalar_subquery()
+                count = conn.execute(delete(e).where(e.c.seq.in_(batch))).rowcount or 0
+            deleted += count
+            if count < chunk:
+                return deleted
 
     # --- reading ---------------------------------------------------------------------------------
 
