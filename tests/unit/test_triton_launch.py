@@ -25,7 +25,8 @@ def test_no_command_starts_tritonserver_on_the_repository_folder(tmp_path: Path)
     got = with_server_command(spec(tmp_path))
     assert got.entrypoint is None  # the image's entrypoint stays (NVIDIA's runs its arguments)
     assert got.cmd == ["tritonserver", f"--model-repository={REPO}/model_repository", "--http-port=8000",
-                       "--allow-grpc=false", "--allow-metrics=false"]
+                       "--allow-grpc=false", "--allow-metrics=false",
+                       "--exit-timeout-secs=5"]
 
 
 def test_without_the_folder_the_artifact_is_the_repository(tmp_path: Path) -> None:

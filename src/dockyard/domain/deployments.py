@@ -130,6 +130,7 @@ TRITON_HEALTH_PATH = "/v2/health/ready"
 # the repository (each top-level folder one model).
 TRITON_REPOSITORY_FOLDER = "model_repository"
 ARTIFACT_MOUNT = "/opt/ds/model/deployed_model"
+TRITON_EXIT_TIMEOUT_S = 5  # under the runtimes' 10 s stop grace: see triton_server_command
 
 
 def is_triton(variables: dict[str, str]) -> bool:
@@ -143,10 +144,15 @@ def triton_server_command(server_port: int, repository_folder: bool) -> list[str
 
     gRPC and metrics are switched off: the service forwards only the HTTP port, and on the process
     runtime their fixed ports (8001, 8002) would collide between instances.
+
+    On SIGTERM tritonserver waits for every open HTTP connection to close, idle keep-alive ones
+    included (the gateway's pool, health probes), for up to --exit-timeout-secs (30 by default):
+    longer than the runtimes' 10 s stop grace, so every stop ended in SIGKILL. 5 s lets it drain
+    in-flight requests, unload its models and exit on its own.
     """
     repository = f"{ARTIFACT_MOUNT}/{TRITON_REPOSITORY_FOLDER}" if repository_folder else ARTIFACT_MOUNT
     return ["tritonserver", f"--model-repository={repository}", f"--http-port={server_port}",
-            "--allow-grpc=false", "--allow-metrics=false"]
+            "--allow-grpc=false", "--allow-metrics=false", f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT_S}"]
 
 
 def starts_tritonserver(command: list[str] | None) -> bool:
