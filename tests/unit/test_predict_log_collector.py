@@ -43,14 +43,22 @@ async def test_follow_file_yields_complete_lines_then_the_last_partial_one_when_
     assert [line.text async for line in follow_file(path, lambda: False, "13")] == ["partial", "last"]
 
 
-async def test_follow_file_ends_when_the_file_is_removed(tmp_path: Path) -> None:
+async def test_follow_file_reads_the_last_lines_of_a_removed_file_then_ends(tmp_path: Path) -> None:
     path = tmp_path / "out.log"
     path.write_bytes(b"one\n")
     stream = follow_file(path, lambda: True, poll_s=0.02)
     assert [line.text for line in await next_lines(stream, 1)] == ["one"]
+    # The instance prints while stopping, and the runtime removes its file at once.
+    with path.open("ab") as handle:
+        handle.write(b"shutting down\n")
     path.unlink()
+    assert [line.text for line in await next_lines(stream, 1)] == ["shutting down"]
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(stream.__anext__(), 10)
+
+
+async def test_follow_file_of_a_file_already_gone_yields_nothing(tmp_path: Path) -> None:
+    assert [line async for line in follow_file(tmp_path / "never.log", lambda: True)] == []
 
 
 class FollowingRuntime:
