@@ -33,8 +33,13 @@ import docker
 import httpx
 import pytest
 
+from dockyard.checking.findings import Verdict
+from dockyard.checking.inputs import parse_request
+from dockyard.checking.probe_run import run_check
+from dockyard.settings import Settings
 from tests.integration.docker_fixtures import (
     OPEN_REGISTRY,
+    RUN,
     SERVER_ENV,
     Harness,
     Janitor,
@@ -316,3 +321,19 @@ def test_triton_on_the_process_runtime_two_models(on_host: Harness, artifacts: d
     assert len(running) == 4, running
     delete(on_host, got.id)
     until(lambda: not (running & set(processes())), 30, what=f"processes {running} gone")
+
+
+# --- dockyard check ------------------------------------------------------------------------------------------
+
+
+async def test_dockyard_check_runs_the_triton_image_as_a_deployment_would(
+        engine: docker.DockerClient, artifacts: dict[str, Path]) -> None:
+    """The same default command through `dockyard check`: healthy on /v2/health/ready, and a stop
+    that ends by itself within the grace (tritonserver waits for idle connections on SIGTERM)."""
+    request = parse_request(TRITON_IMAGE, artifact=artifacts["one"], env=["CONTAINER_TYPE=TRITON"])
+    report = await run_check(request, Settings(region="local"), lambda line: None, label_prefix=f"dytr{RUN}")
+    verdicts = {f.rule: (f.verdict, f.measured) for f in report.findings}
+    for rule in ("C3", "C6", "START", "STOP"):
+        assert verdicts[rule][0] is Verdict.PASS, verdicts
+    assert "GET /v2/health/ready on port 8080 answered 200" in verdicts["C3"][1]
+    assert "after SIGTERM" in verdicts["STOP"][1] and "SIGKILL" not in verdicts["STOP"][1], verdicts["STOP"]
