@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dockyard.errors import Conflict, DockyardError, NoEtagMatch, NotAuthorizedOrNotFound
 from dockyard.store import schema as t
+from dockyard.store.disk_full import report_full_disk
 
 
 class RetryTokenTaken(Conflict):
@@ -206,8 +207,8 @@ class SqlMetadataStore:
                 def _begin(conn: Any) -> None:
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-            return engine
-        return create_engine(url, pool_pre_ping=True)
+            return report_full_disk(engine)
+        return report_full_disk(create_engine(url, pool_pre_ping=True))
 
     def migrate(self) -> None:
         t.metadata.create_all(self.engine)
