@@ -1,8 +1,10 @@
 """`dockyard serve --example`: deploy the bundled example model once and print a predict call.
 
-Runs inside the server process, through the same services the API uses, so the example is an
-ordinary project, model and deployment (tagged `dockyard-example`) that the API and CLI show.
-On later starts the existing deployment is reused.
+Runs inside the server process, through the same services the API uses and as the
+administrator, so the example is an ordinary project, model and deployment (tagged
+`dockyard-example`) in the administrator's tenancy (its root compartment) that the API and CLI
+show. On later starts the existing deployment is reused. The printed call is signed (dockyard's
+CLI reads the administrator's OCI config file); with --insecure-no-auth a plain curl is printed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import asyncio
 import io
 import json
 import logging
+import shlex
+import shutil
+import sys
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,14 +25,32 @@ from starlette.concurrency import run_in_threadpool
 from dockyard.schemas.catalog import CreateModelDetails, CreateProjectDetails
 from dockyard.schemas.deployments import CreateModelDeploymentDetails
 from dockyard.service.bundle import Services
+from dockyard.auth.identity import Principal
 from dockyard.service.context import Caller
 
 log = logging.getLogger("dockyard.example")
 
 EXAMPLE_DIR = Path(__file__).parent / "examples" / "default_model"
 TAG = {"dockyard-example": "default"}
-COMPARTMENT = "ocid1.compartment.oc1..dockyardexample"
-CALLER = Caller(user_id="ocid1.user.oc1..dockyard")
+
+
+def example_caller(server: object) -> Caller:
+    """The administrator made on first start, as the example's creator."""
+    admin = server.principals.admin()  # type: ignore[attr-defined]
+    return Principal(user_id=admin.id, tenancy_id=admin.tenancy_id, user_name=admin.name, is_admin=True)
+
+
+def dockyard_command() -> str:
+    """How to run this installation's `dockyard` from any shell: its absolute path."""
+    beside_python = Path(sys.executable).with_name("dockyard")
+    found = str(beside_python) if beside_python.exists() else shutil.which("dockyard")
+    return found or f"{sys.executable} -m dockyard.cli.main"
+
+
+def predict_call(url: str, deployment_id: str, body: str, *, signed: bool, config_file: Path) -> str:
+    if not signed:
+        return f"curl -s -X POST {url}/predict -H 'content-type: application/json' -d {shlex.quote(body)}"
+    return f"DOCKYARD_CONFIG_FILE={config_file} {dockyard_command()} predict {deployment_id} -d {shlex.quote(body)}"
 
 
 def artifact_bytes(directory: Path = EXAMPLE_DIR) -> bytes:
@@ -49,10 +72,13 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def deploy_example(services: Services, announce: Callable[[str], None], timeout_s: float = 600) -> str | None:
+async def deploy_example(server: object, announce: Callable[[str], None], timeout_s: float = 600) -> str | None:
     """Make sure the example deployment exists and is ACTIVE; announce a predict call."""
+    services: Services = server.services  # type: ignore[attr-defined]
+    caller = example_caller(server)
+    compartment = caller.tenancy_id
     existing = await run_in_threadpool(
-        services.deployments.list, {"compartmentId": COMPARTMENT, "lifecycleState": None, "limit": 100}
+        services.deployments.list, {"compartmentId": compartment, "lifecycleState": None, "limit": 100}, caller
     )
     live = [d for d in existing.items if d.get("freeformTags") == TAG and d["lifecycleState"] not in ("DELETED", "DELETING", "FAILED")]
     if live:
@@ -60,22 +86,22 @@ async def deploy_example(services: Services, announce: Callable[[str], None], ti
     else:
         project = await run_in_threadpool(
             services.projects.create,
-            CreateProjectDetails(compartment_id=COMPARTMENT, display_name="example", freeform_tags=TAG),
-            CALLER,
+            CreateProjectDetails(compartment_id=compartment, display_name="example", freeform_tags=TAG),
+            caller,
             None,
         )
         model = await run_in_threadpool(
             services.models.create,
-            CreateModelDetails(compartment_id=COMPARTMENT, project_id=project.id, display_name="example-model", freeform_tags=TAG),
-            CALLER,
+            CreateModelDetails(compartment_id=compartment, project_id=project.id, display_name="example-model", freeform_tags=TAG),
+            caller,
             None,
         )
-        await services.models.put_artifact(model.id, _one(artifact_bytes()), 'attachment; filename="example.zip"', None)
+        await services.models.put_artifact(model.id, _one(artifact_bytes()), 'attachment; filename="example.zip"', None, caller)
         details = CreateModelDeploymentDetails.model_validate(
             {
                 "displayName": "example",
                 "projectId": project.id,
-                "compartmentId": COMPARTMENT,
+                "compartmentId": compartment,
                 "freeformTags": TAG,
                 "modelDeploymentConfigurationDetails": {
                     "deploymentType": "SINGLE_MODEL",
@@ -88,19 +114,19 @@ async def deploy_example(services: Services, announce: Callable[[str], None], ti
                 },
             }
         )
-        record, _ = await run_in_threadpool(services.deployments.create, details, CALLER, None)
+        record, _ = await run_in_threadpool(services.deployments.create, details, caller, None)
         deployment_id = record.id
     announce(f"example deployment {deployment_id}: waiting until it is ACTIVE ...")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
-        record = await run_in_threadpool(services.deployments.get, deployment_id)
+        record = await run_in_threadpool(services.deployments.get, deployment_id, caller)
         if record.state == "ACTIVE":
             url = record.body["modelDeploymentUrl"]
-            announce(
-                "example model is ACTIVE. Try it:\n\n"
-                f"  curl -s -X POST {url}/predict -H 'content-type: application/json' -d '{json.dumps(json.loads(sample_request()))}'\n"
-            )
+            settings = services.settings
+            call = predict_call(url, deployment_id, json.dumps(json.loads(sample_request())),
+                                signed=not settings.insecure_no_auth, config_file=server.admin_config)  # type: ignore[attr-defined]  # fmt: skip
+            announce(f"example model is ACTIVE. Try it:\n\n  {call}\n")
             return deployment_id
         if record.state == "FAILED":
             announce(f"the example deployment FAILED: {record.body.get('lifecycleDetails')}")

@@ -12,11 +12,16 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
 from dockyard.api.app import create_api
+from dockyard.auth.bootstrap import ensure_admin
+from dockyard.auth.middleware import SignatureAuthMiddleware
+from dockyard.auth.principals import PrincipalStore
+from dockyard.auth.signing import Verifier
 from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
 from dockyard.reconciler.loop import Reconciler
 from dockyard.reconciler.predict_logs import collect_predict_logs
@@ -35,6 +40,9 @@ from dockyard.store.unpacking import ArtifactUnpacker
 
 log = logging.getLogger("dockyard")
 
+# Paths that answer without a signature: liveness and the API's own description.
+CONTROL_OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
 
 @dataclass
 class Server:
@@ -42,6 +50,9 @@ class Server:
     services: Services
     runtime: Runtime
     reconciler: Reconciler
+    principals: PrincipalStore
+    verifier: Verifier
+    admin_config: Path  # the OCI config file that signs as the administrator
 
 
 def choose_runtime(settings: Settings) -> Runtime:
@@ -81,7 +92,21 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
             on_change=reconciler.wake,
         ),
     )
-    return Server(settings, services, runtime, reconciler)
+    principals = PrincipalStore(store.engine, store.writer, realm=settings.realm)
+    admin_config = ensure_admin(principals, settings.data_dir, settings.resolved_public_url, settings.region)
+    return Server(settings, services, runtime, reconciler, principals, verifier_for(settings, principals), admin_config)
+
+
+def verifier_for(settings: Settings, principals: PrincipalStore) -> Verifier:
+    return Verifier(principals.lookup_key, max_skew_s=settings.signature_max_skew_s)
+
+
+def signed(app: Any, verifier: Verifier, settings: Settings, *, max_body_bytes: int, open_paths: frozenset[str] = frozenset()) -> Any:
+    """`app` behind OCI request-signature verification (unsigned requests pass only with
+    `insecure_no_auth`, which `dockyard serve` allows on a loopback bind only)."""
+    return SignatureAuthMiddleware(
+        app, verify=verifier, allow_unsigned=settings.insecure_no_auth, max_body_bytes=max_body_bytes, open_paths=open_paths
+    )
 
 
 def gateway_for(settings: Settings, store: SqlMetadataStore) -> Gateway:
@@ -99,9 +124,13 @@ def gateway_for(settings: Settings, store: SqlMetadataStore) -> Gateway:
     )
 
 
-def create_gateway_app(settings: Settings) -> Gateway:
-    """`dockyard serve --role gateway`: the data plane alone, routing from the shared store."""
-    return gateway_for(settings, SqlMetadataStore(settings.resolved_database_url))
+def create_gateway_app(settings: Settings) -> Any:
+    """`dockyard serve --role gateway`: the data plane alone, routing from the shared store and
+    verifying signatures against its principals."""
+    store = SqlMetadataStore(settings.resolved_database_url)
+    verifier = verifier_for(settings, PrincipalStore(store.engine, store.writer, realm=settings.realm))
+    return signed(gateway_for(settings, store), verifier, settings,
+                  max_body_bytes=settings.gateway_max_body_bytes, open_paths=frozenset({"/health"}))  # fmt: skip
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None, on_ready: Callable[[Server], Awaitable[None]] | None = None) -> FastAPI:
@@ -110,12 +139,21 @@ def create_app(settings: Settings, runtime: Runtime | None = None, on_ready: Cal
     server = build(settings, runtime)
     app = create_api(server.services)
     app.state.server = server
+    app.add_middleware(
+        SignatureAuthMiddleware,
+        verify=server.verifier,
+        allow_unsigned=settings.insecure_no_auth,
+        max_body_bytes=settings.max_json_body_bytes,
+        open_paths=CONTROL_OPEN_PATHS,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         server.reconciler.start()
         server.reconciler.wake()
         background = asyncio.create_task(on_ready(server)) if on_ready else None
+        if background:
+            background.add_done_callback(_log_failure)
         try:
             yield
         finally:
@@ -129,12 +167,20 @@ def create_app(settings: Settings, runtime: Runtime | None = None, on_ready: Cal
     return app
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("start-up task failed", exc_info=task.exception())
+
+
 def serve_all(control_plane: FastAPI, settings: Settings) -> Any:
     """One ASGI app for one port: /20190101/... to the control plane, /metrics to the gateway's
     metrics, every other path (`/<deploymentId>/predict` ...) to the gateway."""
-    gateway = gateway_for(settings, control_plane.state.server.services.store)
+    server: Server = control_plane.state.server
+    gateway = gateway_for(settings, server.services.store)
     metrics = gateway_metrics_app(gateway)
-    both = beside(control_plane, gateway)
+    if not settings.public_metrics:
+        metrics = signed(metrics, server.verifier, settings, max_body_bytes=0)
+    both = beside(control_plane, signed(gateway, server.verifier, settings, max_body_bytes=settings.gateway_max_body_bytes))
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("path") == "/metrics":

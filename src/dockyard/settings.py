@@ -26,6 +26,16 @@ class Settings(BaseSettings):
     # from host and port (http://HOST:PORT).
     public_url: str = ""
 
+    # --- who may call ---------------------------------------------------------------------------
+    # Every request must carry an OCI API-key signature (oci-api.md §5) unless this is set; it
+    # is refused at start-up on a non-loopback bind (anyone who reached the port could act).
+    insecure_no_auth: bool = False
+    # How far a signed request's `date` may be from the server's clock.
+    signature_max_skew_s: float = 300.0
+    # /metrics answers unsigned scrapes when True (a Prometheus on a trusted network). Off by
+    # default: the metrics name every deployment, which another tenant must not learn.
+    public_metrics: bool = False
+
     # --- embedded defaults: state lives under data_dir ---------------------------------------
     data_dir: Path = Field(default_factory=default_data_dir)
     # SQLAlchemy URL of the metadata store. Empty: SQLite at <data_dir>/dockyard.db.

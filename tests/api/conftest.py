@@ -6,7 +6,6 @@ from pathlib import Path
 import oci
 import pytest
 
-from tests.support.oci_config import make_config
 from tests.support.server import LiveServer
 
 
@@ -18,8 +17,9 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def oci_config(tmp_path: Path) -> dict[str, str]:
-    return make_config(tmp_path)
+def oci_config(live_server: LiveServer) -> dict[str, str]:
+    """The administrator's OCI config, which the server wrote on its first start."""
+    return live_server.oci_config()
 
 
 @pytest.fixture

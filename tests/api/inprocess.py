@@ -31,6 +31,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
+from dockyard.auth.client import signing_from_config
 from dockyard.server import create_app
 from dockyard.settings import Settings
 from tests.support.oci_config import COMPARTMENT
@@ -343,7 +344,9 @@ async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def module_api(app: FastAPI) -> AsyncIterator[Api]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url=f"http://dockyard.test{API}", timeout=30) as client:
+    signing = signing_from_config(app.state.server.admin_config)  # requests are signed as the administrator
+    assert signing is not None
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://dockyard.test{API}", timeout=30, auth=signing.auth) as client:
         yield Api(client, app, app.state.server.settings.data_dir)
 
 

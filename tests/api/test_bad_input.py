@@ -275,15 +275,20 @@ async def test_an_oversized_json_body_with_content_length_is_refused(api: Api) -
 
 
 async def test_an_oversized_chunked_json_body_without_content_length_is_refused(api: Api) -> None:
+    """A signed JSON POST must sign content-length (oci-api.md §5), so a chunked body cannot carry
+    a valid signature: it is refused before the server reads it. Signed, the same body gets 413."""
+
     async def chunks() -> AsyncIterator[bytes]:
         body = oversized_project_body()
         for start in range(0, len(body), 64 * 1024):
             yield body[start : start + 64 * 1024]
 
     before = await api.snapshot()
-    response = await api.post("/projects", content=chunks(), headers={"content-type": "application/json"})
+    response = await api.post("/projects", content=chunks(), headers={"content-type": "application/json"}, auth=None)
     assert "content-length" not in response.request.headers
     assert response.request.headers["transfer-encoding"] == "chunked"
+    assert_error(response, 401, "NotAuthenticated")
+    response = await api.post("/projects", content=chunks(), headers={"content-type": "application/json"})
     assert_error(response, 413, "PayloadTooLarge", str(LIMIT))
     assert await api.snapshot() == before
 

@@ -37,7 +37,7 @@ RUNTIME_FIELDS = ("lifecycleState", "lifecycleDetails", "modelDeploymentSystemDa
 
 @asynccontextmanager
 async def connect(server: LiveServer) -> AsyncIterator[Api]:
-    async with httpx.AsyncClient(base_url=server.url + API, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=server.url + API, timeout=30, auth=server.auth) as client:
         yield Api(client, data_dir=server.data_dir)
 
 
@@ -226,6 +226,7 @@ async def test_a_sigkill_during_an_artifact_upload_leaves_no_partial_blob(tmp_pa
                     content=body(),
                     headers={"content-type": "application/octet-stream", "content-disposition": 'attachment; filename="v2.zip"'},
                     timeout=30,
+                    auth=first.auth,
                 )
             except httpx.HTTPError as exc:
                 outcome["error"] = exc

@@ -34,7 +34,7 @@ import oci
 import pytest
 from oci.data_science import models as m
 
-from tests.support.oci_config import COMPARTMENT, make_config
+from tests.support.oci_config import COMPARTMENT
 from tests.support.server import LiveServer
 
 T = TypeVar("T")
@@ -51,8 +51,11 @@ BASE = f"{OPEN_REGISTRY}/dockyard-test/base:bookworm"
 NOCURL = f"{OPEN_REGISTRY}/dockyard-test/base-nocurl:bookworm"
 LDA = f"{OPEN_REGISTRY}/dockyard-test/lda-flask:1.0.0"
 LDA_ZIP = REPO / "build" / "lda-artifact.zip"
-MANAGED = "dockyard.managed"
-DEPLOYMENT_LABEL = "dockyard.deployment-id"
+# This run's servers label their containers with a prefix of their own, so no other dockyard on
+# the engine (another test run, a developer's own) removes them or is removed by them.
+LABEL_PREFIX = f"dockyard-it{RUN}"
+MANAGED = f"{LABEL_PREFIX}.managed"
+DEPLOYMENT_LABEL = f"{LABEL_PREFIX}.deployment-id"
 NS = 1_000_000_000
 
 # Shortened health settings (H1/H2 scaled down) so failures show within seconds. The start
@@ -65,6 +68,7 @@ SERVER_ENV = {
     "DOCKYARD_HEALTH_RETRIES": str(HEALTH["retries"]),
     "DOCKYARD_HEALTH_DEADLINE_S": str(HEALTH["deadline_s"]),
     "DOCKYARD_RECONCILE_INTERVAL_S": "0.5",
+    "DOCKYARD_LABEL_PREFIX": LABEL_PREFIX,
 }
 
 MANIFEST_TYPES = ", ".join([
@@ -354,12 +358,14 @@ class Harness:
 
     @property
     def ds(self) -> oci.data_science.DataScienceClient:
-        if not self.oci_config:
-            self.oci_config = make_config(self.root)
+        assert self.server is not None
+        if not self.oci_config:  # the administrator's config, which the first start wrote
+            self.oci_config = self.server.oci_config()
         return oci.data_science.DataScienceClient(self.oci_config, service_endpoint=self.url)
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=f"{self.url}/20190101", timeout=30, trust_env=False)
+        assert self.server is not None
+        return httpx.Client(base_url=f"{self.url}/20190101", timeout=30, trust_env=False, auth=self.server.auth)
 
     def server_log(self) -> str:
         return self.server.log()[-6000:] if self.server else ""

@@ -20,7 +20,7 @@ def test_default_deployment_on_the_process_runtime_when_no_engine_answers(tmp_pa
     # An engine socket that does not exist: "auto" must fall back to local processes.
     server = LiveServer(tmp_path / "data", runtime="auto", env={"DOCKYARD_DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}).start()
     try:
-        api = httpx.Client(base_url=server.url + "/20190101", timeout=30)
+        api = server.client(base_url=server.url + "/20190101")
         project = api.post("/projects", json={"compartmentId": COMPARTMENT}).json()
         model = api.post("/models", json={"compartmentId": COMPARTMENT, "projectId": project["id"]}).json()
         api.post(f"/models/{model['id']}/artifact", content=artifact_bytes()).raise_for_status()
@@ -48,7 +48,8 @@ def test_default_deployment_on_the_process_runtime_when_no_engine_answers(tmp_pa
         [instance] = api.get(f"/modelDeployments/{deployment['id']}/instances").json()
         assert instance["runtime"] == "process" and instance["health"] == "HEALTHY"
 
-        answer = httpx.post(f"{deployment['modelDeploymentUrl']}/predict", content=sample_request(), headers={"content-type": "application/json"}, timeout=30)
+        answer = httpx.post(f"{deployment['modelDeploymentUrl']}/predict", content=sample_request(),
+                            headers={"content-type": "application/json"}, timeout=30, auth=server.auth)  # fmt: skip
         assert answer.status_code == 200, answer.text
         assert json.loads(answer.text)["prediction"] == ["setosa"]
         api.delete(f"/modelDeployments/{deployment['id']}")

@@ -39,6 +39,7 @@ from tests.integration.docker_fixtures import (
     BASE,
     DEPLOYMENT_LABEL,
     HEALTH,
+    LABEL_PREFIX,
     LDA,
     LDA_ZIP,
     MANAGED,
@@ -107,8 +108,9 @@ def _health(endpoint: str) -> int | None:
         return None
 
 
-def _predict(endpoint: str, body: Any) -> httpx.Response:
-    return httpx.post(f"{endpoint}/predict", json=body, timeout=10, trust_env=False)
+def _predict(endpoint: str, body: Any, auth: httpx.Auth | None = None) -> httpx.Response:
+    """POST /predict to an instance (unsigned) or through the gateway (signed with `auth`)."""
+    return httpx.post(f"{endpoint}/predict", json=body, timeout=10, trust_env=False, auth=auth)
 
 
 def _only_running(h: Harness, deployment_id: str) -> Any:
@@ -150,7 +152,8 @@ def test_the_seed_lda_example_deployed_by_tag_through_the_sdk(h: Harness) -> Non
     answer = _predict(endpoint, {"line": "12"})
     assert answer.status_code == 200 and answer.json() == {"prediction LDA": 2}, answer.text
     # ... and through the deployment's own URL, as a client of the service calls it.
-    answer = _predict(got.model_deployment_url, {"line": "12"})
+    assert _predict(got.model_deployment_url, {"line": "12"}).status_code == 401  # the data plane checks signatures
+    answer = _predict(got.model_deployment_url, {"line": "12"}, auth=h.server.auth)
     assert answer.status_code == 200 and answer.json() == {"prediction LDA": 2}, answer.text
 
     container = _only_running(h, deployment_id)
@@ -163,8 +166,8 @@ def test_the_seed_lda_example_deployed_by_tag_through_the_sdk(h: Harness) -> Non
     assert attrs["HostConfig"]["Memory"] == 2 * 1024**3
     labels = attrs["Config"]["Labels"]
     assert labels[MANAGED] == "true" and labels[DEPLOYMENT_LABEL] == deployment_id
-    assert labels["dockyard.instance-id"] == container.name and labels["dockyard.server-port"] == "5000"
-    assert labels["dockyard.spec-hash"] == instance["specHash"]
+    assert labels[f"{LABEL_PREFIX}.instance-id"] == container.name and labels[f"{LABEL_PREFIX}.server-port"] == "5000"
+    assert labels[f"{LABEL_PREFIX}.spec-hash"] == instance["specHash"]
     check = attrs["Config"]["Healthcheck"]
     assert check == {
         "Test": ["CMD", "curl", "-f", "http://localhost:5000/health"],
@@ -483,8 +486,8 @@ def test_after_sigkill_a_new_dockyard_adopts_the_running_instances_and_removes_o
     orphan_of = f"ocid1.datasciencemodeldeployment.oc1.local.dyit{RUN}orphan"
     orphan = h.engine.containers.run(
         BASE, ["sleep", "600"], detach=True, init=True, name=f"dockyard-orphan-{RUN}",
-        labels={MANAGED: "true", DEPLOYMENT_LABEL: orphan_of, "dockyard.spec-hash": "gone",
-                "dockyard.instance-id": f"dockyard-orphan-{RUN}", RUN_LABEL: RUN})
+        labels={MANAGED: "true", DEPLOYMENT_LABEL: orphan_of, f"{LABEL_PREFIX}.spec-hash": "gone",
+                f"{LABEL_PREFIX}.instance-id": f"{LABEL_PREFIX}-orphan-{RUN}", RUN_LABEL: RUN})
     h.start(port=port)
 
     until(lambda: not h.engine.containers.list(all=True, filters={"id": orphan.id}), 20, 0.2,

@@ -1,7 +1,14 @@
-"""A real dockyard server in a subprocess, for tests that talk to it over HTTP."""
+"""A real dockyard server in a subprocess, for tests that talk to it over HTTP.
+
+Every request to it must be signed: the server writes an administrator's OCI config file to
+``<data_dir>/oci/config`` on first start, and `oci_config()`, `auth` and `client()` sign with it.
+Each server labels its containers with a prefix of its own (derived from its data dir, so a
+restarted server keeps it), so servers of parallel tests never remove each other's containers.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -12,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from dockyard.auth.client import signing_from_config
 
 
 def free_port() -> int:
@@ -33,9 +42,37 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def config_path(self) -> Path:
+        """The administrator's OCI config file (exists once the server has started)."""
+        return self.data_dir / "oci" / "config"
+
+    @property
+    def label_prefix(self) -> str:
+        return "dockyard-t" + hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
+
+    def oci_config(self) -> dict[str, str]:
+        """The administrator's config for the `oci` SDK (`oci.config.from_file`)."""
+        import oci
+
+        return dict(oci.config.from_file(str(self.config_path)))
+
+    @property
+    def auth(self) -> httpx.Auth:
+        signing = signing_from_config(self.config_path)
+        assert signing is not None, f"{self.config_path} does not exist: has the server started?"
+        return signing.auth
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        """A signed client whose base URL is the server (paths like /20190101/projects)."""
+        return httpx.Client(base_url=self.url, auth=self.auth, trust_env=False, **({"timeout": 30} | kwargs))  # type: ignore[arg-type]
+
+    def async_client(self, **kwargs: object) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, auth=self.auth, trust_env=False, **({"timeout": 30} | kwargs))  # type: ignore[arg-type]
+
     def start(self, timeout_s: float = 30.0) -> LiveServer:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        env = os.environ | {"DOCKYARD_RECONCILE_INTERVAL_S": "0.5"}
+        env = os.environ | {"DOCKYARD_RECONCILE_INTERVAL_S": "0.5", "DOCKYARD_LABEL_PREFIX": self.label_prefix}
         if self.runtime == "fake":
             env["DOCKYARD_VERIFY_IMAGES"] = "false"  # nothing runs, so no registry is needed
         env |= self.env

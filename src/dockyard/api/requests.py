@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -13,9 +12,6 @@ from dockyard.service.bundle import Services
 from dockyard.service.context import ANONYMOUS, Caller, RetryToken
 
 T = TypeVar("T", bound=Wire)
-
-_KEY_ID = re.compile(r'keyId="([^"]+)"')
-
 
 def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
@@ -45,16 +41,11 @@ async def read_json(request: Request, model: type[T]) -> tuple[T, bytes]:
 
 
 def caller(request: Request) -> Caller:
-    """The principal named by the request's signature key id (tenancy/user/fingerprint)."""
+    """The principal whose signature the auth middleware verified; ANONYMOUS only when the
+    server runs with --insecure-no-auth (or without the middleware, in unit tests of routes).
+    An unverified Authorization header is never trusted here."""
     principal = getattr(request.state, "caller", None)
-    if principal is not None:
-        return principal  # type: ignore[no-any-return]
-    match = _KEY_ID.search(request.headers.get("authorization", ""))
-    if match:
-        parts = match.group(1).split("/")
-        if len(parts) == 3:
-            return Caller(user_id=parts[1], tenancy_id=parts[0])
-    return ANONYMOUS
+    return principal if principal is not None else ANONYMOUS  # type: ignore[no-any-return]
 
 
 def retry_token(request: Request, operation: str, body: Any) -> RetryToken | None:

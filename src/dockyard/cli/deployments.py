@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -85,3 +87,33 @@ def get_work_request(work_request_id: str, endpoint: str = EndpointOption) -> No
         out.print(f"  {entry['timestamp']}  {entry['message']}")
     for entry in errors:
         out.print(f"  [red]{entry['timestamp']}  {entry['code']}: {entry['message']}[/]")
+
+
+def predict(
+    deployment_id: str,
+    data: str = typer.Option(None, "--data", "-d", help="The request body (JSON text); '@FILE' reads a file, '-' stdin."),
+    path: str = typer.Option("/predict", "--path", help="The deployment path to call: /predict, /predict/<suffix>, /predictWithResponseStream."),
+    content_type: str = typer.Option("application/json", "--content-type"),
+    endpoint: str = EndpointOption,
+) -> None:
+    """Call a deployment's predict endpoint, signed like every request, and print the answer."""
+    if data is None or data == "-":
+        body = sys.stdin.buffer.read()
+    elif data.startswith("@"):
+        body = Path(data[1:]).expanduser().read_bytes()
+    else:
+        body = data.encode()
+    try:
+        client = ApiClient(endpoint, timeout_s=120)
+        url = client.get(f"/modelDeployments/{deployment_id}")["modelDeploymentUrl"]
+        with client.http.stream("POST", f"{url}{path}", content=body, headers={"content-type": content_type}) as response:
+            if response.status_code >= 400:
+                response.read()
+                client.checked(response)
+            for chunk in response.iter_raw():
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+    except ApiError as exc:
+        _fail(exc)
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")

@@ -12,10 +12,11 @@ app = typer.Typer(help="dockyard: self-hosted bring-your-own-container model dep
 console = Console(stderr=True)
 
 
-from dockyard.cli.deployments import deployments, work_requests  # noqa: E402
+from dockyard.cli.deployments import deployments, predict, work_requests  # noqa: E402
 
 app.add_typer(deployments, name="deployments")
 app.add_typer(work_requests, name="work-requests")
+app.command("predict")(predict)
 
 from dockyard.cli.users import keys, users  # noqa: E402
 
@@ -42,21 +43,50 @@ def serve(
     role: str = typer.Option("all", help="all: control plane, reconciler and gateway; gateway: the data plane alone, routing from the shared database."),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
     example: bool = typer.Option(False, "--example", help="Deploy the bundled example model and print a predict call."),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="Accept unsigned requests (loopback binds only; env DOCKYARD_INSECURE_NO_AUTH)."
+    ),
+    gateway_workers: int = typer.Option(
+        None, "--gateway-workers", help="--role gateway: processes sharing the port (SO_REUSEPORT); default one per core."
+    ),
 ) -> None:
     """Run the control plane, the reconciler and the gateway in one process."""
     import uvicorn
 
-    from dockyard.server import create_app, create_gateway_app, serve_all
+    from dockyard.server import create_app, serve_all
     from dockyard.settings import Settings
 
+    from dockyard.auth.bootstrap import client_hints, require_safe_bind
+    from dockyard.errors import DockyardError
+
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir, "runtime": runtime}.items() if v is not None}
+    if insecure_no_auth:
+        overrides["insecure_no_auth"] = True
     settings = Settings(**overrides)
+    try:
+        require_safe_bind(settings.host, settings.insecure_no_auth)
+    except DockyardError as exc:
+        console.print(f"[red]refusing to start:[/] {exc.message}")
+        raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
     if role == "gateway":
-        console.print(f"[bold]dockyard gateway[/] on [cyan]http://{settings.host}:{settings.port}[/] (routes from {settings.resolved_database_url})")
-        uvicorn.run(create_gateway_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+        from dockyard.cli.gateway_workers import default_workers, gateway_app, serve_workers
+
+        workers = gateway_workers if gateway_workers is not None else default_workers()
+        if workers < 1:
+            console.print(f"[red]--gateway-workers {workers}[/]: a gateway needs at least 1 worker process")
+            raise typer.Exit(2)
+        console.print(f"[bold]dockyard gateway[/] on [cyan]http://{settings.host}:{settings.port}[/] "
+                      f"({workers} worker{'s' if workers > 1 else ''}, routes from {settings.resolved_database_url})")  # fmt: skip
+        if workers > 1:
+            serve_workers(overrides, workers, log_level)
+        else:
+            uvicorn.run(gateway_app(settings, 1), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
         return
+    if gateway_workers is not None:
+        console.print("[red]--gateway-workers[/] applies to --role gateway; with --role all the gateway shares the control plane's process")
+        raise typer.Exit(2)
     if role != "all":
         console.print(f"[red]--role {role!r}[/] is not known; use all or gateway")
         raise typer.Exit(2)
@@ -66,13 +96,17 @@ def serve(
 
         async def on_ready(server: object) -> None:
             # plain print: a wrapped curl line could not be pasted
-            await deploy_example(server.services, lambda line: print(line, flush=True))  # type: ignore[attr-defined]
+            await deploy_example(server, lambda line: print(line, flush=True))
 
     application = create_app(settings, on_ready=on_ready)
     console.print(
         f"[bold]dockyard[/] serving on [cyan]http://{settings.host}:{settings.port}[/] "
         f"(data in {settings.data_dir}, runtime {application.state.server.runtime.name})"
     )
+    if settings.insecure_no_auth:
+        console.print("[yellow]--insecure-no-auth:[/] unsigned requests act as an anonymous administrator")
+    for line in client_hints(application.state.server.admin_config):
+        console.print(line, highlight=False, soft_wrap=True)
     uvicorn.run(serve_all(application, settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
 
 
