@@ -168,11 +168,11 @@ def on_host(tmp_path_factory: pytest.TempPathFactory, engine: docker.DockerClien
     yield from _harness(ProcessHarness, tmp_path_factory.mktemp("triton-process"), engine, env)
 
 
-def deploy(h: Harness, name: str, artifact: Path, **kw: Any) -> Any:
+def deploy(h: Harness, name: str, artifact: Path, env: dict[str, str] | None = None, **kw: Any) -> Any:
     """Create a deployment of `artifact` on the Triton image with only CONTAINER_TYPE=TRITON (plus
-    `kw`), wait until its work request ends, and return it ACTIVE."""
+    `env` and `kw`), wait until its work request ends, and return it ACTIVE."""
     deployment_id, wr_id = h.create(model_id=h.model(name, artifact), image=TRITON_IMAGE, name=name,
-                                    env=dict(ONLY_TRITON), memory_gb=2, **kw)
+                                    env=ONLY_TRITON | (env or {}), memory_gb=2, **kw)
     wr = h.wait_work_request(wr_id, READY_TIMEOUT_S)
     got = h.get(deployment_id)
     assert wr.status == "SUCCEEDED" and got.lifecycle_state == "ACTIVE", (
@@ -295,10 +295,19 @@ def test_unmodified_triton_image_with_only_container_type_answers_through_predic
 
 
 def test_two_models_in_a_container_need_a_model_name(in_docker: Harness, artifacts: dict[str, Path]) -> None:
-    got = deploy(in_docker, "triton-two", artifacts["two"])
+    got = deploy(in_docker, "triton-two", artifacts["two"], env={"MODEL_DEPLOY_ENABLE_STREAMING": "true"})
     [container] = containers_of(in_docker.engine, got.id, running_only=True)
     assert "--model-repository=/opt/ds/model/deployed_model" in container.attrs["Config"]["Cmd"]
     check_two_models(in_docker, got.model_deployment_url)
+    # the streamed variant goes to Triton's generate_stream (server-sent events), model chosen the same way
+    assert in_docker.server is not None
+    with httpx.stream("POST", f"{got.model_deployment_url}/predictWithResponseStream", json={"INPUT0": [1, 2]},
+                      headers={"accept": "text/event-stream", "model-name": "multiply", "model-version": "1"},
+                      auth=in_docker.server.auth, timeout=60, trust_env=False) as streamed:
+        body = streamed.read().decode()
+    assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream"), body
+    events = [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
+    assert events == [{"OUTPUT0": [2.0, 4.0], "model_name": "multiply", "model_version": "1"}], body
 
 
 # --- process runtime ---------------------------------------------------------------------------------------
