@@ -18,14 +18,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from dockyard.api.app import create_api
+from dockyard.auth.access_store import AccessStore, PolicyAuthorizer
 from dockyard.auth.bootstrap import ensure_admin
 from dockyard.auth.middleware import SignatureAuthMiddleware
 from dockyard.auth.principals import PrincipalStore
 from dockyard.auth.signing import Verifier
 from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
+from dockyard.gateway.accesslog import flush_at_shutdown
 from dockyard.reconciler.loop import Reconciler
 from dockyard.reconciler.predict_logs import collect_predict_logs
 from dockyard.runtimes.base import Runtime
+from dockyard.service.access import Access, PredictAuthorization
 from dockyard.service.bundle import Services
 from dockyard.service.deployments import DeploymentService
 from dockyard.service.images import ReferenceOnlyResolver, RegistryImageResolver
@@ -69,7 +72,8 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
     removed = blobs.remove_partial_uploads()
     if removed:
         log.info("removed %d unfinished artifact upload(s) left by an earlier run", removed)
-    work_requests = WorkRequests(store, settings)
+    access = access_for(settings, store)
+    work_requests = WorkRequests(store, settings, access)
     runtime = runtime or choose_runtime(settings)
     unpacker = ArtifactUnpacker(settings.unpacked_dir)
     reconciler = Reconciler(
@@ -81,8 +85,8 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
         store=store,
         blobs=blobs,
         work_requests=work_requests,
-        projects=ProjectService(store, settings, work_requests),
-        models=ModelService(store, settings, blobs),
+        projects=ProjectService(store, settings, work_requests, access),
+        models=ModelService(store, settings, blobs, access),
         deployments=DeploymentService(
             store,
             settings,
@@ -90,11 +94,18 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
             blobs,
             resolver=RegistryImageResolver(settings) if settings.verify_images else ReferenceOnlyResolver(settings),
             on_change=reconciler.wake,
+            access=access,
         ),
     )
     principals = PrincipalStore(store.engine, store.writer, realm=settings.realm)
     admin_config = ensure_admin(principals, settings.data_dir, settings.resolved_public_url, settings.region)
     return Server(settings, services, runtime, reconciler, principals, verifier_for(settings, principals), admin_config)
+
+
+def access_for(settings: Settings, store: SqlMetadataStore) -> Access:
+    """Who may do what: the policies of each tenancy (auth/access_store.py), asked by every
+    service operation and by the gateway before a predict."""
+    return Access(PolicyAuthorizer(AccessStore(store.engine, store.writer, realm=settings.realm)))
 
 
 def verifier_for(settings: Settings, principals: PrincipalStore) -> Verifier:
@@ -110,7 +121,7 @@ def signed(app: Any, verifier: Verifier, settings: Settings, *, max_body_bytes: 
 
 
 def gateway_for(settings: Settings, store: SqlMetadataStore) -> Gateway:
-    return create_gateway(
+    gateway = create_gateway(
         store,
         options=GatewayOptions(
             max_body_bytes=settings.gateway_max_body_bytes,
@@ -121,7 +132,9 @@ def gateway_for(settings: Settings, store: SqlMetadataStore) -> Gateway:
             connect_timeout_s=settings.gateway_connect_timeout_s,
         ),
         access_sink=log_store_for(store, settings).add_access,
+        authorize=PredictAuthorization(access_for(settings, store)),
     )
+    return flush_at_shutdown(gateway, log_store_for(store, settings).flush)  # queued access entries
 
 
 def create_gateway_app(settings: Settings) -> Any:

@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from dockyard.auth.client import signing_from_config
 from dockyard.server import create_app
 from dockyard.settings import Settings
+from tests.support.compartments import SPARE_COMPARTMENTS, register
 from tests.support.oci_config import COMPARTMENT
 
 API = "/20190101"
@@ -337,6 +338,8 @@ def inprocess_settings(data_dir: Path) -> Settings:
 async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI]:
     data_dir = tmp_path_factory.mktemp("dockyard") / "data"
     application = create_app(inprocess_settings(data_dir))
+    # a signed caller acts only in compartments of their tenancy: make the tests' ones so
+    register(application.state.server.services.store.writer, COMPARTMENT, *SPARE_COMPARTMENTS)
     async with application.router.lifespan_context(application):
         yield application
 

@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-import secrets
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from tests.api.inprocess import (  # noqa: E402
     Api,
     Catalog,
 )
+from tests.support.compartments import SPARE_COMPARTMENTS  # noqa: E402
 from tests.support.oci_config import COMPARTMENT  # noqa: E402
 
 pytest_plugins = ["tests.api.inprocess"]  # its fixtures: app, api, catalog, active, standing
@@ -31,9 +32,12 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 LISTS = ["/projects", "/models", "/modelDeployments", "/workRequests", "/modelDeploymentShapes"]
 
 
+_spare = itertools.count()
+
+
 def other_compartment() -> str:
     """A compartment of its own per test, so counts and orders are exact in a shared app."""
-    return f"ocid1.compartment.oc1..{secrets.token_hex(12)}"
+    return SPARE_COMPARTMENTS[next(_spare)]
 
 
 async def projects_in(api: Api, compartment: str, names: list[str]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import httpx
 from dockyard.example import artifact_bytes, sample_request
 from tests.support.server import LiveServer
 
-COMPARTMENT = "ocid1.compartment.oc1..aaaaaaaanoengine"
+from tests.support.oci_config import COMPARTMENT  # registered by LiveServer
 
 
 def test_default_deployment_on_the_process_runtime_when_no_engine_answers(tmp_path: Path) -> None:

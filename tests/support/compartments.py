@@ -15,6 +15,10 @@ from dockyard.auth.access_store import AccessStore
 from dockyard.auth.principals import PrincipalStore
 from dockyard.errors import Conflict
 
+# Compartments for tests that want one of their own (exact counts in a shared server); the
+# in-process app registers them all.
+SPARE_COMPARTMENTS = tuple(f"ocid1.compartment.oc1..spare{secrets.token_hex(10)}" for _ in range(64))
+
 
 def register(engine: Engine, *compartment_ids: str) -> None:
     """Registers each id (once; ids registered already are left alone) in the tenancy of the

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 
 from dockyard.auth.client import signing_from_config
+from tests.support.compartments import register_in_database
+from tests.support.oci_config import COMPARTMENT
 
 
 def free_port() -> int:
@@ -89,6 +91,8 @@ class LiveServer:
                 raise RuntimeError(f"dockyard exited with {self.process.returncode}:\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    # a signed caller acts only in compartments of their tenancy: make the tests' one so
+                    register_in_database(self.env.get("DOCKYARD_DATABASE_URL") or f"sqlite:///{self.data_dir / 'dockyard.db'}", COMPARTMENT)
                     return self
             except httpx.HTTPError:
                 pass

@@ -19,9 +19,15 @@ app.add_typer(work_requests, name="work-requests")
 app.command("predict")(predict)
 
 from dockyard.cli.users import keys, users  # noqa: E402
+from dockyard.cli import access as access_cli  # noqa: E402
 
 app.add_typer(users, name="users")
 app.add_typer(keys, name="keys")
+app.add_typer(access_cli.tenancies, name="tenancies")
+app.add_typer(access_cli.compartments, name="compartments")
+app.add_typer(access_cli.groups, name="groups")
+app.add_typer(access_cli.policies, name="policies")
+app.add_typer(access_cli.registries, name="registries")
 from dockyard.cli import check as local_checks  # noqa: E402
 app.command("check")(local_checks.check)
 app.command("run")(local_checks.run)
