@@ -21,7 +21,7 @@ import httpx
 from dockyard.example import EXAMPLE_DIR, artifact_bytes, sample_request
 from tests.support.server import LiveServer
 
-COMPARTMENT = "ocid1.compartment.oc1..aaaaaaaalogs"
+from tests.support.oci_config import COMPARTMENT  # registered by LiveServer
 MARKER = "predict-log-marker"
 
 # Appended to the example's score.py: every call prints a numbered line to stdout and one to
