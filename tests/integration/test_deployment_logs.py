@@ -216,3 +216,53 @@ def test_the_logs_api_refuses_bad_input_and_unknown_deployments(tmp_path: Path) 
         assert empty.status_code == 200 and empty.json() == [] and empty.headers["opc-next-page"].isdigit()
     finally:
         server.stop()
+
+
+def test_a_separate_gateway_process_writes_access_entries_the_control_plane_serves(tmp_path: Path) -> None:
+    """`dockyard serve --role gateway` shares the database: its access entries join the same
+    ordered log, and a follower's cursor sees them."""
+    from tests.support.server import free_port
+
+    server = LiveServer(tmp_path / "data", runtime="process").start()
+    gateway: subprocess.Popen[bytes] | None = None
+    try:
+        api = server.client(timeout=60)
+        deployment_id = deploy(api, printing_artifact(tmp_path))["id"]
+        cursor = logs_page(api, deployment_id)["cursor"]
+        port = free_port()
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "dockyard.cli.main", "serve", "--role", "gateway", "--port", str(port),
+             "--data-dir", str(server.data_dir), "--log-level", "warning"],
+            stdout=(tmp_path / "gateway.log").open("ab"), stderr=subprocess.STDOUT,
+            # Flushes far apart: the entry of a call made just before SIGTERM is written only by
+            # the flush at exit.
+            env=os.environ | {"DOCKYARD_LOG_FLUSH_INTERVAL_S": "10"},
+        )  # fmt: skip
+        wait_for("the gateway to answer", lambda: _answers(f"http://127.0.0.1:{port}/health"), timeout_s=60)
+        via_gateway = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=server.auth, trust_env=False, timeout=60)
+        predict(via_gateway, deployment_id)
+        [entry] = wait_for("the gateway's access entry", lambda: logs(api, deployment_id, category="access", page=cursor))
+        assert entry["fields"]["status"] == 200 and entry["seq"] > int(cursor)
+        # The gateway process writes its last entries when it stops.
+        predict(via_gateway, deployment_id)
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(30) is not None
+        gateway = None
+        assert len(logs(api, deployment_id, category="access", page=cursor)) == 2
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.kill()
+        server.stop()
+
+
+def logs_page(api: httpx.Client, deployment_id: str) -> dict[str, Any]:
+    response = api.get(f"/20190101/modelDeployments/{deployment_id}/logs")
+    assert response.status_code == 200, response.text
+    return {"entries": response.json(), "cursor": response.headers["opc-next-page"]}
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
