@@ -177,6 +177,7 @@ def deploy(h: Harness, name: str, artifact: Path, env: dict[str, str] | None = N
     got = h.get(deployment_id)
     assert wr.status == "SUCCEEDED" and got.lifecycle_state == "ACTIVE", (
         wr.status, got.lifecycle_state, got.lifecycle_details, h.logs(wr_id), h.errors(wr_id), h.server_log())
+    print(f"{name}: {got.lifecycle_details}")  # the time-to-ready breakdown, shown with -s
     return got
 
 
