@@ -67,10 +67,10 @@ class LiveServer:
 
     def client(self, **kwargs: object) -> httpx.Client:
         """A signed client whose base URL is the server (paths like /20190101/projects)."""
-        return httpx.Client(base_url=self.url, auth=self.auth, trust_env=False, **({"timeout": 30} | kwargs))  # type: ignore[arg-type]
+        return httpx.Client(**({"base_url": self.url, "auth": self.auth, "trust_env": False, "timeout": 30} | kwargs))  # type: ignore[arg-type]
 
     def async_client(self, **kwargs: object) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, auth=self.auth, trust_env=False, **({"timeout": 30} | kwargs))  # type: ignore[arg-type]
+        return httpx.AsyncClient(**({"base_url": self.url, "auth": self.auth, "trust_env": False, "timeout": 30} | kwargs))  # type: ignore[arg-type]
 
     def start(self, timeout_s: float = 30.0) -> LiveServer:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
