@@ -220,3 +220,17 @@ def test_since_accepts_a_cursor_a_time_or_a_duration_and_names_them_otherwise() 
         parse_since("yesterday")
     with pytest.raises(ValueError):
         parse_log_time("2026-11-25T12:00:00")  # no zone: ambiguous
+
+
+def test_retention_forgets_positions_of_gone_instances_only(metadata: SqlMetadataStore) -> None:
+    from dockyard.store.metadata import InstanceRecord
+
+    logs = quiet_store(metadata, retention_hours=1)
+    old = datetime.now(timezone.utc) - timedelta(hours=5)
+    logs.add(D1, "predict", "quiet but running", time_=old, instance_id="proc-running", position="10")
+    logs.add(D1, "predict", "stopped long ago", time_=old, instance_id="proc-gone", position="20")
+    logs.flush()
+    metadata.replace_instances(D1, [InstanceRecord(instance_id="proc-running", deployment_id=D1, spec_hash="h", runtime="process",
+                                                   state="RUNNING", health="HEALTHY", host="127.0.0.1", server_port=1, health_port=1)])  # fmt: skip
+    logs.enforce_retention(datetime.now(timezone.utc) + timedelta(hours=2))  # both positions are now hours old
+    assert (logs.position("proc-running"), logs.position("proc-gone")) == ("10", None)

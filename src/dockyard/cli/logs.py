@@ -67,3 +67,6 @@ def logs(
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+    except BrokenPipeError:  # `dockyard logs ID | head`: the reader has all it wanted
+        sys.stdout = None  # type: ignore[assignment]  # nothing more to flush at exit
+        raise typer.Exit(0) from None

@@ -296,7 +296,12 @@ class LogStore:
         e = t.log_entries
         deleted = self._delete_in_chunks(e.c.time < cutoff)
         with self.writer.begin() as conn:
-            conn.execute(delete(t.log_positions).where(t.log_positions.c.time_updated < cutoff))
+            # Positions of instances that are gone; a running instance keeps its position however
+            # long it stays quiet, or a restart would store its output a second time.
+            conn.execute(delete(t.log_positions).where(
+                t.log_positions.c.time_updated < cutoff,
+                t.log_positions.c.instance_id.not_in(select(t.instances.c.instance_id)),
+            ))
         with self.engine.connect() as conn:
             crowded = conn.execute(
                 select(e.c.deployment_id, e.c.category).group_by(e.c.deployment_id, e.c.category)
