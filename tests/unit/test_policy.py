@@ -208,3 +208,44 @@ def test_access_seam_refuses_with_the_message_it_is_given() -> None:
         Access(Never()).require(ANONYMOUS, Verb.READ, MODELS, C1, "model X was not found")  # type: ignore[arg-type]
     assert caught.value.message == "model X was not found"
     Access(ALLOW_ALL).require(ANONYMOUS, Verb.MANAGE, MODELS, C1, "unused")
+
+
+# --- the gateway's cached predict decision ---------------------------------------------------------
+
+
+def test_predict_decisions_are_reused_briefly_per_caller_and_compartment() -> None:
+    import asyncio
+
+    from dockyard.service.access import PredictAuthorization
+
+    asked: list[tuple[str, Verb, str, str]] = []
+    answer = {"value": True}
+
+    class Counting:
+        def allowed(self, caller: Caller, verb: Verb, family: str, compartment_id: str) -> bool:
+            asked.append((caller.user_id, verb, family, compartment_id))
+            return answer["value"]
+
+        def registry_hosts_for(self, _: Caller) -> None:
+            return None
+
+    now = [0.0]
+    decide = PredictAuthorization(Access(Counting()), ttl_s=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    alice, bob = Caller("alice", "t"), Caller("bob", "t")
+
+    async def run() -> list[bool]:
+        results = [await decide(alice, C1), await decide(alice, C1), await decide(bob, C1), await decide(alice, C2)]
+        answer["value"] = False  # a policy change ...
+        results.append(await decide(alice, C1))  # ... is not seen while the decision is fresh
+        now[0] = 2.5
+        results.append(await decide(alice, C1))  # ... and is once it expired
+        results.append(await decide(None, C1))  # no verified caller: never allowed
+        return results
+
+    assert asyncio.run(run()) == [True, True, True, True, True, False, False]
+    assert asked == [
+        ("alice", Verb.USE, MODEL_DEPLOYMENTS, C1),
+        ("bob", Verb.USE, MODEL_DEPLOYMENTS, C1),
+        ("alice", Verb.USE, MODEL_DEPLOYMENTS, C2),
+        ("alice", Verb.USE, MODEL_DEPLOYMENTS, C1),
+    ]

@@ -229,6 +229,33 @@ class AccessStore:
             keys.add(ADMINISTRATORS.lower())
         return keys
 
+    def decision_inputs(self, tenancy_id: str, user_id: str, compartment_id: str) -> tuple[set[str], list[Grant]] | None:
+        """What one decision needs, read on one connection: None when the compartment is not the
+        tenancy's; else the user's groups and the grants to them (Administrators' included)."""
+        with self.engine.connect() as conn:
+            if compartment_id != tenancy_id:
+                owner = conn.execute(select(compartments.c.tenancy_id).where(compartments.c.id == compartment_id)).scalar()
+                if owner != tenancy_id:
+                    return None
+            member = conn.execute(
+                select(users.c.is_admin, group_members.c.group_key)
+                .select_from(users.outerjoin(group_members, (group_members.c.user_id == users.c.id) & (group_members.c.tenancy_id == tenancy_id)))
+                .where(users.c.id == user_id, users.c.tenancy_id == tenancy_id)
+            ).all()
+            if not member:  # a user of another tenancy (or none): nothing here is theirs
+                return None
+            group_keys = {row.group_key for row in member if row.group_key is not None}
+            if member[0].is_admin:
+                group_keys.add(ADMINISTRATORS.lower())
+            grants = [ADMINISTRATORS_GRANT]
+            if group_keys:
+                rows = conn.execute(
+                    select(policy_grants.c.group_key, policy_grants.c.verb, policy_grants.c.family, policy_grants.c.compartment_id)
+                    .where(policy_grants.c.tenancy_id == tenancy_id, policy_grants.c.group_key.in_(sorted(group_keys)))
+                ).all()
+                grants += [Grant(r.group_key, Verb[r.verb.upper()], r.family, r.compartment_id) for r in rows]
+        return group_keys, grants
+
     # --- policy statements ----------------------------------------------------------------------
 
     def add_statement(self, tenancy_id: str, text: str) -> PolicyStatement:
@@ -347,10 +374,11 @@ class PolicyAuthorizer:
         tenancy_id = caller.tenancy_id
         if tenancy_id is None:
             return True
-        if self.store.tenancy_of_compartment(compartment_id) != tenancy_id:
+        found = self.store.decision_inputs(tenancy_id, caller.user_id, compartment_id)
+        if found is None:
             return False
-        group_keys = self.store.groups_of(tenancy_id, caller.user_id)
-        return allows(self.store.grants(tenancy_id, group_keys), group_keys, verb, family, compartment_id)
+        group_keys, grants = found
+        return allows(grants, group_keys, verb, family, compartment_id)
 
     def registry_hosts_for(self, caller: Caller) -> set[str] | None:
         return None if caller.tenancy_id is None else self.store.registry_hosts_for(caller.tenancy_id)
