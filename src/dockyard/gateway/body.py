@@ -14,6 +14,9 @@ from dockyard.errors import InvalidParameter, LengthRequired, PayloadTooLarge
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+# Bodies up to this size are kept as they pass, so that a request whose instance dropped the
+# connection without a word can go to another instance (see proxy.py); larger ones stream only.
+KEEP_FOR_RETRY_BYTES = 1024 * 1024
 
 
 class ClientGone(Exception):
@@ -47,23 +50,38 @@ def check_framing(method: str, content_length: bytes | None, transfer_encoding: 
 class RequestBody:
     """An async byte stream over ASGI `receive`, iterable once, with a byte limit.
 
-    `started` tells whether any of it may have left for the upstream (a request whose body
-    started must never be retried elsewhere); `received` counts bytes for the access log.
+    `started` tells whether any of it may have left for the upstream; `replayable` whether it
+    can be sent again all the same (complete, and small enough to have been kept: iterating
+    it again yields the kept chunks). `received` counts bytes for the access log.
     """
 
-    def __init__(self, receive: Receive, limit: int, on_complete: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, receive: Receive, limit: int, on_complete: Callable[[], None] | None = None, keep_bytes: int = KEEP_FOR_RETRY_BYTES
+    ) -> None:
         self._receive = receive
         self.limit = limit
         self.on_complete = on_complete
+        self.keep_bytes = keep_bytes
         self.started = False
         self.complete = False
         self.received = 0
+        self._kept: list[bytes] | None = []  # None once the body outgrew keep_bytes
+
+    @property
+    def replayable(self) -> bool:
+        return self.complete and self._kept is not None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self.started:
+            if self.replayable:
+                return self._replay()
             raise RuntimeError("a request body can be sent once only")
         self.started = True
         return self._chunks()
+
+    async def _replay(self) -> AsyncIterator[bytes]:
+        for chunk in self._kept or ():
+            yield chunk
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while True:
@@ -75,6 +93,11 @@ class RequestBody:
                 self.received += len(chunk)
                 if self.received > self.limit:
                     raise too_large(self.limit)
+                if self._kept is not None:
+                    if self.received <= self.keep_bytes:
+                        self._kept.append(chunk)
+                    else:
+                        self._kept = None
                 yield chunk
             if not message.get("more_body", False):
                 self.complete = True

@@ -1,9 +1,14 @@
 """Forwarding one request to an instance and streaming the reply back.
 
 Bodies stream both ways through one shared `httpx.AsyncClient` and are never held whole. The
-instances are tried in the balancer's order; only a failure to *connect* moves on to the next
-one (nothing was sent, so nothing can be applied twice); any later failure is final. The
-container's status, headers (less hop-by-hop ones) and body come back as it sent them.
+instances are tried in the balancer's order. A failure to *connect* moves on to the next one
+(nothing was sent). So does, once per request, a connection that ends or is reset before a
+single byte of a reply, when the body was small enough to keep (see body.py): that is what a
+killed instance does to the requests still queued for it, and the gateway cannot tell them
+from one the container read and then died on (Docker's port proxy turns both into the same
+close), so a request is never lost for it, at the price that one an instance read and died on
+may reach a second instance. Any other failure is final. The container's status, headers
+(less hop-by-hop ones) and body come back as it sent them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dockyard.gateway.metrics import GatewayMetrics
 from dockyard.gateway.pool import Timeouts, UpstreamPool
 from dockyard.gateway.replies import BadGateway
 from dockyard.gateway.routes import Route
-from dockyard.gateway.upstream import Reply
+from dockyard.gateway.upstream import ClosedUnanswered, Reply, ResetUnanswered
 
 log = logging.getLogger("dockyard.gateway")
 
@@ -131,9 +136,10 @@ class Proxy:
     ) -> tuple[Upstream, Reply]:
         """Send the request to the first instance that accepts a connection; its reply headers."""
         refused: list[str] = []
+        unanswered: Exception | None = None  # the one retry after an unanswered close is spent
         for upstream in self.balancer.order(route):
-            if body is not None and body.started:
-                break  # the body left for an instance that then failed: never send it twice
+            if body is not None and body.started and not body.replayable:
+                break  # the body left for an instance that then failed and cannot be sent again
             ex.attempts += 1
             ex.instance_id = upstream.backend.instance_id
             backend = upstream.backend
@@ -166,6 +172,20 @@ class Proxy:
                     f"the model took too long to answer: no reply within {self.request_timeout_s:g} s "
                     f"(instance {upstream.backend.instance_id}); make the request lighter or the model faster"
                 ) from exc
+            except (ClosedUnanswered, ResetUnanswered) as exc:
+                upstream.outstanding -= 1
+                self.metrics.upstream_errors.labels(route.deployment_id, "aborted").inc()
+                self.balancer.eject(upstream)  # it dropped a connection: likely dying
+                if unanswered is not None or not (body is None or body.replayable):
+                    raise BadGateway(
+                        f"the model server on instance {upstream.backend.instance_id} failed before replying "
+                        f"({type(exc).__name__}: {exc}); check the container's log"
+                    ) from exc
+                unanswered = exc
+                log.warning("%s: instance %s dropped request %s unanswered (%s); sending it to another instance",
+                            route.deployment_id, upstream.backend.instance_id, ex.request_id, exc)  # fmt: skip
+                refused.append(f"{upstream.backend.instance_id} ({type(exc).__name__}: {exc})")
+                continue
             except httpx.TransportError as exc:
                 upstream.outstanding -= 1
                 self.metrics.upstream_errors.labels(route.deployment_id, "aborted").inc()
@@ -179,6 +199,11 @@ class Proxy:
             if upstream.ejected:
                 self.balancer.admit(upstream)
             return upstream, response
+        if unanswered is not None:
+            raise BadGateway(
+                f"no instance of deployment {route.deployment_id} answered ({'; '.join(refused)}); "
+                "check the containers' logs"
+            ) from unanswered
         raise ServiceUnavailable(
             f"no instance of deployment {route.deployment_id} accepted a connection ({'; '.join(refused) or 'none tried'}); "
             "the reconciler restarts failed instances, retry shortly"

@@ -27,6 +27,14 @@ Headers = list[tuple[bytes, bytes]]
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
+class ClosedUnanswered(httpx.RemoteProtocolError):
+    """The connection ended (FIN) before a byte of a reply came back."""
+
+
+class ResetUnanswered(httpx.ReadError):
+    """The connection was reset before a byte of a reply came back."""
+
+
 class Reply:
     """The reply to one request: status and headers once they are in, then the body as chunks.
 
@@ -294,9 +302,9 @@ class UpstreamConnection(asyncio.Protocol):
         elif reply.status:
             reply._fail(httpx.RemoteProtocolError("the container closed the connection in the middle of its reply"))
         elif exc is not None:
-            reply._fail(httpx.ReadError(f"the connection to the container failed before a reply ({exc})"))
+            reply._fail(ResetUnanswered(f"the connection to the container failed before a reply ({exc})"))
         else:
-            reply._fail(httpx.RemoteProtocolError("the container closed the connection without replying"))
+            reply._fail(ClosedUnanswered("the container closed the connection without replying"))
 
     # --- httptools callbacks --------------------------------------------------------------------------
 
