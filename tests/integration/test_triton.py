@@ -1,8 +1,8 @@
 """Triton mode (T1) against a real NVIDIA Triton Inference Server, end to end.
 
 A real `dockyard serve` is driven with the official `oci` SDK; the deployments name only the
-image and `CONTAINER_TYPE=TRITON` (no entrypoint, cmd or ports), the way Oracle ADS creates
-them. The server is tritonserver 2.51.0 with the Python backend (from the PyPI wheel
+image and `CONTAINER_TYPE=TRITON` (no entrypoint or cmd; no ports either in a container, while
+on the process runtime, where instances share the host's ports, a free port). The server is tritonserver 2.51.0 with the Python backend (from the PyPI wheel
 nvidia-pytriton, see scripts/infra/triton-image.sh), serving Python-backend models from the
 artifact (tests/integration/triton/):
 
