@@ -1,15 +1,23 @@
 """What the gateway costs: a fast upstream reached directly, through the gateway and (when nginx is
-installed) through nginx as a plain reverse proxy, under the same load.
+installed) through nginx as a plain reverse proxy, under the same load, back to back.
 
     python benchmarks/gateway_overhead.py [--connections 64] [--duration 10] [--threads 2]
+                                          [--workers N ...] [--gateway-log-level info]
 
-Each server runs in its own process on 127.0.0.1 (uvicorn with uvloop/httptools, as `dockyard
-serve` runs): the upstream answers every POST with a small JSON document; the gateway reads a
-throw-away SQLite store holding one ACTIVE deployment whose one HEALTHY instance is that
-upstream. Load comes from `wrk` when it is installed (`apt-get install -y wrk`), else from a
-Python load generator (which is itself slower, so its figures understate every server). Prints
-requests/s, p50 and p99 latency for each target, their ratios to the direct figures, and the
-gateway's own overhead as it measures it (total minus upstream time, from its metrics).
+The upstream is a uvicorn app (uvloop/httptools) answering every POST with a small JSON
+document. The gateway runs exactly as users run it: `dockyard serve --role gateway` (with
+`--gateway-workers N`, default one per core) over a throw-away data directory whose store
+holds one ACTIVE deployment with that upstream as its one HEALTHY instance and the
+administrator `dockyard serve` creates. It is measured unsigned (`--insecure-no-auth`) and
+signed: every request carries an OCI signature (fixed body, so one Authorization header
+stays valid for the 5-minute skew window), verified by the server. nginx (`apt-get install -y
+nginx`) runs one worker with upstream keep-alive.
+
+Load comes from `wrk` when it is installed (`apt-get install -y wrk`), else from a Python
+load generator (which is itself slower, so its figures understate every server). Prints
+requests/s, p50 and p99 latency for each target, their ratios to direct and to nginx, the p50
+added over direct, and the gateway's own overhead as it measures it (total minus upstream
+time, from its metrics, over the measured run only).
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ from typing import Any
 BODY = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]], "parameters": {"top_k": 1}}'
 REPLY = b'{"prediction": [0], "probabilities": [[0.97, 0.02, 0.01]]}'
 DEPLOYMENT_ID = "ocid1.datasciencemodeldeployment.oc1.local.benchmark"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-# --- the servers (each runs as `python gateway_overhead.py --role ...` in its own process) ----------
+# --- the upstream (runs as `python gateway_overhead.py --role upstream PORT` in its own process) ---
 
 
 async def upstream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -56,29 +65,18 @@ def serve_upstream(port: int) -> None:
     uvicorn.run(upstream_app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
 
 
-def serve_gateway(port: int, database: str, inflight: int) -> None:
-    import uvicorn
-
-    from dockyard.gateway import create_gateway, gateway_metrics_app
-    from dockyard.store.metadata import SqlMetadataStore
-
-    # The in-flight limit is raised above the load's concurrency: this measures proxying, not 429s.
-    gateway = create_gateway(SqlMetadataStore(database), inflight_per_instance=inflight)
-    metrics = gateway_metrics_app(gateway)
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/metrics":
-            await metrics(scope, receive, send)
-        else:
-            await gateway(scope, receive, send)
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+# --- the gateway's data directory ------------------------------------------------------------------
 
 
-def write_store(database: str, upstream_port: int) -> None:
+def write_store(data_dir: Path, upstream_port: int, gateway_port: int) -> Path:
+    """The deployment, its instance, and the administrator; the OCI config that signs as them."""
+    from dockyard.auth.bootstrap import ensure_admin
+    from dockyard.auth.principals import PrincipalStore
+    from dockyard.settings import Settings
     from dockyard.store.metadata import InstanceRecord, Record, SqlMetadataStore, now_iso
 
-    store = SqlMetadataStore(database)
+    settings = Settings(data_dir=data_dir, port=gateway_port)
+    store = SqlMetadataStore(settings.resolved_database_url)
     store.insert(Record(id=DEPLOYMENT_ID, kind="modeldeployment", body={
         "id": DEPLOYMENT_ID, "compartmentId": "ocid1.compartment.oc1..bench", "lifecycleState": "ACTIVE",
         "timeCreated": now_iso(),
@@ -89,7 +87,26 @@ def write_store(database: str, upstream_port: int) -> None:
         instance_id="bench-0", deployment_id=DEPLOYMENT_ID, spec_hash="b", runtime="process", state="RUNNING",
         health="HEALTHY", host="127.0.0.1", server_port=upstream_port, health_port=upstream_port, time_last_probe=now_iso(),
     )])  # fmt: skip
+    principals = PrincipalStore(store.engine, store.writer, realm=settings.realm)
+    config = ensure_admin(principals, data_dir, settings.resolved_public_url, settings.region)
     store.close()
+    return config
+
+
+def signed_headers(config: Path, url: str) -> dict[str, str]:
+    """The headers of a POST of BODY to `url` signed with `config`, as the OCI SDK signs it."""
+    import httpx
+
+    from dockyard.auth.client import signing_from_config
+
+    signing = signing_from_config(config)
+    assert signing is not None
+    request = httpx.Request("POST", url, content=BODY, headers={"content-type": "application/json"})
+    signed = next(signing.auth.sync_auth_flow(request))
+    # wrk writes Host and Content-Length itself unless given as "Host" (the same values as signed here).
+    names = {"host": "Host", "date": "Date", "content-type": "Content-Type"}
+    return {names.get(name, name): value for name, value in signed.headers.items() if name.lower() not in (
+            "content-length", "accept", "accept-encoding", "connection", "user-agent")}  # fmt: skip
 
 
 NGINX_CONF = """
@@ -126,7 +143,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(port: int, timeout_s: float = 20) -> None:
+def wait_for(port: int, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -136,9 +153,34 @@ def wait_for(port: int, timeout_s: float = 20) -> None:
     raise RuntimeError(f"nothing answered on port {port} within {timeout_s} s")
 
 
-def start_role(role: str, *args: str) -> subprocess.Popen[bytes]:
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    return subprocess.Popen([sys.executable, __file__, "--role", role, *args], env=env)
+def child_env() -> dict[str, str]:
+    return os.environ | {"PYTHONPATH": str(SRC)}
+
+
+def start_upstream(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, __file__, "--role", "upstream", str(port)], env=child_env())
+
+
+def start_gateway(data_dir: Path, port: int, workers: int, insecure: bool, log_level: str, log: Path) -> subprocess.Popen[bytes]:
+    """`dockyard serve --role gateway` as users start it (its log to a file, as a service's would go)."""
+    command = [sys.executable, "-m", "dockyard.cli.main", "serve", "--role", "gateway", "--host", "127.0.0.1",
+               "--port", str(port), "--data-dir", str(data_dir), "--gateway-workers", str(workers), "--log-level", log_level]  # fmt: skip
+    if insecure:
+        command.append("--insecure-no-auth")
+    # The in-flight limit is raised above the load's concurrency: this measures proxying, not 429s.
+    env = child_env() | {"DOCKYARD_GATEWAY_INFLIGHT_PER_INSTANCE": "100000", "DOCKYARD_PUBLIC_METRICS": "true"}
+    with log.open("ab") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass
@@ -148,6 +190,31 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    overhead_ms: float | None = None  # the gateway's own measure, mean per request
+    cpu_us: float | None = None  # CPU time of the proxy's processes per request (user + system)
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process `root` and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    wanted, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in wanted]
+        wanted.update(children)
+        frontier.extend(children)
+    return sum(times.get(pid, 0.0) for pid in wanted)
 
 
 def _ms(value: str) -> float:
@@ -155,11 +222,15 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(target: str, url: str, connections: int, duration_s: int, threads: int, workdir: Path) -> Result:
-    script = workdir / "post.lua"
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY.decode())}\nwrk.headers["Content-Type"] = "application/json"\n'
-    )
+def lua_script(workdir: Path, headers: dict[str, str]) -> Path:
+    script = workdir / f"post-{len(list(workdir.glob('post-*.lua')))}.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY.decode())}", 'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    return script
+
+
+def run_wrk(target: str, url: str, connections: int, duration_s: int, threads: int, script: Path) -> Result:
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
@@ -172,7 +243,7 @@ def run_wrk(target: str, url: str, connections: int, duration_s: int, threads: i
     return Result(target, rps, p50, p99, errors + (int(non2xx.group(1)) if non2xx else 0))
 
 
-def run_python(target: str, url: str, connections: int, duration_s: int) -> Result:
+def run_python(target: str, url: str, connections: int, duration_s: int, headers: dict[str, str]) -> Result:
     import httpx
 
     async def main() -> Result:
@@ -187,7 +258,7 @@ def run_python(target: str, url: str, connections: int, duration_s: int) -> Resu
                 while time.monotonic() < deadline:
                     started = time.perf_counter()
                     try:
-                        reply = await client.post(url, content=BODY, headers={"content-type": "application/json"})
+                        reply = await client.post(url, content=BODY, headers={"content-type": "application/json", **headers})
                         if reply.status_code != 200:
                             errors += 1
                     except httpx.HTTPError:
@@ -204,39 +275,54 @@ def run_python(target: str, url: str, connections: int, duration_s: int) -> Resu
     return asyncio.run(main())
 
 
-def gateway_overhead(port: int) -> tuple[float, float] | None:
-    """Mean (total - upstream) per request and mean total, in ms, from the gateway's metrics."""
+def gateway_totals(port: int) -> tuple[float, float] | None:
+    """(sum of overhead seconds, count) from the gateway's metrics (all its workers)."""
     import httpx
 
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
     values = {}
     for name in ("dockyard_gateway_overhead_seconds_sum", "dockyard_gateway_overhead_seconds_count"):
         match = re.search(rf"^{name} ([\d.e+-]+)$", text, re.M)
         if match:
             values[name] = float(match.group(1))
-    total_sum = sum(
-        float(v) for v in re.findall(r"^dockyard_gateway_request_duration_seconds_sum\{[^}]*\} ([\d.e+-]+)$", text, re.M)
-    )
-    total_count = sum(
-        float(v) for v in re.findall(r"^dockyard_gateway_request_duration_seconds_count\{[^}]*\} ([\d.e+-]+)$", text, re.M)
-    )
-    count = values.get("dockyard_gateway_overhead_seconds_count", 0)
-    if not count or not total_count:
+    if len(values) < 2:
         return None
-    return values["dockyard_gateway_overhead_seconds_sum"] / count * 1000, total_sum / total_count * 1000
+    return values["dockyard_gateway_overhead_seconds_sum"], values["dockyard_gateway_overhead_seconds_count"]
+
+
+def measure(args: argparse.Namespace, target: str, url: str, headers: dict[str, str], workdir: Path,
+            metrics_port: int | None = None, process: subprocess.Popen[bytes] | None = None) -> Result:  # fmt: skip
+    """A 2 s warm-up (connection pools, route cache), then the measured run."""
+    script = lua_script(workdir, headers)
+    load = (lambda d: run_wrk(target, url, args.connections, d, args.threads, script)) if shutil.which("wrk") else (
+        lambda d: run_python(target, url, args.connections, d, headers))  # fmt: skip
+    load(2)
+    before = gateway_totals(metrics_port) if metrics_port else None
+    cpu_before = cpu_seconds(process.pid) if process else 0.0
+    result = load(args.duration)
+    if process:
+        result.cpu_us = (cpu_seconds(process.pid) - cpu_before) / max(1.0, result.rps * args.duration) * 1e6
+    after = gateway_totals(metrics_port) if metrics_port else None
+    if before and after and after[1] > before[1]:
+        result.overhead_ms = (after[0] - before[0]) / (after[1] - before[1]) * 1000
+    return result
 
 
 def orchestrate(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dockyard-bench-"))
-    processes: list[subprocess.Popen[bytes]] = []
+    upstream_port = free_port()
+    upstream = start_upstream(upstream_port)
+    nginx_process = None
+    results: list[Result] = []
     try:
-        upstream_port, gateway_port = free_port(), free_port()
-        processes.append(start_role("upstream", str(upstream_port)))
-        database = f"sqlite:///{workdir}/bench.db"
-        write_store(database, upstream_port)
-        processes.append(start_role("gateway", str(gateway_port), database, str(max(32, 2 * args.connections))))
-        targets = [("direct", f"http://127.0.0.1:{upstream_port}/predict"),
-                   ("gateway", f"http://127.0.0.1:{gateway_port}/{DEPLOYMENT_ID}/predict")]  # fmt: skip
+        wait_for(upstream_port)
+        print(f"load: {'wrk' if shutil.which('wrk') else 'python httpx (install wrk for better figures)'}, "
+              f"{args.connections} connections, {args.duration} s per target, {len(BODY)}-byte JSON bodies, "
+              f"{os.cpu_count()} CPUs; gateway log level {args.gateway_log_level}", flush=True)  # fmt: skip
+        results.append(measure(args, "direct", f"http://127.0.0.1:{upstream_port}/predict", {}, workdir, process=upstream))
         nginx = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
         if nginx:
             nginx_port = free_port()
@@ -244,43 +330,55 @@ def orchestrate(args: argparse.Namespace) -> None:
                 (workdir / sub).mkdir()
             conf = workdir / "nginx.conf"
             conf.write_text(NGINX_CONF.format(dir=workdir, upstream=upstream_port, port=nginx_port))
-            processes.append(subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"]))
-            targets.append(("nginx", f"http://127.0.0.1:{nginx_port}/"))
-        for process_port in [upstream_port, gateway_port] + ([nginx_port] if nginx else []):
-            wait_for(process_port)
-        wrk = shutil.which("wrk")
-        print(f"load: {'wrk' if wrk else 'python httpx (install wrk for better figures)'}, {args.connections} connections, "
-              f"{args.duration} s per target, {len(BODY)}-byte JSON bodies, {os.cpu_count()} CPUs")  # fmt: skip
-        results: dict[str, Result] = {}
-        for name, url in targets:
-            # Warm up: connection pools, route cache, JIT-free but cache-warm code paths.
-            (run_wrk if wrk else lambda t, u, c, d, *_: run_python(t, u, c, d))(
-                name, url, args.connections, 2, args.threads, workdir
-            )
-            if wrk:
-                results[name] = run_wrk(name, url, args.connections, args.duration, args.threads, workdir)
-            else:
-                results[name] = run_python(name, url, args.connections, args.duration)
-        direct = results["direct"]
-        print(f"\n{'target':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}   vs direct (req/s, p50, p99)")
-        for result in results.values():
-            ratio = f"{result.rps / direct.rps:.2f}x, {result.p50_ms / direct.p50_ms:.2f}x, {result.p99_ms / direct.p99_ms:.2f}x"
-            print(
-                f"{result.target:<10}{result.rps:>10.0f}{result.p50_ms:>10.2f}{result.p99_ms:>10.2f}{result.errors:>8}   {ratio}"
-            )
-        overhead = gateway_overhead(gateway_port)
-        if overhead:
-            print(f"\ngateway's own measure: {overhead[0]:.3f} ms mean overhead (total minus upstream) "
-                  f"of {overhead[1]:.3f} ms mean total per request")  # fmt: skip
+            nginx_process = subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"])
+            wait_for(nginx_port)
+            results.append(measure(args, "nginx", f"http://127.0.0.1:{nginx_port}/", {}, workdir, process=nginx_process))
+            stop(nginx_process)
+        else:
+            print("nginx is not installed (apt-get install -y nginx): no nginx figures", flush=True)
+        data_dir = workdir / "dockyard"
+        data_dir.mkdir()
+        for workers in args.workers:
+            for signed in (False, True):
+                port = free_port()
+                config = write_store(data_dir, upstream_port, port) if not (data_dir / "dockyard.db").exists() else (
+                    data_dir / "oci" / "config")  # fmt: skip
+                gateway = start_gateway(data_dir, port, workers, not signed, args.gateway_log_level, workdir / "gateway.log")
+                try:
+                    wait_for(port)
+                    url = f"http://127.0.0.1:{port}/{DEPLOYMENT_ID}/predict"
+                    headers = signed_headers(config, url) if signed else {}
+                    name = f"gw {workers}w {'signed' if signed else 'unsigned'}"
+                    results.append(measure(args, name, url, headers, workdir, metrics_port=port, process=gateway))
+                finally:
+                    stop(gateway)
+        report(results)
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if nginx_process is not None:
+            stop(nginx_process)
+        stop(upstream)
+        if args.keep:
+            print(f"\nkept {workdir} (gateway.log has the gateway's output)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(results: list[Result]) -> None:
+    direct = results[0]
+    nginx = next((r for r in results if r.target == "nginx"), None)
+    print(f"\n{'target':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'+p50 ms':>9}{'CPU us':>8}"
+          f"   vs direct (req/s, p50)   vs nginx (req/s)   gateway's own overhead")  # fmt: skip
+    for r in results:
+        versus_nginx = f"{r.rps / nginx.rps:.2f}x" if nginx else "-"
+        own = f"{r.overhead_ms:.3f} ms mean" if r.overhead_ms is not None else ""
+        cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "-"
+        print(f"{r.target:<18}{r.rps:>9.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}{r.p50_ms - direct.p50_ms:>9.2f}{cpu:>8}"
+              f"   {r.rps / direct.rps:>5.2f}x, {r.p50_ms / direct.p50_ms:>5.2f}x"
+              f"{versus_nginx:>19}   {own}")  # fmt: skip
+    print("\n+p50: p50 added over direct. Goal: gateway >= 0.5x nginx's req/s, < 1 ms added p50."
+          "\nCPU us: CPU time (user + system) of that server's processes per request: the cost that, unlike req/s,"
+          "\n  other load on the machine hardly changes (the upstream's for direct, nginx's, the gateway's)."
+          "\nThe gateway's own overhead: total minus upstream time per request, from its metrics (measured run only).")  # fmt: skip
 
 
 def main() -> None:
@@ -288,15 +386,25 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per target (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--role", choices=["upstream", "gateway"], help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0],
+                        help="gateway worker counts to measure (default: 0 = dockyard's default, one per core)")  # fmt: skip
+    parser.add_argument("--gateway-log-level", default="info", help="the gateway's --log-level (default info, as dockyard serve)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dir)")
+    parser.add_argument("--role", choices=["upstream"], help=argparse.SUPPRESS)
     parser.add_argument("role_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "upstream":
         serve_upstream(int(args.role_args[0]))
-    elif args.role == "gateway":
-        serve_gateway(int(args.role_args[0]), args.role_args[1], int(args.role_args[2]))
-    else:
-        orchestrate(args)
+        return
+    args.workers = [w or default_workers() for w in args.workers]
+    orchestrate(args)
+
+
+def default_workers() -> int:
+    sys.path.insert(0, str(SRC))
+    from dockyard.cli.gateway_workers import default_workers as dockyard_default
+
+    return dockyard_default()
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ from arbitrary URLs must not grow the label set without bound.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
 
 from dockyard.gateway.accesslog import AccessEntry
 
@@ -50,8 +51,9 @@ class GatewayMetrics:
             buckets=_OVERHEAD_BUCKETS, registry=r,
         )  # fmt: skip
         self.inflight = Gauge(
-            "dockyard_gateway_inflight_requests", "Requests being proxied now, by deployment.", ["deployment"], registry=r
-        )
+            "dockyard_gateway_inflight_requests", "Requests being proxied now, by deployment.", ["deployment"], registry=r,
+            multiprocess_mode="livesum",  # several gateway workers: the sum over the live ones
+        )  # fmt: skip
         self.upstream_errors = Counter(
             "dockyard_gateway_upstream_errors", "Upstream failures by kind (connect, timeout, aborted).",
             ["deployment", "kind"], registry=r,
@@ -89,5 +91,13 @@ class GatewayMetrics:
             children.bytes_out.inc(entry.bytes_out)
 
     def asgi_app(self) -> Any:
-        """An ASGI app serving this registry in the Prometheus text format (mount it where you like)."""
+        """An ASGI app serving this registry in the Prometheus text format (mount it where you like).
+
+        Under `PROMETHEUS_MULTIPROC_DIR` (`dockyard serve --role gateway --gateway-workers N`)
+        every worker writes its values there, and this serves the sum over all of them."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            combined = CollectorRegistry()
+            multiprocess.MultiProcessCollector(combined, path=directory)
+            return make_asgi_app(combined)
         return make_asgi_app(self.registry)

@@ -1,0 +1,143 @@
+"""`dockyard serve --role gateway --gateway-workers N`: N gateway processes on one port.
+
+One Python process proxies a few thousand small requests per second on one core; the data
+plane scales over cores with processes. Each worker binds the same host:port with
+SO_REUSEPORT (the kernel spreads new connections over them evenly, where a shared accept
+socket lets whichever worker wakes first take most of them), reads its routes from the shared
+store, and serves the same app `--role gateway` serves with one process.
+
+What changes with more than one worker:
+- the in-flight limit per instance is split between the workers (rounded up), so a
+  deployment's instances still see at most about the configured number of requests;
+- `/metrics` aggregates all workers (prometheus_client's multiprocess mode, in a directory
+  of this supervisor's own that is removed at exit).
+
+The supervisor restarts a worker that dies, and stops them all on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("dockyard")
+
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def default_workers() -> int:
+    """One per core: a worker is a single-threaded event loop."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port that other processes of this user may bind too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def gateway_app(settings: Any, workers: int) -> Any:
+    """The `--role gateway` app of one worker (its limit share applied), with /metrics."""
+    from dockyard.gateway import gateway_metrics_app
+    from dockyard.server import create_gateway_app, signed
+
+    share = math.ceil(settings.gateway_inflight_per_instance / workers)
+    settings = settings.model_copy(update={"gateway_inflight_per_instance": share})
+    gateway = create_gateway_app(settings)
+    inner = getattr(gateway, "app", gateway)  # behind the signature check: the Gateway itself
+    metrics = gateway_metrics_app(inner)
+    if not settings.public_metrics:
+        verifier = getattr(gateway, "verify", None)
+        if verifier is not None:
+            metrics = signed(metrics, verifier, settings, max_body_bytes=0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/metrics":
+            await metrics(scope, receive, send)
+        else:
+            await gateway(scope, receive, send)
+
+    return app
+
+
+def _worker(overrides: dict[str, Any], workers: int, log_level: str) -> None:
+    import uvicorn
+
+    from dockyard.settings import Settings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(**overrides)
+    sock = reuseport_socket(settings.host, settings.port)
+    config = uvicorn.Config(
+        gateway_app(settings, workers), log_level=log_level, access_log=False, loop="uvloop", http="httptools", backlog=4096
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> None:
+    """Run `workers` gateway processes on settings' host:port until SIGINT/SIGTERM."""
+    from dockyard.settings import Settings
+
+    settings = Settings(**overrides)
+    # Bound (not listening) here first: a port in use fails now, with one clear message.
+    guard = reuseport_socket(settings.host, settings.port)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="dockyard-gateway-metrics-"))
+    os.environ[METRICS_DIR_VAR] = str(metrics_dir)  # the spawned workers inherit it
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker, args=(overrides, workers, log_level), daemon=False)
+        process.start()
+        return process
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    processes = [start() for _ in range(workers)]
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for index, process in enumerate(processes):
+                if not process.is_alive() and not stopping:
+                    log.warning("gateway worker %s exited with %s; starting another", process.pid, process.exitcode)
+                    _mark_dead(process.pid)
+                    processes[index] = start()
+    finally:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        for process in processes:
+            process.join(15)
+            if process.is_alive():
+                process.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        guard.close()
+        os.environ.pop(METRICS_DIR_VAR, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is None:
+        return
+    with contextlib.suppress(Exception):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
