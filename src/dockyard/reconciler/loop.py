@@ -23,7 +23,7 @@ from pathlib import Path
 from dockyard.domain import deployments as rules
 from dockyard.domain.plan import DesiredView, ObservedInstance, Plan, plan
 from dockyard.domain.states import DeploymentState, Desired, Operation
-from dockyard.errors import DockyardError
+from dockyard.errors import DockyardError, ServiceUnavailable
 from dockyard.reconciler.tracking import Tracker
 from dockyard.runtimes.base import Health, Instance, InstanceSpec, InstanceState, Runtime
 from dockyard.service.work_requests import WorkRequests
@@ -63,6 +63,8 @@ class Reconciler:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Called with (deployment_id, instances) each time the runtime is asked what runs (predict logs).
         self.instance_observers: list[Callable[[str, list[Instance]], None]] = []
+        self._away_message = ""  # the last "runtime unavailable" logged, and when
+        self._away_logged_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -115,6 +117,8 @@ class Reconciler:
                     await self.reconcile_all(priority=dirty)
                 else:
                     await asyncio.gather(*(self.reconcile(d) for d in dirty))
+            except ServiceUnavailable as exc:
+                self._runtime_away(exc)
             except Exception:  # the loop must survive anything one pass does
                 log.exception("reconcile pass failed")
 
@@ -142,9 +146,20 @@ class Reconciler:
         async with lock:
             try:
                 await self._reconcile_locked(deployment_id)
+            except ServiceUnavailable as exc:
+                self._runtime_away(exc)
+                self.wake_later(deployment_id, self.settings.reconcile_interval_s)
             except Exception:
                 log.exception("%s: reconcile failed", deployment_id)
                 self.wake_later(deployment_id, self.settings.reconcile_interval_s)
+
+    def _runtime_away(self, exc: ServiceUnavailable) -> None:
+        """The engine is unreachable (restarting, say): every pass fails the same way until it is
+        back, so say so once a minute in one line, not a traceback per deployment per pass."""
+        now = time.monotonic()
+        if exc.message != self._away_message or now - self._away_logged_at >= 60:
+            log.warning("runtime unavailable, retrying every %g s: %s", self.settings.reconcile_interval_s, exc.message)
+            self._away_message, self._away_logged_at = exc.message, now
 
     async def _reconcile_locked(self, deployment_id: str) -> None:
         for _ in range(MAX_PASSES):
