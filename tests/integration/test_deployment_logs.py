@@ -109,7 +109,15 @@ class LineReader:
         self.seen: list[str] = []
         assert process.stdout is not None
         stdout = process.stdout
-        threading.Thread(target=lambda: [self.lines.put(line.rstrip("\n")) for line in stdout], daemon=True).start()
+        self.thread = threading.Thread(target=lambda: [self.lines.put(line.rstrip("\n")) for line in stdout], daemon=True)
+        self.thread.start()
+
+    def rest(self) -> list[str]:
+        """Everything printed, once the process has ended."""
+        self.thread.join(30)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.seen
 
     def until(self, what: str, matches: Any, timeout_s: float = 60.0) -> str:
         deadline = time.monotonic() + timeout_s
@@ -163,23 +171,28 @@ def test_access_and_predict_logs_follow_and_survive_a_restart(tmp_path: Path) ->
                      and line not in reader.seen[:-1])  # fmt: skip
         line = reader.until("new predict line", lambda line: f"{MARKER} call 2 on stdout" in line)
         assert f" predict {instance_id} " in line
-        follower.send_signal(signal.SIGINT)
-        assert follower.wait(30) == 0, follower.stderr.read() if follower.stderr else ""
-        follower = None
 
-        # A restart resumes after the stored lines: nothing twice, nothing lost.
+        # A restart resumes after the stored lines: nothing twice, nothing lost; the follower
+        # waits through it and goes on from its cursor.
         wait_for("call 2's lines stored", lambda: len(marker_lines(logs(api, deployment_id, category="predict"))) == 4)
         server.stop()
         server.start()
         api = server.client(timeout=60)
         predict(api, deployment_id)
         wait_for("call 3's lines", lambda: len([m for m in marker_lines(logs(api, deployment_id, category="predict")) if "call 3" in m]) == 2)
+        reader.until("predict line after the restart", lambda line: f"{MARKER} call 3 on stdout" in line)
         time.sleep(2)  # give a duplicating collector time to show itself
         lines = marker_lines(logs(api, deployment_id, category="predict"))
         assert sorted(lines) == sorted(f"{MARKER} call {n} on {stream}" for n in (1, 2, 3) for stream in ("stdout", "stderr")), lines
         starting = [e for e in logs(api, deployment_id, category="predict") if e["message"].startswith("[dockyard] starting")]
         assert len(starting) == 1, starting
         assert len(logs(api, deployment_id, category="access")) == 3
+
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(30) == 0, follower.stderr.read() if follower.stderr else ""
+        follower = None
+        printed = [line.split(": ", 1)[1] for line in reader.rest() if " predict " in line and MARKER in line]
+        assert sorted(printed) == sorted(lines), "the follower printed:\n" + "\n".join(reader.seen)
     finally:
         if follower is not None and follower.poll() is None:
             follower.kill()

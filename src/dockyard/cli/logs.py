@@ -49,9 +49,21 @@ def logs(
     try:
         client = ApiClient(endpoint)
         params: dict[str, Any] = {"category": category, "since": since, "tail": tail, "limit": 1000}
+        waiting = False
         while True:
-            response = client.call("GET", f"/modelDeployments/{deployment_id}/logs",
-                                   params={k: v for k, v in params.items() if v is not None})
+            try:
+                response = client.call("GET", f"/modelDeployments/{deployment_id}/logs",
+                                       params={k: v for k, v in params.items() if v is not None})
+            except ApiError as exc:
+                # Following across a restart of the server: the cursor stays valid, so wait for it.
+                if not follow or "page" not in params or not (exc.status == 0 or exc.status >= 500):
+                    raise
+                if not waiting:
+                    print(f"({exc.message}; still following)", file=sys.stderr, flush=True)
+                    waiting = True
+                time.sleep(interval_s)
+                continue
+            waiting = False
             entries = response.json()
             for entry in entries:
                 print(json.dumps(entry) if as_json else format_entry(entry), flush=True)
