@@ -311,6 +311,18 @@ def test_two_models_in_a_container_need_a_model_name(in_docker: Harness, artifac
     assert events == [{"OUTPUT0": [2.0, 4.0], "model_name": "multiply", "model_version": "1"}], body
 
 
+def test_a_separate_health_port_fails_with_the_fix(in_docker: Harness, artifacts: dict[str, Path]) -> None:
+    """tritonserver answers health on its one HTTP port: the deployment fails at once, saying so,
+    instead of waiting out the health deadline."""
+    deployment_id, wr_id = in_docker.create(model_id=in_docker.model("triton-one", artifacts["one"]), image=TRITON_IMAGE,
+                                            name="triton-ports", env=dict(ONLY_TRITON), server_port=8000, health_port=8080)
+    wr = in_docker.wait_work_request(wr_id, 120)
+    got = in_docker.get(deployment_id)
+    assert wr.status == "FAILED" and got.lifecycle_state == "FAILED", (wr.status, got.lifecycle_state)
+    assert "T1: " in got.lifecycle_details and "set healthCheckPort to 8000" in got.lifecycle_details, got.lifecycle_details
+    assert any("set healthCheckPort to 8000" in e for e in in_docker.errors(wr_id)), in_docker.errors(wr_id)
+
+
 # --- process runtime ---------------------------------------------------------------------------------------
 
 

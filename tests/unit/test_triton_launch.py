@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dockyard.domain import deployments as rules
+from dockyard.errors import InvalidParameter
 from dockyard.runtimes.base import InstanceSpec
 from dockyard.runtimes.triton import with_server_command
 
@@ -17,7 +18,9 @@ def spec(artifact: Path | None, **kw: object) -> InstanceSpec:
     fields: dict[str, object] = {"deployment_id": "md", "spec_hash": "h", "kind": "OCIR_CONTAINER",
                                  "artifact_dir": artifact, "image": "triton@sha256:x",
                                  "environment": {"CONTAINER_TYPE": "TRITON"}, "server_port": 8000}
-    return InstanceSpec(**(fields | kw))  # type: ignore[arg-type]
+    fields |= kw
+    fields.setdefault("health_port", fields["server_port"])
+    return InstanceSpec(**fields)  # type: ignore[arg-type]
 
 
 def test_no_command_starts_tritonserver_on_the_repository_folder(tmp_path: Path) -> None:
@@ -46,12 +49,37 @@ def test_a_given_command_is_kept(tmp_path: Path, given: dict[str, list[str]]) ->
     assert with_server_command(original) is original
 
 
-def test_an_image_that_starts_tritonserver_itself_keeps_its_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("entrypoint", "cmd"), [
+    (["/opt/nvidia/nvidia_entrypoint.sh"], ["tritonserver", "--model-repository=/m"]),
+    (["/opt/tritonserver/bin/tritonserver"], None),
+    (None, ["/start.sh"]),  # a custom image's own start script (tritonserver and more, perhaps)
+    (["/start.sh"], None),
+    (["/bin/sh", "-c"], ["exec tritonserver --model-repository=/m"]),
+])
+def test_an_image_that_starts_something_itself_keeps_its_command(
+        tmp_path: Path, entrypoint: list[str] | None, cmd: list[str] | None) -> None:
     original = spec(tmp_path)
-    assert with_server_command(original, ["/opt/nvidia/nvidia_entrypoint.sh"], ["tritonserver", "--model-repository=/m"]) is original
-    assert with_server_command(original, ["/opt/tritonserver/bin/tritonserver"], None) is original
-    # NVIDIA's entrypoint with a shell (or nothing) as CMD starts no server: the service does
-    assert with_server_command(original, ["/opt/nvidia/nvidia_entrypoint.sh"], ["/bin/bash"]).cmd is not None
+    assert with_server_command(original, entrypoint, cmd) is original
+
+
+@pytest.mark.parametrize(("entrypoint", "cmd"), [
+    (["/opt/nvidia/nvidia_entrypoint.sh"], None),  # NVIDIA's images
+    (["/opt/nvidia/nvidia_entrypoint.sh"], ["/bin/bash"]),
+    (None, ["bash"]),
+    (None, None),
+])
+def test_an_image_that_starts_nothing_gets_tritonserver(
+        tmp_path: Path, entrypoint: list[str] | None, cmd: list[str] | None) -> None:
+    got = with_server_command(spec(tmp_path), entrypoint, cmd)
+    assert got.cmd is not None and got.cmd[0] == "tritonserver"
+
+
+def test_a_separate_health_port_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        with_server_command(spec(tmp_path, server_port=8000, health_port=8080))
+    assert caught.value.message.startswith("T1: ") and "set healthCheckPort to 8000" in caught.value.message
+    given = spec(tmp_path, server_port=8000, health_port=8080, cmd=["/start.sh"])  # their own command: theirs to get right
+    assert with_server_command(given) is given
 
 
 def test_other_deployments_are_untouched(tmp_path: Path) -> None:

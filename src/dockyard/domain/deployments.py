@@ -155,6 +155,16 @@ def triton_server_command(server_port: int, repository_folder: bool) -> list[str
             "--allow-grpc=false", "--allow-metrics=false", f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT_S}"]
 
 
-def starts_tritonserver(command: list[str] | None) -> bool:
-    """Whether an image's own ENTRYPOINT/CMD already starts tritonserver (then it is kept)."""
-    return any("tritonserver" in word for word in command or [])
+# Entrypoints that only run their arguments (NVIDIA's images have the first), and shells, which
+# run nothing without a command (`docker run` of NVIDIA's image gives a shell, then exits).
+_PASS_THROUGH_ENTRYPOINTS = ("nvidia_entrypoint.sh", "tini", "docker-init", "dumb-init")
+_SHELLS = ("bash", "sh", "dash")
+
+
+def image_starts_a_server(entrypoint: list[str] | None, cmd: list[str] | None) -> bool:
+    """Whether an image's own ENTRYPOINT/CMD run something of their own (then the service keeps
+    them): anything but a pass-through entrypoint or a bare shell, with no CMD or a bare shell."""
+    def bare(words: list[str], allowed: tuple[str, ...]) -> bool:
+        return not words or (len(words) == 1 and words[0].rsplit("/", 1)[-1] in allowed)
+
+    return not (bare(list(entrypoint or []), _PASS_THROUGH_ENTRYPOINTS + _SHELLS) and bare(list(cmd or []), _SHELLS))
