@@ -1,0 +1,141 @@
+"""`dockyard serve --role gateway --gateway-workers 2`: two real gateway processes on one port.
+
+Checks what users rely on: every request is answered, both workers take connections (the
+kernel spreads them, SO_REUSEPORT), /metrics counts the requests of all workers, and a worker
+that dies is replaced while the other keeps serving.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dockyard.store.metadata import SqlMetadataStore
+from tests.integration.test_gateway_harness import Deployments, Upstreams, dead_port, upstreams  # noqa: F401 (fixtures)
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def children_of(pid: int) -> list[int]:
+    """The worker processes of supervisor `pid` (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and stat[0] != "Z" and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+def wait_until(condition: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen within {timeout_s} s")
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def gateway_workers(tmp_path: Path, upstreams: Upstreams) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:  # noqa: F811
+    store = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
+    deployment_id = Deployments(store).add([upstreams.echo[0].port])
+    store.close()
+    port = dead_port()
+    env = os.environ | {"PYTHONPATH": str(SRC), "DOCKYARD_PUBLIC_METRICS": "true"}
+    log = (tmp_path / "gateway.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dockyard.cli.main", "serve", "--role", "gateway", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(tmp_path), "--gateway-workers", "2", "--insecure-no-auth", "--log-level", "warning"],
+        env=env, stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(base + "/health"), 60, "the gateway answering /health")
+        wait_until(lambda: len(children_of(process.pid)) >= 2, 30, "two workers running")
+        yield base, deployment_id, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        print((tmp_path / "gateway.log").read_text()[-3000:])
+
+
+def requests_counted(base: str, deployment_id: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    pattern = rf'^dockyard_gateway_requests_total\{{deployment="{re.escape(deployment_id)}",status="200"\}} ([\d.e+]+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def workers_with_connections(pids: list[int], port: int) -> set[int]:
+    """Workers holding an established connection accepted on `port` (from /proc/<pid>/fd + /proc/net/tcp)."""
+    established = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port:
+            established.add(fields[9])  # inode
+    serving = set()
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if any(link.startswith("socket:[") and link[8:-1] in established for link in links):
+            serving.add(pid)
+    return serving
+
+
+def test_two_workers_share_the_port_and_the_metrics(gateway_workers: tuple[str, str, subprocess.Popen[bytes]]) -> None:
+    base, deployment_id, process = gateway_workers
+    port = int(base.rsplit(":", 1)[1])
+    clients = [httpx.Client(base_url=base, timeout=30) for _ in range(16)]
+    try:
+        for client in clients:  # one keep-alive connection each, held open
+            reply = client.post(f"/{deployment_id}/predict", json={"n": 1})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["server"] == "A" and reply.headers["opc-request-id"]
+        workers = children_of(process.pid)
+        assert len(workers) == 2
+        # 16 connections hashed over 2 listening sockets: both get some (all on one: 2 * 0.5**16).
+        assert workers_with_connections(workers, port) == set(workers)
+        for client in clients:
+            for _ in range(4):
+                assert client.post(f"/{deployment_id}/predict", content=b"{}").status_code == 200
+    finally:
+        for client in clients:
+            client.close()
+    assert requests_counted(base, deployment_id) == 16 * 5  # every worker's requests, whichever worker answers /metrics
+
+
+def test_a_worker_that_dies_is_replaced(gateway_workers: tuple[str, str, subprocess.Popen[bytes]]) -> None:
+    base, deployment_id, process = gateway_workers
+    first, second = children_of(process.pid)
+    os.kill(first, signal.SIGKILL)
+    for _ in range(10):  # new connections each time: the survivor takes them meanwhile
+        assert httpx.post(f"{base}/{deployment_id}/predict", content=b"{}", timeout=30).status_code == 200
+    wait_until(lambda: len(children_of(process.pid)) == 2 and first not in children_of(process.pid), 30, "a new worker")
+    assert second in children_of(process.pid)
+    wait_until(lambda: answers(base + "/health"), 30, "the gateway answering")
