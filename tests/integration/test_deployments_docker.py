@@ -181,6 +181,12 @@ def test_the_seed_lda_example_deployed_by_tag_through_the_sdk(h: Harness) -> Non
     assert attrs["Image"] == h.engine.images.get(LDA).id
     assert f"MODEL_DEPLOYMENT_OCID={deployment_id}" in attrs["Config"]["Env"]
     assert [b["HostIp"] for b in attrs["HostConfig"]["PortBindings"]["5000/tcp"]] == ["127.0.0.1"]
+    # Hardening (issue 5): never privileged, no new privileges, Docker's default capabilities and
+    # nothing more, a pids limit, memory limited, no host network or PID namespace.
+    host = attrs["HostConfig"]
+    assert host["Privileged"] is False and "no-new-privileges" in host["SecurityOpt"]
+    assert not host.get("CapAdd") and not host.get("Devices") and host["PidsLimit"] and host["PidsLimit"] > 0
+    assert host["NetworkMode"] in ("default", "bridge") and host.get("PidMode", "") == "" and host.get("IpcMode") != "host"
     # Docker's own HEALTHCHECK (curl inside the container) agrees.
     until(lambda: h.engine.api.inspect_container(container.id)["State"]["Health"]["Status"] == "healthy",
           HEALTH["start_period_s"] + 10, 0.25, "Docker health status healthy")
