@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from dockyard.gateway.accesslog import AccessEntry
@@ -84,11 +85,15 @@ def main() -> None:
         started = time.perf_counter()
         logs.read(DEPLOYMENT, "access", after_seq=page.cursor - 500, limit=1000)
         follow_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        logs.read(DEPLOYMENT, "access", since=datetime.now(timezone.utc) - timedelta(seconds=1), limit=1000)
+        since_ms = (time.perf_counter() - started) * 1000
         logs.max_entries_per_deployment = 50_000
         started = time.perf_counter()
         removed = logs.enforce_retention()
         retention_s = time.perf_counter() - started
-        print(f"read: last 100 in {tail_ms:.1f} ms, a follow page in {follow_ms:.1f} ms; "
+        print(f"read: last 100 in {tail_ms:.1f} ms, a follow page in {follow_ms:.1f} ms, since 1 s ago over "
+              f"{logs.written} entries in {since_ms:.1f} ms; "
               f"retention to 50,000 entries removed {removed} in {retention_s:.2f} s")
         logs.close()
         metadata.close()

@@ -355,6 +355,12 @@ class LogStore:
             # commit order), so a later page starting above the cursor misses none of them.
             top = conn.execute(select(func.max(e.c.seq))).scalar() or 0
             conditions.append(e.c.seq <= top)
+            if since is not None:
+                # The first seq of anything that recent, from the time index (`seq + 0`: a bare
+                # min(seq) makes SQLite walk the whole table in seq order instead), lets the read
+                # start there rather than filter the deployment's whole log by time.
+                first = conn.execute(select(func.min(e.c.seq + 0)).where(e.c.time >= log_time(since))).scalar()
+                conditions.append(e.c.seq >= (first if first is not None else top + 1))
             if tail is not None:
                 rows = list(reversed(conn.execute(
                     select(e).where(*conditions).order_by(e.c.seq.desc()).limit(max(0, min(tail, MAX_PAGE)))).all()))
