@@ -350,6 +350,8 @@ class Verifier:
         self.cache_ttl_s = cache_ttl_s
         self.cache_size = cache_size
         self._cache: dict[KeyId, tuple[float, RegisteredKey]] = {}
+        # (Authorization, signing string, body rule) -> (expiry, principal, signed header names)
+        self._verified: dict[tuple[str, ...], tuple[float, Principal, tuple[str, ...]]] = {}
         self._lock = threading.Lock()
 
     def _lookup(self, key_id: KeyId) -> RegisteredKey | None:
@@ -380,9 +382,10 @@ class Verifier:
         return hit is None or hit[0] <= time.monotonic()
 
     def forget(self) -> None:
-        """Drop every cached key (after keys were deleted in this process)."""
+        """Drop every cached key and verified signature (after keys were deleted in this process)."""
         with self._lock:
             self._cache.clear()
+            self._verified.clear()
 
     def __call__(
         self,
@@ -394,7 +397,40 @@ class Verifier:
         body_length: int | None = None,
         body_headers_required: bool,
     ) -> Principal:
-        return verify_request(
+        # A signature already verified for the very same signed content is not verified again
+        # (RSA is most of a signed request's cost): same Authorization (signature, key, header
+        # list) and same signing string give the same answer. The date and the body are still
+        # checked on every request, and an entry lives no longer than a cached key, so replay
+        # protection and key deletion behave exactly as without it.
+        memo = self._memo_key(method, target, headers, body_headers_required)
+        if memo is not None:
+            with self._lock:
+                hit = self._verified.get(memo)
+            if hit is not None and hit[0] > time.monotonic():
+                lowered = _lowered(headers)
+                check_date(lowered["date"], self.clock(), self.max_skew_s)
+                check_body(hit[2], lowered, body_sha256_b64, body_length)
+                return hit[1]
+        principal = verify_request(
             method, target, headers, body_sha256_b64, self._lookup, self.clock(), self.max_skew_s,
             body_headers_required=body_headers_required, body_length=body_length,
         )  # fmt: skip
+        if memo is not None and self.cache_ttl_s > 0:
+            params = parse_authorization(_lowered(headers)["authorization"])
+            with self._lock:
+                key_hit = self._cache.get(KeyId.parse(params.key_id))
+                if key_hit is not None:  # never outlives the cached key it was verified with
+                    if len(self._verified) >= self.cache_size:
+                        self._verified.clear()
+                    self._verified[memo] = (min(key_hit[0], time.monotonic() + self.cache_ttl_s), principal, params.headers)
+        return principal
+
+    @staticmethod
+    def _memo_key(method: str, target: str, headers: Mapping[str, str], body_headers_required: bool) -> tuple[str, ...] | None:
+        try:
+            lowered = _lowered(headers)
+            authorization = lowered["authorization"]
+            message = signing_string(parse_authorization(authorization).headers, method, target, lowered)
+        except Exception:  # unsigned or malformed: verify_request says what is wrong
+            return None
+        return (authorization, message.decode("latin-1"), "body" if body_headers_required else "")

@@ -1,0 +1,103 @@
+"""The verifier's memo of verified signatures: a repeated signed request skips the RSA check,
+and nothing else changes (date skew, body, tampering, key deletion, expiry)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from dockyard.auth.identity import KeyId, RegisteredKey
+from dockyard.auth.signing import Verifier, body_sha256
+from dockyard.errors import NotAuthenticated
+from tests.unit.test_auth_signing import PRINCIPAL, REGISTERED, received, signed
+
+BODY = '{"inputs": [1, 2, 3]}'
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class CountingRsa:
+    """Counts the RSA verifications by wrapping the public-key loader the verifier uses."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import dockyard.auth.signing as signing
+
+        self.calls = 0
+        original = signing.loaded_public_key
+
+        def counted(pem: str) -> object:
+            key = original(pem)
+            outer = self
+
+            class Key:
+                def verify(self, *args: object) -> None:
+                    outer.calls += 1
+                    key.verify(*args)
+
+            return Key()
+
+        monkeypatch.setattr(signing, "loaded_public_key", counted)
+
+
+def call(verifier: Verifier, prepared: object, body: bytes | None = None) -> object:
+    method, target, headers, sent = received(prepared)  # type: ignore[arg-type]
+    actual = sent if body is None else body
+    return verifier(method, target, headers, body_sha256_b64=body_sha256(actual), body_length=len(actual), body_headers_required=True)
+
+
+def test_a_repeated_signed_request_is_verified_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    rsa = CountingRsa(monkeypatch)
+    verifier = Verifier(REGISTERED.get, clock=Clock())
+    request = signed("POST", "/dep/predict", BODY)
+    assert [call(verifier, request) for _ in range(5)] == [PRINCIPAL] * 5
+    assert rsa.calls == 1
+    call(verifier, signed("POST", "/dep/predict", BODY + " "))  # another body: another signature
+    assert rsa.calls == 2
+
+
+def test_a_remembered_signature_still_gets_its_date_and_body_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    rsa = CountingRsa(monkeypatch)
+    clock = Clock()
+    verifier = Verifier(REGISTERED.get, clock=clock, cache_ttl_s=3600)
+    request = signed("POST", "/dep/predict", BODY)
+    call(verifier, request)
+    with pytest.raises(NotAuthenticated, match="x-content-sha256 does not match"):
+        call(verifier, request, body=b'{"inputs": [6, 6, 6]}')  # the same headers over another body
+    clock.now += timedelta(minutes=6)  # past the 5-minute skew window: a replay
+    with pytest.raises(NotAuthenticated, match="off the server's clock"):
+        call(verifier, request)
+    assert rsa.calls == 1
+
+
+def test_a_tampered_header_is_not_served_from_the_memo() -> None:
+    verifier = Verifier(REGISTERED.get, clock=Clock())
+    request = signed("POST", "/dep/predict", BODY)
+    call(verifier, request)
+    method, target, headers, body = received(request)
+    with pytest.raises(NotAuthenticated, match="does not verify"):
+        verifier(method, "/other/predict", headers, body_sha256_b64=body_sha256(body), body_length=len(body), body_headers_required=True)
+    with pytest.raises(NotAuthenticated, match="does not verify"):
+        verifier(method, target, headers | {"host": "evil:1"}, body_sha256_b64=body_sha256(body), body_length=len(body),
+                 body_headers_required=True)  # fmt: skip
+
+
+def test_a_deleted_key_stops_working_when_its_cached_key_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys: dict[KeyId, RegisteredKey] = dict(REGISTERED)
+    ticks = [1000.0]
+    monkeypatch.setattr("dockyard.auth.signing.time.monotonic", lambda: ticks[0])
+    verifier = Verifier(keys.get, clock=Clock(), cache_ttl_s=5)
+    request = signed("POST", "/dep/predict", BODY)
+    call(verifier, request)
+    keys.clear()  # `dockyard keys delete`
+    ticks[0] += 4
+    assert call(verifier, request) == PRINCIPAL  # within the key cache's 5 s, as before the memo
+    ticks[0] += 1.5
+    with pytest.raises(NotAuthenticated, match="is not registered"):
+        call(verifier, request)
