@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import configparser
 import json
 import os
 import re
@@ -77,8 +78,13 @@ def write_store(data_dir: Path, upstream_port: int, gateway_port: int) -> Path:
 
     settings = Settings(data_dir=data_dir, port=gateway_port)
     store = SqlMetadataStore(settings.resolved_database_url)
+    principals = PrincipalStore(store.engine, store.writer, realm=settings.realm)
+    config = ensure_admin(principals, data_dir, settings.resolved_public_url, settings.region)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config)
+    tenancy = parser["DEFAULT"]["tenancy"]  # the deployment lives in the administrator's root compartment
     store.insert(Record(id=DEPLOYMENT_ID, kind="modeldeployment", body={
-        "id": DEPLOYMENT_ID, "compartmentId": "ocid1.compartment.oc1..bench", "lifecycleState": "ACTIVE",
+        "id": DEPLOYMENT_ID, "compartmentId": tenancy, "lifecycleState": "ACTIVE",
         "timeCreated": now_iso(),
         "modelDeploymentConfigurationDetails": {"deploymentType": "SINGLE_MODEL", "environmentConfigurationDetails": {
             "environmentConfigurationType": "OCIR_CONTAINER", "environmentVariables": {}}},
@@ -87,8 +93,6 @@ def write_store(data_dir: Path, upstream_port: int, gateway_port: int) -> Path:
         instance_id="bench-0", deployment_id=DEPLOYMENT_ID, spec_hash="b", runtime="process", state="RUNNING",
         health="HEALTHY", host="127.0.0.1", server_port=upstream_port, health_port=upstream_port, time_last_probe=now_iso(),
     )])  # fmt: skip
-    principals = PrincipalStore(store.engine, store.writer, realm=settings.realm)
-    config = ensure_admin(principals, data_dir, settings.resolved_public_url, settings.region)
     store.close()
     return config
 
