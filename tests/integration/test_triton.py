@@ -8,7 +8,9 @@ artifact (tests/integration/triton/):
 
 - `multiply`: version 1 multiplies by 2, version 2 by 3 (both loaded), so every answer tells
   which model and version the gateway's path reached;
-- `add_sub`: sum and difference of two inputs.
+- `add_sub`: sum and difference of two inputs;
+- `scale_and_add`: an ensemble of the two (2 * A + B, 2 * A - B) whose version folder is empty,
+  as every ensemble's: Triton loads it only when the empty folder survived unpacking.
 
 Once in a container (image dockyard-test/tritonserver:24.10-py3-cpu, laid out like NVIDIA's,
 whose entrypoint starts no server) on the docker runtime, once as a local process on the
@@ -65,13 +67,16 @@ READY_TIMEOUT_S = 300
 # --- artifacts ---------------------------------------------------------------------------------------
 
 
-def _zip_models(path: Path, models: list[str], prefix: str) -> Path:
-    """A model artifact holding `models` (folders of tests/integration/triton) under `prefix`."""
+def _zip_models(path: Path, models: list[str], prefix: str, empty_folders: tuple[str, ...] = ()) -> Path:
+    """A model artifact holding `models` (folders of tests/integration/triton) and `empty_folders`
+    under `prefix`."""
     with zipfile.ZipFile(path, "w") as archive:
         for model in models:
             for file in sorted((MODELS / model).rglob("*")):
                 if file.is_file() and "__pycache__" not in file.parts:
                     archive.write(file, prefix + str(file.relative_to(MODELS)))
+        for folder in empty_folders:
+            archive.writestr(prefix + folder.rstrip("/") + "/", b"")
     return path
 
 
@@ -82,7 +87,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # the usual layout: the repository in a model_repository/ folder of the artifact
         "one": _zip_models(root / "one-model.zip", ["multiply"], "model_repository/"),
         # the artifact itself is the repository
-        "two": _zip_models(root / "two-models.zip", ["multiply", "add_sub"], ""),
+        "three": _zip_models(root / "three-models.zip", ["multiply", "add_sub", "scale_and_add"], "",
+                             empty_folders=("scale_and_add/1",)),
     }
 
 
@@ -263,14 +269,18 @@ def check_binary_tensors(s: LiveServer, url: str) -> None:
     assert struct.unpack("<3f", reply.content[split:]) == (3.0, -6.0, 0.75)
 
 
-def check_two_models(h: Harness, url: str) -> None:
+def check_three_models(h: Harness, url: str) -> None:
     assert h.server is not None
     s = h.server
     unnamed = predict(s, url, multiply_request([1]))
     assert unnamed.status_code == 400, unnamed.text
     message = unnamed.json()["message"]
-    assert message.startswith("T1: this Triton deployment serves 2 models (") and "add_sub" in message, message
-    assert "multiply" in message and "model_name header (or model-name)" in message, message
+    assert message.startswith("T1: this Triton deployment serves 3 models (") and "add_sub" in message, message
+    assert "multiply" in message and "scale_and_add" in message, message
+    assert "model_name header (or model-name)" in message, message
+    ensemble = {"inputs": [{"name": "A", "shape": [2], "datatype": "FP32", "data": [1, 2]},
+                           {"name": "B", "shape": [2], "datatype": "FP32", "data": [10, 0.5]}]}
+    assert outputs(predict(s, url, ensemble, {"model_name": "scale_and_add"})) == {"SUM": [12.0, 4.5], "DIFF": [-8.0, 3.5]}
     assert outputs(predict(s, url, add_sub_request([5, 1], [2, 3]), {"model_name": "add_sub"})) == {
         "OUTPUT0": [7.0, 4.0], "OUTPUT1": [3.0, -2.0]}
     assert outputs(predict(s, url, multiply_request([2]), {"model-name": "multiply"})) == {"OUTPUT0": [6.0]}
@@ -295,11 +305,11 @@ def test_unmodified_triton_image_with_only_container_type_answers_through_predic
     check_one_model(in_docker, got.model_deployment_url)
 
 
-def test_two_models_in_a_container_need_a_model_name(in_docker: Harness, artifacts: dict[str, Path]) -> None:
-    got = deploy(in_docker, "triton-two", artifacts["two"], env={"MODEL_DEPLOY_ENABLE_STREAMING": "true"})
+def test_several_models_in_a_container_need_a_model_name(in_docker: Harness, artifacts: dict[str, Path]) -> None:
+    got = deploy(in_docker, "triton-three", artifacts["three"], env={"MODEL_DEPLOY_ENABLE_STREAMING": "true"})
     [container] = containers_of(in_docker.engine, got.id, running_only=True)
     assert "--model-repository=/opt/ds/model/deployed_model" in container.attrs["Config"]["Cmd"]
-    check_two_models(in_docker, got.model_deployment_url)
+    check_three_models(in_docker, got.model_deployment_url)
     # the streamed variant goes to Triton's generate_stream (server-sent events), model chosen the same way
     assert in_docker.server is not None
     with httpx.stream("POST", f"{got.model_deployment_url}/predictWithResponseStream", json={"INPUT0": [1, 2]},
@@ -334,10 +344,10 @@ def test_triton_on_the_process_runtime_one_model(on_host: Harness, artifacts: di
     check_one_model(on_host, got.model_deployment_url)
 
 
-def test_triton_on_the_process_runtime_two_models(on_host: Harness, artifacts: dict[str, Path]) -> None:
+def test_triton_on_the_process_runtime_several_models(on_host: Harness, artifacts: dict[str, Path]) -> None:
     port = free_port()
-    got = deploy(on_host, "triton-two-host", artifacts["two"], server_port=port, health_port=port)
-    check_two_models(on_host, got.model_deployment_url)
+    got = deploy(on_host, "triton-three-host", artifacts["three"], server_port=port, health_port=port)
+    check_three_models(on_host, got.model_deployment_url)
     # Delete stops the server and its Python-backend stubs (three: add_sub and two versions of multiply)
     running = triton_processes(port)
     assert len(running) == 4, running
