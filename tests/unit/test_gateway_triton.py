@@ -17,7 +17,8 @@ def models(index: Any, status: int = 200, clock: list[float] | None = None) -> t
     asked: list[dict[str, Any]] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
-        asked.append({"path": request.url.path, "body": json.loads(request.content)})
+        asked.append({"path": request.url.path, "body": json.loads(request.content),
+                      "connection": request.headers.get("connection")})
         content = index if isinstance(index, bytes) else json.dumps(index).encode()
         return httpx.Response(status, content=content)
 
@@ -29,7 +30,7 @@ def models(index: Any, status: int = 200, clock: list[float] | None = None) -> t
 async def test_one_model_listed_once_per_version_is_the_only_model() -> None:
     triton, asked = models([{"name": "m", "version": "1", "state": "READY"}, {"name": "m", "version": "2", "state": "READY"}])
     assert await triton.only_model("md", "http://x", "rid") == "m"
-    assert asked == [{"path": "/v2/repository/index", "body": {"ready": True}}]
+    assert asked == [{"path": "/v2/repository/index", "body": {"ready": True}, "connection": "close"}]
 
 
 async def test_two_models_name_the_rule_the_models_and_both_header_spellings() -> None:

@@ -81,7 +81,9 @@ class TritonModels:
             reply = await self.client.post(
                 base_url + INDEX_PATH,
                 json={"ready": True},
-                headers={"opc-request-id": request_id},
+                # Asked at most once per ttl_s: no keep-alive connection left idle, which tritonserver
+                # would wait for when it is stopped (it drains open connections on SIGTERM).
+                headers={"opc-request-id": request_id, "connection": "close"},
                 timeout=self.timeout_s,
             )
             entries = reply.json() if reply.status_code == 200 else None
