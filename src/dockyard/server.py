@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from dockyard.api.app import create_api
 from dockyard.auth.access_store import AccessStore, PolicyAuthorizer
+from dockyard.auth.admin_only import HomeAdministratorsOnly
 from dockyard.auth.bootstrap import ensure_admin
 from dockyard.auth.middleware import SignatureAuthMiddleware
 from dockyard.auth.principals import PrincipalStore
@@ -191,8 +192,9 @@ def serve_all(control_plane: FastAPI, settings: Settings) -> Any:
     server: Server = control_plane.state.server
     gateway = gateway_for(settings, server.services.store)
     metrics = gateway_metrics_app(gateway)
-    if not settings.public_metrics:
-        metrics = signed(metrics, server.verifier, settings, max_body_bytes=0)
+    if not settings.public_metrics:  # they name every tenancy's deployments: the home administrators' only
+        home = AccessStore(server.services.store.engine, server.services.store.writer, realm=settings.realm).home_tenancy
+        metrics = signed(HomeAdministratorsOnly(metrics, home), server.verifier, settings, max_body_bytes=0)
     both = beside(control_plane, signed(gateway, server.verifier, settings, max_body_bytes=settings.gateway_max_body_bytes))
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

@@ -269,3 +269,18 @@ def test_a_user_who_may_only_read_can_get_and_list_but_not_change_or_predict(wor
     # the statement covers `team` only: the tenancy's root compartment stays closed to them
     assert_same_as_unknown(lambda c: r.list_projects(compartment_id=c), w.tenancy_a, unknown(ids.COMPARTMENT))
     assert w.a.get_model_deployment(w.deployment.id).data.display_name == "tenant-a"
+
+
+def test_the_installation_metrics_which_name_every_deployment_are_for_home_administrators_only(world: World) -> None:
+    w = world
+
+    def metrics(config: Path) -> httpx.Response:
+        signing = signing_from_config(config)
+        assert signing is not None
+        return httpx.get(f"{w.server.url}/metrics", auth=signing.auth, timeout=30, trust_env=False)
+
+    assert metrics(w.configs["a"]).status_code == 200
+    for who in ("b", "reader"):  # another tenancy's administrator; a user of the home tenancy
+        refused = metrics(w.configs[who])
+        assert (refused.status_code, refused.json()["code"]) == (404, "NotAuthorizedOrNotFound")
+        assert w.deployment.id not in refused.text

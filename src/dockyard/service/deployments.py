@@ -117,7 +117,7 @@ class DeploymentService(ResourceService):
             self.work_requests.open(Operation.CREATE, self.kind, deployment_id, details.compartment_id, "Create accepted", tx, wr_id)
             return record, wr_id
 
-        record, wr_id = self.create_once("CreateModelDeployment", token, create)
+        record, wr_id = self.create_once("CreateModelDeployment", token, create, caller)
         self.on_change(record.id)
         assert wr_id is not None
         return record, wr_id

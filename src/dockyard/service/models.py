@@ -88,7 +88,7 @@ class ModelService(ResourceService):
             }
             return self.store.insert(Record(id=body["id"], kind=self.kind, body=body), tx), None
 
-        return self.create_once("CreateModel", token, create)[0]
+        return self.create_once("CreateModel", token, create, caller)[0]
 
     def get(self, model_id: str, caller: Caller) -> Record:
         return self.authorized(caller, model_id, Verb.READ)

@@ -43,7 +43,7 @@ class ProjectService(ResourceService):
             }
             return self.store.insert(Record(id=body["id"], kind=self.kind, body=body), tx), None
 
-        return self.create_once("CreateProject", token, create)[0]
+        return self.create_once("CreateProject", token, create, caller)[0]
 
     def get(self, project_id: str, caller: Caller) -> Record:
         return self.authorized(caller, project_id, Verb.READ)

@@ -95,6 +95,7 @@ class ResourceService:
         operation: str,
         token: RetryToken | None,
         create: Callable[[Connection], tuple[Record, str | None]],
+        caller: Caller,
     ) -> tuple[Record, str | None]:
         """Run `create` in a transaction, at most once per `opc-retry-token`.
 
@@ -102,7 +103,7 @@ class ResourceService:
         token with a different request is refused (409), since the client is confused.
         """
         if token is not None:
-            earlier = self._replay(operation, token)
+            earlier = self._replay(operation, token, caller)
             if earlier is not None:
                 return earlier
         try:
@@ -113,22 +114,25 @@ class ResourceService:
         except RetryTokenTaken:
             # An identical request with the same token won the race: answer what it created.
             assert token is not None
-            earlier = self._replay(operation, token)
+            earlier = self._replay(operation, token, caller)
             if earlier is None:
                 raise
             return earlier
         return record, work_request_id
 
-    def _replay(self, operation: str, token: RetryToken) -> tuple[Record, str | None] | None:
+    def _replay(self, operation: str, token: RetryToken, caller: Caller) -> tuple[Record, str | None] | None:
         seen = self.store.get_retry_token(operation, token.token)
         if seen is None:
             return None
-        if seen.request_hash != token.request_hash:
+        earlier = self.store.require(seen.resource_id, self.kind, self.label)
+        # Tokens are one namespace: a caller who reuses someone else's token (same request or
+        # not) is told it was used, never handed what the other one created.
+        if seen.request_hash != token.request_hash or not self.readable(caller, earlier):
             raise InvalidatedRetryToken(
                 f"opc-retry-token {token.token!r} was already used for a different request; "
                 "use a new token for a new request"
             )
-        return self.store.require(seen.resource_id, self.kind, self.label), seen.work_request_id
+        return earlier, seen.work_request_id
 
     def list_records(
         self,
