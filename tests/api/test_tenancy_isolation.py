@@ -284,3 +284,18 @@ def test_the_installation_metrics_which_name_every_deployment_are_for_home_admin
         refused = metrics(w.configs[who])
         assert (refused.status_code, refused.json()["code"]) == (404, "NotAuthorizedOrNotFound")
         assert w.deployment.id not in refused.text
+
+
+def test_without_authentication_on_loopback_requests_have_no_tenancy_and_are_not_restricted(tmp_path: Path) -> None:
+    """--insecure-no-auth (loopback only): unsigned requests act without a tenancy, so any
+    compartment id works, as before authorization existed."""
+    server = LiveServer(tmp_path / "data", env={"DOCKYARD_INSECURE_NO_AUTH": "true"}).start()
+    try:
+        anywhere = unknown(ids.COMPARTMENT)
+        with httpx.Client(base_url=f"{server.url}/20190101", trust_env=False, timeout=30) as client:
+            created = client.post("/projects", json={"compartmentId": anywhere})
+            assert created.status_code == 200, created.text
+            listed = client.get("/projects", params={"compartmentId": anywhere})
+            assert [p["id"] for p in listed.json()] == [created.json()["id"]]
+    finally:
+        server.stop()
