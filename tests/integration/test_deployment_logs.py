@@ -149,8 +149,8 @@ def test_access_and_predict_logs_follow_and_survive_a_restart(tmp_path: Path) ->
         assert (access["category"], access["deploymentId"], access["instanceId"], access["logId"]) == (
             "access", deployment_id, instance_id, "ocid1.log.access")
         assert (fields["method"], fields["path"], fields["status"]) == ("POST", f"/{deployment_id}/predict", 200)
-        assert fields["bytes_in"] == len(sample_request().encode()) and fields["bytes_out"] > 0
-        assert fields["latency_ms"] > 0 and fields["upstream_ms"] is not None and fields["request_id"]
+        assert fields["bytesIn"] == len(sample_request().encode()) and fields["bytesOut"] > 0
+        assert fields["latencyMs"] > 0 and fields["upstreamMs"] is not None and fields["requestId"]
         assert fields["caller"], "a signed predict call names its caller"
         wait_for("both prints of call 1", lambda: len(marker_lines(logs(api, deployment_id, category="predict"))) == 2)
         predict_entries = [e for e in logs(api, deployment_id, category="predict") if MARKER in e["message"]]

@@ -208,6 +208,8 @@ def test_the_access_sink_stores_every_field_of_the_gateway_entry(metadata: SqlMe
     assert stored.time == "2026-11-25T10:00:00.500000Z"
     assert (stored.category, stored.instance_id, stored.message) == ("access", "proc-9", f"POST /{D1}/predict 200")
     assert stored.fields == entry.as_dict()
+    wire = stored.wire()["fields"]
+    assert (wire["bytesIn"], wire["upstreamMs"], wire["requestId"]) == (12, 4.25, "req-1")  # the wire format's spelling
 
 
 def test_since_accepts_a_cursor_a_time_or_a_duration_and_names_them_otherwise() -> None:

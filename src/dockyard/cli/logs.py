@@ -17,13 +17,13 @@ def format_entry(entry: dict[str, Any]) -> str:
     when = entry.get("time") or ""
     if entry.get("category") == "access":
         f = entry.get("fields") or {}
-        upstream = f.get("upstream_ms")
+        upstream = f.get("upstreamMs")
         parts = [
             f"{f.get('method', '?')} {f.get('path', '?')} {f.get('status', '?')}",
-            f"{float(f.get('latency_ms') or 0):.1f} ms" + (f" (upstream {float(upstream):.1f} ms)" if upstream is not None else ""),
-            f"in {f.get('bytes_in', 0)} B out {f.get('bytes_out', 0)} B",
+            f"{float(f.get('latencyMs') or 0):.1f} ms" + (f" (upstream {float(upstream):.1f} ms)" if upstream is not None else ""),
+            f"in {f.get('bytesIn', 0)} B out {f.get('bytesOut', 0)} B",
             f"instance {entry.get('instanceId') or '-'}",
-            f"request {f.get('request_id') or '-'}",
+            f"request {f.get('requestId') or '-'}",
         ]
         if f.get("caller"):
             parts.append(f"caller {f['caller']}")

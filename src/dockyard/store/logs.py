@@ -83,7 +83,7 @@ class LogEntry:
         return {
             "seq": self.seq, "time": self.time, "deploymentId": self.deployment_id, "category": self.category,
             "instanceId": self.instance_id, "stream": self.stream, "logId": self.log_id, "message": self.message,
-            "fields": self.fields,
+            "fields": {_camel(name): value for name, value in self.fields.items()},
         }  # fmt: skip
 
 
@@ -377,6 +377,12 @@ class LogStore:
             return conn.execute(
                 select(t.log_positions.c.position).where(t.log_positions.c.instance_id == instance_id)
             ).scalar()
+
+
+def _camel(name: str) -> str:
+    """bytes_in -> bytesIn: the wire format's spelling of a stored field name."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def _entry(row: Any) -> LogEntry:
