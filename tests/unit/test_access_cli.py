@@ -45,6 +45,9 @@ def test_a_tenancy_with_compartments_groups_statements_and_registry_grants(tmp_p
     assert "ana is in ml" in run("groups", "add-user", "ml", "ana", *data)
     groups = run("groups", "list", "--tenancy", "home", *data)
     assert "Administrators" in groups and "ml" in groups and "ana" in groups
+    assert "ana is no longer in ml" in run("groups", "remove-user", "ml", "ana", *data)
+    assert "is not in group 'ml'" in run("groups", "remove-user", "ml", "ana", *data, code=1)
+    run("groups", "add-user", "ml", "ana", *data)
 
     bad = run("policies", "add", "allow group ml to write data-science-family in tenancy", "--tenancy", "home", *data, code=1)
     assert "InvalidParameter" in bad and "'write' is not a verb" in bad

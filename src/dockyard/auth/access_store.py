@@ -218,6 +218,16 @@ class AccessStore:
             if conn.execute(exists).first() is None:
                 conn.execute(insert(group_members).values(tenancy_id=tenancy_id, group_key=key, user_id=user_id))
 
+    def remove_member(self, tenancy_id: str, group: str, user_id: str) -> None:
+        """Raises NotAuthorizedOrNotFound when the user is not in the group. An `--admin` user
+        stays an administrator whatever their memberships (`is_admin` counts as membership)."""
+        with self.writer.begin() as conn:
+            gone = conn.execute(delete(group_members).where(
+                group_members.c.tenancy_id == tenancy_id, group_members.c.group_key == group.lower(), group_members.c.user_id == user_id
+            ))  # fmt: skip
+        if not gone.rowcount:
+            raise NotAuthorizedOrNotFound(f"user {user_id} is not in group {group!r}; `dockyard groups list` shows the members")
+
     def groups_of(self, tenancy_id: str, user_id: str) -> set[str]:
         """The names of the groups the user is in, Administrators included for is_admin users."""
         with self.engine.connect() as conn:

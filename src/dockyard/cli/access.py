@@ -150,6 +150,18 @@ def add_user(group: str = typer.Argument(...), user: str = typer.Argument(..., h
     out.print(f"{member.name} is in {group}", markup=False)
 
 
+@groups.command("remove-user")
+def remove_user(group: str = typer.Argument(...), user: str = typer.Argument(..., help="User name or OCID."), data_dir: Path = DataDirOption) -> None:
+    """Take a user out of a group (what the group's statements granted them ends with it)."""
+    try:
+        principals, access = _stores(data_dir)
+        member = principals.find_user(user)
+        access.remove_member(member.tenancy_id, group, member.id)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    out.print(f"{member.name} is no longer in {group}", markup=False)
+
+
 @groups.command("list")
 def list_groups(tenancy: str = TenancyOption, data_dir: Path = DataDirOption) -> None:
     try:
