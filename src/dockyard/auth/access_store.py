@@ -304,10 +304,10 @@ class AccessStore:
     def statements(self, tenancy_id: str) -> list[PolicyStatement]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(policy_grants.c.statement_id, policy_grants.c.text)
+                select(policy_grants.c.statement_id, policy_grants.c.text, policy_grants.c.time_created)
                 .where(policy_grants.c.tenancy_id == tenancy_id)
                 .distinct()
-                .order_by(policy_grants.c.statement_id)
+                .order_by(policy_grants.c.time_created, policy_grants.c.statement_id)
             ).all()
         built_in = PolicyStatement("built-in", tenancy_id, Statement((ADMINISTRATORS,), Verb.MANAGE, ADMINISTRATORS_GRANT.family).text(), True)
         return [built_in] + [PolicyStatement(r.statement_id, tenancy_id, r.text) for r in rows]
