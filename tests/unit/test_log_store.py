@@ -236,3 +236,21 @@ def test_retention_forgets_positions_of_gone_instances_only(metadata: SqlMetadat
                                                    state="RUNNING", health="HEALTHY", host="127.0.0.1", server_port=1, health_port=1)])  # fmt: skip
     logs.enforce_retention(datetime.now(timezone.utc) + timedelta(hours=2))  # both positions are now hours old
     assert (logs.position("proc-running"), logs.position("proc-gone")) == ("10", None)
+
+
+def test_a_flush_ends_even_while_entries_keep_coming(metadata: SqlMetadataStore) -> None:
+    """Under sustained load a flush writes what was queued when it began, and returns (so the
+    flusher gets to retention, and a shutdown flush finishes)."""
+    logs = quiet_store(metadata, batch_max=10)
+    for n in range(25):
+        logs.add(D1, "access", f"r{n}")
+    original = logs._write
+
+    def write_and_receive_more(batch: list) -> None:  # type: ignore[type-arg]
+        original(batch)
+        for n in range(10):
+            logs.add(D1, "access", "arrived during the flush")
+
+    logs._write = write_and_receive_more  # type: ignore[method-assign]
+    assert logs.flush() == 25
+    assert len(logs._queue) == 30

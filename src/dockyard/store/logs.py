@@ -175,12 +175,14 @@ class LogStore:
                         len(self._queue), self.dropped)
 
     def flush(self) -> int:
-        """Write everything queued now (in batches); the number of entries written."""
+        """Write what is queued now (in batches; entries queued meanwhile wait for the next
+        flush, so this ends under any load); the number of entries taken from the queue."""
         total = 0
         with self._flush_lock:
-            while self._queue:
+            waiting = len(self._queue)
+            while total < waiting and self._queue:
                 batch: list[_Row] = []
-                while self._queue and len(batch) < self.batch_max:
+                while self._queue and len(batch) < self.batch_max and total + len(batch) < waiting:
                     batch.append(self._queue.popleft())
                 self._write(batch)
                 total += len(batch)
