@@ -119,3 +119,19 @@ async def test_the_collector_ignores_runtimes_that_cannot_follow(tmp_path: Path)
     collector.observe(D, [running("i-1")])
     assert collector.following == set()
     metadata.close()
+
+
+async def test_the_collector_waits_for_room_instead_of_dropping_lines(tmp_path: Path) -> None:
+    metadata = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
+    logs = LogStore(metadata.engine, metadata.writer, flush_interval_s=3600, queue_max=3)
+    runtime = FollowingRuntime({"i-1": [f"line {n}" for n in range(10)]})
+    collector = PredictLogCollector(runtime, logs)  # type: ignore[arg-type]
+    collector.observe(D, [running("i-1")])
+    for _ in range(200):
+        if len(logs.read(D, "predict", limit=1000).entries) == 10:
+            break
+        await asyncio.sleep(0.02)
+        await asyncio.to_thread(logs.flush)  # the database catches up a little at a time
+    assert [e.message for e in logs.read(D, "predict", limit=1000).entries] == [f"line {n}" for n in range(10)]
+    assert logs.dropped == 0
+    metadata.close()

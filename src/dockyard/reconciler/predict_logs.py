@@ -22,6 +22,7 @@ from dockyard.store.logs import LogStore
 log = logging.getLogger("dockyard.logs")
 
 RETRY_AFTER_FAILURE_S = 5.0
+BACKPRESSURE_WAIT_S = 0.1  # while the log store's queue is full
 
 
 class PredictLogCollector:
@@ -67,6 +68,9 @@ class PredictLogCollector:
             after = self._positions.get(instance_id) or await asyncio.to_thread(self.logs.position, instance_id)
             stream: Any = self.runtime.follow_output(instance_id, after)  # type: ignore[attr-defined]
             async for line in stream:
+                while self.logs.full:
+                    # Unlike the gateway, this reader can wait: the output stays with the runtime.
+                    await asyncio.sleep(BACKPRESSURE_WAIT_S)
                 self._positions[instance_id] = line.position
                 self.logs.add(deployment_id, "predict", line.text, time_=line.time, instance_id=instance_id,
                               stream=line.stream, position=line.position)

@@ -166,6 +166,11 @@ class LogStore:
         if self._thread is None:
             self._ensure_thread()
 
+    @property
+    def full(self) -> bool:
+        """True while the queue has no room: `add` would drop."""
+        return len(self._queue) >= self.queue_max
+
     def _drop(self) -> None:
         self.dropped += 1
         now = time.monotonic()
