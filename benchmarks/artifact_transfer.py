@@ -26,7 +26,6 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.server import LiveServer  # noqa: E402
 
-COMPARTMENT = "ocid1.compartment.oc1..aaaaaaaabenchmark"
 CHUNK = 1024 * 1024
 
 
@@ -65,9 +64,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         server = LiveServer(Path(tmp) / "data").start()
         try:
-            client = httpx.Client(base_url=server.url + "/20190101", timeout=600)
-            project = client.post("/projects", json={"compartmentId": COMPARTMENT}).json()
-            model = client.post("/models", json={"compartmentId": COMPARTMENT, "projectId": project["id"]}).json()
+            client = server.client(base_url=server.url + "/20190101", timeout=600)
+            compartment = server.oci_config()["tenancy"]  # the administrator's root compartment
+            project = client.post("/projects", json={"compartmentId": compartment}).json()
+            model = client.post("/models", json={"compartmentId": compartment, "projectId": project["id"]}).json()
             assert server.process is not None
             idle_rss = peak_rss_mb(server.process.pid)
 

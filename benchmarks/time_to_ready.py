@@ -28,7 +28,6 @@ from tests.support.server import LiveServer  # noqa: E402
 
 IMAGE = "127.0.0.1:5001/dockyard-test/lda-flask:1.0.0"
 ARTIFACT = REPO / "build" / "lda-artifact.zip"
-COMPARTMENT = "ocid1.compartment.oc1..aaaaaaaabenchmark"
 COMMAND = ["python", "/opt/ds/model/deployed_model/api.py"]
 
 
@@ -51,10 +50,10 @@ def container_alone(artifact_dir: Path) -> float:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
 
 
-def through_dockyard(api: httpx.Client, project_id: str, model_id: str) -> tuple[float, str]:
+def through_dockyard(api: httpx.Client, compartment: str, project_id: str, model_id: str) -> tuple[float, str]:
     body = {
         "projectId": project_id,
-        "compartmentId": COMPARTMENT,
+        "compartmentId": compartment,
         "modelDeploymentConfigurationDetails": {
             "deploymentType": "SINGLE_MODEL",
             "modelConfigurationDetails": {"modelId": model_id, "instanceConfiguration": {"instanceShapeName": "VM.Standard.E4.Flex"}},
@@ -93,11 +92,12 @@ def main() -> None:
         alone = [container_alone(unpacked) for _ in range(args.runs)]
         server = LiveServer(Path(tmp) / "data", runtime="docker", env={"DOCKYARD_HEALTH_START_PERIOD_S": "5", "DOCKYARD_LABEL_PREFIX": "dockyard-bench"}).start()
         try:
-            api = httpx.Client(base_url=server.url + "/20190101", timeout=60)
-            project = api.post("/projects", json={"compartmentId": COMPARTMENT}).json()
-            model = api.post("/models", json={"compartmentId": COMPARTMENT, "projectId": project["id"]}).json()
+            api = server.client(base_url=server.url + "/20190101", timeout=60)
+            compartment = server.oci_config()["tenancy"]  # the administrator's root compartment
+            project = api.post("/projects", json={"compartmentId": compartment}).json()
+            model = api.post("/models", json={"compartmentId": compartment, "projectId": project["id"]}).json()
             api.post(f"/models/{model['id']}/artifact", content=ARTIFACT.read_bytes()).raise_for_status()
-            results = [through_dockyard(api, project["id"], model["id"]) for _ in range(args.runs)]
+            results = [through_dockyard(api, compartment, project["id"], model["id"]) for _ in range(args.runs)]
         finally:
             server.stop()
     dockyard = [r[0] for r in results]
