@@ -327,7 +327,10 @@ async def run_load(
         for n in numbers:
             await one(client, n)
 
-    limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
+    # Idle connections are dropped after 2 s, well before the server's keep-alive timeout (5 s
+    # in uvicorn): at an equal 5 s (httpx's default) a request can go out on a connection the
+    # server is closing at that moment and end with no reply, never having reached the gateway.
+    limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency, keepalive_expiry=2)
     async with httpx.AsyncClient(auth=auth, timeout=plan.timeout_s, limits=limits, trust_env=False) as client:
         await asyncio.gather(*(worker(client) for _ in range(plan.concurrency)))
     if kill_task is not None:
