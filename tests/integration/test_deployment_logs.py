@@ -221,6 +221,9 @@ def test_the_logs_api_refuses_bad_input_and_unknown_deployments(tmp_path: Path) 
             ({"since": "yesterday"}, "RFC 3339"),
             ({"limit": "0"}, "from 1 to 1000"),
             ({"page": "abc"}, "opc-next-page"),
+            ({"page": "\u00b2"}, "opc-next-page"),  # a digit to str.isdigit, not to int()
+            ({"since": "99999999999999d"}, "RFC 3339"),  # before year 1
+            ({"tail": "-1"}, "from 0 to 1000"),
         ):
             answer = api.get(path, params=params)
             assert answer.status_code == 400, (params, answer.text)

@@ -29,25 +29,30 @@ def parse_since(value: str, now: datetime | None = None) -> tuple[int | None, da
     """`since` as (after this seq, from this time): a seq number, an RFC 3339 time, or a
     duration back from now (30s, 10m, 2h, 1d). InvalidParameter names the accepted forms."""
     text = value.strip()
-    if text.isdigit():
+    if _whole_number(text):
         return int(text), None
-    match = _DURATION.match(text)
-    if match:
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-        return None, (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
     try:
+        match = _DURATION.match(text)
+        if match:
+            seconds = float(match.group(1)) * _UNITS[match.group(2)]
+            return None, (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
         return None, parse_log_time(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a time, or one before year 1
         raise InvalidParameter(
             f"since={value!r} is not a log cursor, a time or a duration; use a seq number from opc-next-page, "
             "an RFC 3339 time (2026-01-31T12:00:00Z) or a duration back from now (30s, 10m, 2h, 1d)"
         ) from None
 
 
+def _whole_number(text: str) -> bool:
+    """0-9 only: str.isdigit() also accepts digits int() refuses (superscripts)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def _bounded(name: str, value: str | None, default: int | None, low: int, high: int) -> int | None:
     if value is None:
         return default
-    if not value.strip().isdigit() or not low <= int(value) <= high:
+    if not _whole_number(value.strip()) or not low <= int(value) <= high:
         raise InvalidParameter(f"{name}={value!r} is not a whole number from {low} to {high}; pass one in that range")
     return int(value)
 
@@ -70,7 +75,7 @@ async def list_deployment_logs(
                                "(or leave it out for both)")
     after_seq, since_time = parse_since(since) if since else (None, None)
     if page is not None:
-        if not page.strip().isdigit():
+        if not _whole_number(page.strip()):
             raise InvalidParameter(f"page={page!r} is not a log cursor; pass the opc-next-page value of the previous answer")
         after_seq = max(after_seq or 0, int(page))
     size = _bounded("limit", limit, DEFAULT_PAGE, 1, MAX_PAGE)
