@@ -350,8 +350,8 @@ class Verifier:
         self.cache_ttl_s = cache_ttl_s
         self.cache_size = cache_size
         self._cache: dict[KeyId, tuple[float, RegisteredKey]] = {}
-        # (Authorization, signing string, body rule) -> (expiry, principal, signed header names)
-        self._verified: dict[tuple[str, ...], tuple[float, Principal, tuple[str, ...]]] = {}
+        # (Authorization, signing string, body rule) -> (expiry, principal, signed header names, signed date)
+        self._verified: dict[tuple[str, ...], tuple[float, Principal, tuple[str, ...], datetime]] = {}
         self._lock = threading.Lock()
 
     def _lookup(self, key_id: KeyId) -> RegisteredKey | None:
@@ -408,7 +408,9 @@ class Verifier:
                 hit = self._verified.get(memo)
             if hit is not None and hit[0] > time.monotonic():
                 lowered = _lowered(headers)
-                check_date(lowered["date"], self.clock(), self.max_skew_s)
+                now = self.clock()
+                if abs((now - hit[3]).total_seconds()) > self.max_skew_s:  # the signed date, parsed once
+                    check_date(lowered["date"], now, self.max_skew_s)  # raises, saying how far off
                 check_body(hit[2], lowered, body_sha256_b64, body_length)
                 return hit[1]
         principal = verify_request(
@@ -416,13 +418,18 @@ class Verifier:
             body_headers_required=body_headers_required, body_length=body_length,
         )  # fmt: skip
         if memo is not None and self.cache_ttl_s > 0:
-            params = parse_authorization(_lowered(headers)["authorization"])
+            lowered = _lowered(headers)
+            params = parse_authorization(lowered["authorization"])
+            signed_at = email.utils.parsedate_to_datetime(lowered["date"])  # it passed check_date
+            if signed_at.tzinfo is None:
+                signed_at = signed_at.replace(tzinfo=timezone.utc)
             with self._lock:
                 key_hit = self._cache.get(KeyId.parse(params.key_id))
                 if key_hit is not None:  # never outlives the cached key it was verified with
                     if len(self._verified) >= self.cache_size:
                         self._verified.clear()
-                    self._verified[memo] = (min(key_hit[0], time.monotonic() + self.cache_ttl_s), principal, params.headers)
+                    expiry = min(key_hit[0], time.monotonic() + self.cache_ttl_s)
+                    self._verified[memo] = (expiry, principal, params.headers, signed_at)
         return principal
 
     @staticmethod
