@@ -70,7 +70,10 @@ class Balancer:
     def order(self, route: Route) -> list[Upstream]:
         """The route's backends in the order to try them: admitted ones by fewest outstanding
         requests (ties taken in turn), then ejected ones."""
-        upstreams = [self._upstream(b) for b in route.backends]
+        backends = route.backends
+        if len(backends) == 1:  # the common case, on every request
+            return [self._upstream(backends[0])]
+        upstreams = [self._upstream(b) for b in backends]
         count = len(upstreams)
         if count <= 1:
             return upstreams

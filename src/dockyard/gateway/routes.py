@@ -9,6 +9,7 @@ burst of traffic costs one store query per deployment per `ttl_s`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -44,9 +45,9 @@ class Backend:
     port: int
     last_probe: str | None = None  # time of the reconciler's last probe (ISO-8601 UTC)
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, str, int]:
-        return (self.instance_id, self.host, self.port)
+        return (self.instance_id, self.host, self.port)  # looked up on every request: built once
 
     @property
     def base_url(self) -> str:
