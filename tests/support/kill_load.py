@@ -230,8 +230,9 @@ class DeliveryLog:
                         counts[line[5:].decode("latin-1").strip()] += 1
         except Exception:  # the stream broke off (container removed): what was read stands
             pass
-        with self._lock:
-            self._counts[container.id] = counts  # all at once: a final read below may be more complete
+        with self._lock:  # the final full read in receipts() may be more complete: keep the larger
+            if sum(counts.values()) >= sum(self._counts[container.id].values()):
+                self._counts[container.id] = counts
 
     def receipts(self) -> dict[str, int]:
         """Stop following; each container's log read once more in full where it still exists."""
