@@ -10,10 +10,11 @@ may this caller do VERB on FAMILY in this compartment?
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, Engine, Index, MetaData, String, Table, Text, UniqueConstraint, delete, insert, select
+from sqlalchemy import Column, Engine, Index, MetaData, String, Table, Text, UniqueConstraint, create_engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from dockyard.auth.policy import ADMINISTRATORS, ADMINISTRATORS_GRANT, Grant, Statement, Verb, allows, check_name, parse_statement
@@ -366,6 +367,19 @@ class AccessStore:
             return None
         with self.engine.connect() as conn:
             return set(conn.execute(select(registry_grants.c.host).where(registry_grants.c.tenancy_id == tenancy_id)).scalars())
+
+
+def home_tenancy_reader(database_url: str) -> Callable[[], str | None]:
+    """`AccessStore.home_tenancy` for a process that has no store of its own (a gateway worker):
+    the database is opened on the first call, which blocks (run it in a thread)."""
+    store: list[AccessStore] = []
+
+    def read() -> str | None:
+        if not store:
+            store.append(AccessStore(create_engine(database_url)))
+        return store[0].home_tenancy()
+
+    return read
 
 
 class PolicyAuthorizer:

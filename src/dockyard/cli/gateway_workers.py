@@ -52,6 +52,8 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 
 def gateway_app(settings: Any, workers: int) -> Any:
     """The `--role gateway` app of one worker (its limit share applied), with /metrics."""
+    from dockyard.auth.access_store import home_tenancy_reader
+    from dockyard.auth.admin_only import HomeAdministratorsOnly
     from dockyard.gateway import gateway_metrics_app
     from dockyard.server import create_gateway_app, signed
 
@@ -62,8 +64,8 @@ def gateway_app(settings: Any, workers: int) -> Any:
     metrics = gateway_metrics_app(inner)
     if not settings.public_metrics:
         verifier = getattr(gateway, "verify", None)
-        if verifier is not None:
-            metrics = signed(metrics, verifier, settings, max_body_bytes=0)
+        if verifier is not None:  # they name every tenancy's deployments: the home administrators' only
+            metrics = signed(HomeAdministratorsOnly(metrics, home_tenancy_reader(settings.resolved_database_url)), verifier, settings, max_body_bytes=0)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("path") == "/metrics":
