@@ -34,9 +34,7 @@ import pytest
 from dockyard.store.metadata import SqlMetadataStore
 from tests.integration.docker_fixtures import BASE, check_infra
 from tests.integration.test_gateway_harness import (  # noqa: F401 (fixtures)
-    CutServer,
     Deployments,
-    ThreadServer,
     Upstreams,
     dead_port,
     upstreams,
