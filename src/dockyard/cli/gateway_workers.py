@@ -83,10 +83,12 @@ def _worker(overrides: dict[str, Any], workers: int, log_level: str) -> None:
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(**overrides)
+    settings.apply_access_log_lines()
     sock = reuseport_socket(settings.host, settings.port)
     config = uvicorn.Config(
-        gateway_app(settings, workers), log_level=log_level, access_log=False, loop="uvloop", http="httptools", backlog=4096
-    )
+        gateway_app(settings, workers), log_level=log_level, access_log=False, loop="uvloop", http="httptools", backlog=4096,
+        timeout_keep_alive=int(settings.keep_alive_s),
+    )  # fmt: skip
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -75,6 +75,7 @@ def serve(
         console.print(f"[red]refusing to start:[/] {exc.message}")
         raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.apply_access_log_lines()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
     if role == "gateway":
         from dockyard.cli.gateway_workers import default_workers, gateway_app, serve_workers
@@ -88,7 +89,8 @@ def serve(
         if workers > 1:
             serve_workers(overrides, workers, log_level)
         else:
-            uvicorn.run(gateway_app(settings, 1), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+            uvicorn.run(gateway_app(settings, 1), host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+                        timeout_keep_alive=int(settings.keep_alive_s))  # fmt: skip
         return
     if gateway_workers is not None:
         console.print("[red]--gateway-workers[/] applies to --role gateway; with --role all the gateway shares the control plane's process")
@@ -113,7 +115,8 @@ def serve(
         console.print("[yellow]--insecure-no-auth:[/] unsigned requests act as an anonymous administrator")
     for line in client_hints(application.state.server.admin_config):
         console.print(line, highlight=False, soft_wrap=True)
-    uvicorn.run(serve_all(application, settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    uvicorn.run(serve_all(application, settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+                timeout_keep_alive=int(settings.keep_alive_s))  # fmt: skip
 
 
 if __name__ == "__main__":
