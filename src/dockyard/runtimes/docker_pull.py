@@ -4,7 +4,7 @@
 (``{"id": "a1b2", "status": "Downloading", "progressDetail": {"current": .., "total": ..}}``)
 and, when the pull fails half-way, ``{"error": "..."}`` with the HTTP status still 200. This
 module turns the messages into a few readable lines and error texts into dockyard errors;
-`docker.py` does the I/O.
+`docker_images.py` does the I/O.
 """
 
 from __future__ import annotations

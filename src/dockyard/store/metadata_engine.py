@@ -1,0 +1,98 @@
+"""The engines under the metadata store, its schema migration and its transactions.
+
+On SQLite reads and writes use separate engines (see `MetadataEngine.__init__`); on PostgreSQL
+one engine serves both. The store's parts (`metadata_resources`, `metadata_work_requests`,
+`metadata`) build on `MetadataEngine` and reach the database through `_read` and `_write`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select
+
+from dockyard.errors import DockyardError
+from dockyard.store import schema as t
+from dockyard.store.disk_full import report_full_disk
+
+
+class MetadataEngine:
+    """What every part of `SqlMetadataStore` shares: its engines and how it opens connections."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # Reads and writes use separate engines on SQLite: writes begin IMMEDIATE (one writer at a
+        # time, waiting politely), reads stay deferred so they never wait for a writer (WAL).
+        self.engine: Engine = self._make_engine(url)
+        self.writer: Engine = self._make_engine(url, immediate=True) if url.startswith("sqlite") else self.engine
+        self.migrate()
+
+    @staticmethod
+    def _make_engine(url: str, immediate: bool = False) -> Engine:
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=16, max_overflow=16)
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+                cur.execute("PRAGMA synchronous=FULL")  # a committed write survives power loss
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+                if immediate:
+                    dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+
+            if immediate:
+
+                @event.listens_for(engine, "begin")
+                def _begin(conn: Any) -> None:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+            return report_full_disk(engine)
+        return report_full_disk(create_engine(url, pool_pre_ping=True))
+
+    def migrate(self) -> None:
+        t.metadata.create_all(self.engine)
+        with self.writer.begin() as conn:
+            version = conn.execute(select(t.schema_info.c.version)).scalar()
+            if version is None:
+                conn.execute(insert(t.schema_info).values(id=1, version=t.SCHEMA_VERSION))
+            elif version > t.SCHEMA_VERSION:
+                raise DockyardError(
+                    f"the database at {self.url} has schema version {version}, newer than this dockyard "
+                    f"({t.SCHEMA_VERSION}); upgrade dockyard or point it at another --data-dir"
+                )
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.writer.dispose()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction; on SQLite it takes the write lock at once (BEGIN IMMEDIATE),
+        so a read-then-write inside it can never fail on a snapshot another writer moved."""
+        with self.writer.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self, tx: Connection | None) -> Iterator[Connection]:
+        if tx is not None:
+            yield tx
+        else:
+            with self.writer.begin() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _read(self, tx: Connection | None) -> Iterator[Connection]:
+        if tx is not None:
+            yield tx
+        else:
+            with self.engine.connect() as conn:
+                yield conn
