@@ -491,7 +491,7 @@ def test_after_sigkill_a_new_dockyard_adopts_the_running_instances_and_removes_o
     h.server.kill()
     orphan_of = f"ocid1.datasciencemodeldeployment.oc1.local.dyit{RUN}orphan"
     orphan = h.engine.containers.run(
-        BASE, ["sleep", "600"], detach=True, init=True, name=f"dockyard-orphan-{RUN}",
+        BASE, ["sleep", "600"], detach=True, init=True, name=f"{LABEL_PREFIX}-orphan-{RUN}",
         labels={MANAGED: "true", DEPLOYMENT_LABEL: orphan_of, f"{LABEL_PREFIX}.spec-hash": "gone",
                 f"{LABEL_PREFIX}.instance-id": f"{LABEL_PREFIX}-orphan-{RUN}", RUN_LABEL: RUN})
     h.start(port=port)

@@ -16,6 +16,7 @@ import pytest
 
 from dockyard.runtimes.base import InstanceSpec
 from dockyard.runtimes.docker import DockerRuntime
+from dockyard.runtimes.docker_output import parse_position
 from dockyard.runtimes.output import OutputLine
 
 pytestmark = pytest.mark.integration
@@ -76,13 +77,13 @@ async def test_container_output_is_followed_by_stream_and_resumed_after_a_positi
     for n in (1, 2, 3):
         assert by_text[f"out {n}"].stream == "stdout" and by_text[f"err {n}"].stream == "stderr"
     assert all(started - timedelta(seconds=5) < line.time < datetime.now(timezone.utc) + timedelta(seconds=5) for line in first)
-    stdout_positions = [int(line.position) for line in first if line.stream == "stdout"]
+    stdout_positions = [own(line) for line in first if line.stream == "stdout"]
     assert stdout_positions == sorted(stdout_positions) and len(set(stdout_positions)) == len(stdout_positions)
 
     # Resume after "out 2" (as a restarted dockyard does from the stored position): only later lines.
     after = by_text["out 2"].position
     resumed = await collect(runtime.follow_output(instance.instance_id, after), until="out 5")
-    assert resumed and all(int(line.position) > int(after) for line in resumed)
+    assert resumed and all(own(line) > parse_position(after)[line.stream] for line in resumed)
     texts = [line.text for line in resumed]
     assert "out 1" not in texts and "out 2" not in texts and "out 3" in texts
 
@@ -92,7 +93,12 @@ async def test_container_output_is_followed_by_stream_and_resumed_after_a_positi
     assert not follow.done()
     await runtime.stop(instance.instance_id)
     tail = await asyncio.wait_for(follow, 60)
-    assert all(int(line.position) > int(resumed[-1].position) for line in tail)
+    assert all(own(line) > parse_position(resumed[-1].position)[line.stream] for line in tail)
+
+
+def own(line: OutputLine) -> int:
+    """Where the line's own stream stands in its position ("<stdout ns>:<stderr ns>")."""
+    return parse_position(line.position)[line.stream]
 
 
 async def drain(stream: AsyncIterator[OutputLine]) -> list[OutputLine]:
