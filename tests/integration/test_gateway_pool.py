@@ -84,6 +84,19 @@ async def test_idle_connections_expire(upstreams: Upstreams) -> None:
     await pool.aclose()
 
 
+async def test_idle_connections_close_at_expiry_without_another_request(upstreams: Upstreams) -> None:
+    """A server that waits for open connections on SIGTERM (tritonserver) must not be held up by
+    the gateway's idle ones once the traffic stopped: they close at their expiry by themselves."""
+    pool = UpstreamPool(max_connections=4, max_idle=4, keepalive_expiry_s=0.2)
+    await asyncio.gather(*(send(pool, upstreams.slow.url + "/?s=0.05") for _ in range(3)))
+    assert pool.open_connections() == 3
+    deadline = asyncio.get_running_loop().time() + 3
+    while pool.open_connections() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert pool.open_connections() == 0
+    await pool.aclose()
+
+
 async def test_refused_connection_is_a_connect_error_and_leaves_nothing_open() -> None:
     pool = UpstreamPool(max_connections=4, max_idle=4, keepalive_expiry_s=5)
     with pytest.raises(httpx.ConnectError):

@@ -58,6 +58,7 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         self._origins: dict[Key, _Origin] = {}
         self._closed = False
         self._last_sweep = time.monotonic()
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     # --- the proxy's way in ---------------------------------------------------------------------
 
@@ -122,6 +123,9 @@ class UpstreamPool(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close idle connections now; busy ones close when their replies do."""
         self._closed = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         for origin in self._origins.values():
             idle, origin.idle = origin.idle, []
             origin.count -= len(idle)
@@ -225,9 +229,28 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         if len(origin.idle) < self.max_idle:
             connection.idle_since = time.monotonic()
             origin.idle.append(connection)
+            self._schedule_sweep()
             return
         connection.close()
         origin.count -= 1
+
+    def _schedule_sweep(self) -> None:
+        """Idle connections close at their expiry even when no request comes to sweep them: a
+        model server that waits for open connections on SIGTERM (tritonserver does, for up to
+        30 s) would otherwise wait out its whole stop grace after the traffic stopped."""
+        if self._sweep_timer is not None or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not on the event loop: the next request's sweep will do
+        self._sweep_timer = loop.call_later(self.keepalive_expiry_s + 0.05, self._timed_sweep)
+
+    def _timed_sweep(self) -> None:
+        self._sweep_timer = None
+        self._sweep(time.monotonic())
+        if any(origin.idle for origin in self._origins.values()):
+            self._schedule_sweep()
 
     def _sweep(self, now: float) -> None:
         """Close connections idle past their expiry, in every origin (instances come and go)."""
