@@ -33,6 +33,10 @@ from typing import Any
 log = logging.getLogger("dockyard")
 
 METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+# With SO_REUSEPORT each worker has an accept queue of its own; when a worker dies, Linux resets
+# the connections still waiting in its queue unless this is 1 (Linux 5.14+), which hands them
+# to another worker of the group instead.
+MIGRATE_REQUESTS = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
 def default_workers() -> int:
@@ -99,6 +103,7 @@ def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> No
     settings = Settings(**overrides)
     # Bound (not listening) here first: a port in use fails now, with one clear message.
     guard = reuseport_socket(settings.host, settings.port)
+    enable_request_migration()
     metrics_dir = Path(tempfile.mkdtemp(prefix="dockyard-gateway-metrics-"))
     os.environ[METRICS_DIR_VAR] = str(metrics_dir)  # the spawned workers inherit it
     context = multiprocessing.get_context("spawn")
@@ -136,6 +141,21 @@ def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> No
         guard.close()
         os.environ.pop(METRICS_DIR_VAR, None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def enable_request_migration(path: Path = MIGRATE_REQUESTS) -> bool:
+    """Turns net.ipv4.tcp_migrate_req on (this network namespace) when it is off and may be
+    written, and says so; otherwise warns what a dying worker costs. True when it is on."""
+    try:
+        if path.read_text().strip() == "1":
+            return True
+        path.write_text("1\n")
+    except OSError:
+        log.warning("net.ipv4.tcp_migrate_req is not on and cannot be set here: connections queued for a gateway "
+                    "worker that dies are reset (set it with `sysctl -w net.ipv4.tcp_migrate_req=1`)")  # fmt: skip
+        return False
+    log.info("set net.ipv4.tcp_migrate_req=1: connections queued for a gateway worker that dies go to another worker")
+    return True
 
 
 def _mark_dead(pid: int | None) -> None:
