@@ -38,7 +38,7 @@ from dockyard.service.projects import ProjectService
 from dockyard.service.work_requests import WorkRequests
 from dockyard.settings import Settings
 from dockyard.store.artifacts import FilesystemArtifactStore
-from dockyard.store.logs import log_store_for
+from dockyard.store.logs import LogStore, open_log_store
 from dockyard.store.metadata import SqlMetadataStore
 from dockyard.store.unpacking import ArtifactUnpacker
 
@@ -80,7 +80,8 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
     reconciler = Reconciler(
         store, runtime, work_requests, settings, artifact_dir=lambda sha: unpacker.unpack(blobs.path(sha), sha)
     )
-    collect_predict_logs(reconciler, runtime, log_store_for(store, settings))
+    logs = open_log_store(store, settings)
+    collect_predict_logs(reconciler, runtime, logs)
     services = Services(
         settings=settings,
         store=store,
@@ -97,6 +98,7 @@ def build(settings: Settings, runtime: Runtime | None = None) -> Server:
             on_change=reconciler.wake,
             access=access,
         ),
+        logs=logs,
     )
     principals = PrincipalStore(store.engine, store.writer, realm=settings.realm)
     admin_config = ensure_admin(principals, settings.data_dir, settings.resolved_public_url, settings.region)
@@ -121,7 +123,7 @@ def signed(app: Any, verifier: Verifier, settings: Settings, *, max_body_bytes: 
     )
 
 
-def gateway_for(settings: Settings, store: SqlMetadataStore) -> Gateway:
+def gateway_for(settings: Settings, store: SqlMetadataStore, logs: LogStore) -> Gateway:
     gateway = create_gateway(
         store,
         options=GatewayOptions(
@@ -132,10 +134,10 @@ def gateway_for(settings: Settings, store: SqlMetadataStore) -> Gateway:
             ejection_s=settings.gateway_ejection_s,
             connect_timeout_s=settings.gateway_connect_timeout_s,
         ),
-        access_sink=log_store_for(store, settings).add_access,
+        access_sink=logs.add_access,
         authorize=PredictAuthorization(access_for(settings, store)),
     )
-    return flush_at_shutdown(gateway, log_store_for(store, settings).flush)  # queued access entries
+    return flush_at_shutdown(gateway, logs.flush)  # queued access entries
 
 
 def create_gateway_app(settings: Settings) -> Any:
@@ -143,7 +145,7 @@ def create_gateway_app(settings: Settings) -> Any:
     verifying signatures against its principals."""
     store = SqlMetadataStore(settings.resolved_database_url)
     verifier = verifier_for(settings, PrincipalStore(store.engine, store.writer, realm=settings.realm))
-    return signed(gateway_for(settings, store), verifier, settings,
+    return signed(gateway_for(settings, store, open_log_store(store, settings)), verifier, settings,
                   max_body_bytes=settings.gateway_max_body_bytes, open_paths=frozenset({"/health"}))  # fmt: skip
 
 
@@ -190,7 +192,7 @@ def serve_all(control_plane: FastAPI, settings: Settings) -> Any:
     """One ASGI app for one port: /20190101/... to the control plane, /metrics to the gateway's
     metrics, every other path (`/<deploymentId>/predict` ...) to the gateway."""
     server: Server = control_plane.state.server
-    gateway = gateway_for(settings, server.services.store)
+    gateway = gateway_for(settings, server.services.store, server.services.logs)
     metrics = gateway_metrics_app(gateway)
     if not settings.public_metrics:  # they name every tenancy's deployments: the home administrators' only
         home = AccessStore(server.services.store.engine, server.services.store.writer, realm=settings.realm).home_tenancy

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from dockyard.api.common import json_reply
 from dockyard.api.requests import caller, services
 from dockyard.errors import InvalidParameter
-from dockyard.store.logs import CATEGORIES, DEFAULT_PAGE, MAX_PAGE, log_store_for, parse_log_time
+from dockyard.store.logs import CATEGORIES, DEFAULT_PAGE, MAX_PAGE, parse_log_time
 
 router = APIRouter()
 
@@ -80,7 +80,6 @@ async def list_deployment_logs(
         after_seq = max(after_seq or 0, int(page))
     size = _bounded("limit", limit, DEFAULT_PAGE, 1, MAX_PAGE)
     last = _bounded("tail", tail, None, 0, MAX_PAGE)
-    logs = log_store_for(bundle.store, bundle.settings)
-    result = await run_in_threadpool(logs.read, deployment_id, category, after_seq=after_seq, since=since_time,
+    result = await run_in_threadpool(bundle.logs.read, deployment_id, category, after_seq=after_seq, since=since_time,
                                      tail=last, limit=size or DEFAULT_PAGE)
     return json_reply([entry.wire() for entry in result.entries], opc_next_page=str(result.cursor))

@@ -10,6 +10,7 @@ from dockyard.service.projects import ProjectService
 from dockyard.service.work_requests import WorkRequests
 from dockyard.settings import Settings
 from dockyard.store.artifacts import FilesystemArtifactStore
+from dockyard.store.logs import LogStore
 from dockyard.store.metadata import SqlMetadataStore
 
 
@@ -22,3 +23,4 @@ class Services:
     projects: ProjectService
     models: ModelService
     deployments: DeploymentService
+    logs: LogStore  # access and predict logs of deployments

@@ -407,28 +407,20 @@ def _normalised(text: str) -> str:
         return log_time()
 
 
-# One LogStore per metadata store, shared by the gateway (access) and the collector (predict) of
-# one process, so they share one queue and one flusher.
-_stores: weakref.WeakKeyDictionary[SqlMetadataStore, LogStore] = weakref.WeakKeyDictionary()
-_stores_lock = threading.Lock()
-
-
-def log_store_for(store: SqlMetadataStore, settings: Any) -> LogStore:
-    """The log store over `store`'s database, configured by `settings` (DOCKYARD_LOG_*)."""
-    with _stores_lock:
-        logs = _stores.get(store)
-        if logs is None:
-            logs = LogStore(
-                store.engine,
-                store.writer,
-                retention_hours=settings.log_retention_hours,
-                max_entries_per_deployment=settings.log_max_entries_per_deployment,
-                queue_max=settings.log_queue_max_entries,
-                flush_interval_s=settings.log_flush_interval_s,
-            )
-            _stores[store] = logs
-            atexit.register(_flush_at_exit, weakref.ref(logs))
-        return logs
+def open_log_store(store: SqlMetadataStore, settings: Any) -> LogStore:
+    """A log store over `store`'s database, configured by `settings` (DOCKYARD_LOG_*). The
+    composition root makes one per process and hands it to the gateway (access) and the
+    collector (predict), so they share one queue and one flusher. Its queue is written at exit."""
+    logs = LogStore(
+        store.engine,
+        store.writer,
+        retention_hours=settings.log_retention_hours,
+        max_entries_per_deployment=settings.log_max_entries_per_deployment,
+        queue_max=settings.log_queue_max_entries,
+        flush_interval_s=settings.log_flush_interval_s,
+    )
+    atexit.register(_flush_at_exit, weakref.ref(logs))
+    return logs
 
 
 def _flush_at_exit(ref: weakref.ref[LogStore]) -> None:
