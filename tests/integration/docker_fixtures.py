@@ -22,7 +22,7 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -529,3 +529,20 @@ def until(predicate: Callable[[], T], timeout_s: float, every_s: float = 0.1, wh
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s (last: {value!r})")
         time.sleep(every_s)
+
+
+def running_harness(root: Path) -> Iterator[Harness]:
+    """A started Harness under `root` for a module fixture (yield from it); on the way out it
+    stops the server and fails the module when cleanup left anything behind."""
+    engine = check_infra()
+    h = Harness(root=root, engine=engine, janitor=Janitor(engine))
+    try:
+        h.start()
+        yield h
+    finally:
+        h.record_every_deployment()
+        h.stop()
+        problems = h.janitor.clean()
+        engine.close()
+        if problems:
+            pytest.fail("cleanup left things behind:\n" + "\n".join(problems), pytrace=False)

@@ -50,14 +50,13 @@ from tests.integration.docker_fixtures import (
     SERVER_CMD,
     SERVER_PY,
     Harness,
-    Janitor,
     build,
-    check_infra,
     containers_of,
     host_port,
     push,
     registry_digest,
     run_image,
+    running_harness,
     untag,
     until,
 )
@@ -73,18 +72,7 @@ LDA_ENTRYPOINT = ["python", f"{ARTIFACT_MOUNT}/api.py"]
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    engine = check_infra()
-    h = Harness(root=tmp_path_factory.mktemp("docker-deployments"), engine=engine, janitor=Janitor(engine))
-    try:
-        h.start()
-        yield h
-    finally:
-        h.record_every_deployment()
-        h.stop()
-        problems = h.janitor.clean()
-        engine.close()
-        if problems:
-            pytest.fail("cleanup left things behind:\n" + "\n".join(problems), pytrace=False)
+    yield from running_harness(tmp_path_factory.mktemp("docker-deployments"))
 
 
 @pytest.fixture

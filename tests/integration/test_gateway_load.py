@@ -20,7 +20,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -52,6 +51,7 @@ from tests.support.kill_load import (
     spread,
     wait_serving,
 )
+from tests.support.raw_server import RawServer
 from tests.support.server import LiveServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -154,38 +154,13 @@ def test_killing_one_of_three_instances_under_load_loses_no_undelivered_request(
 # --- 2. open sockets of a gateway process over 10,000 requests with failures mixed in ----------------
 
 
-class NonsenseServer:
+class NonsenseServer(RawServer):
     """Answers every connection with bytes that are not HTTP, then closes it."""
 
-    def __init__(self) -> None:
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self._sock.settimeout(0.2)
-        self.port = self._sock.getsockname()[1]
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            with conn:
-                try:
-                    conn.settimeout(2)
-                    conn.recv(65536)
-                    conn.sendall(b"SSH-2.0-OpenSSH_9.2 this is not http\r\n\x00\xff\xfe garbage\r\n\r\n")
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        self._sock.close()
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(2)
+        conn.recv(65536)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2 this is not http\r\n\x00\xff\xfe garbage\r\n\r\n")
 
 
 def process_tree(pid: int) -> list[int]:

@@ -5,7 +5,6 @@ request left stays a 502 (a reply the container did start is never sent twice)."
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,57 +20,36 @@ from tests.integration.test_gateway_harness import (  # noqa: F401 (fixtures)
     store,
     upstreams,
 )
+from tests.support.raw_server import RawServer
 
 
-class Dropper:
+class Dropper(RawServer):
     """Reads each request whole, counts it, and closes the connection without a word (`reset`:
     with an RST instead of a FIN); `answer` sends bytes that are not HTTP instead."""
 
     def __init__(self, mode: str = "close") -> None:
         self.mode = mode
         self.received = 0
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self._sock.settimeout(0.2)
-        self.port = self._sock.getsockname()[1]
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                data = b""
-                try:
-                    while b"\r\n\r\n" not in data:
-                        data += conn.recv(65536) or b"\r\n\r\n"
-                    head, _, rest = data.partition(b"\r\n\r\n")
-                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                                   if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
-                    while len(rest) < length:
-                        more = conn.recv(65536)
-                        if not more:
-                            break
-                        rest += more
-                    self.received += 1
-                    if self.mode == "reset":
-                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    elif self.mode == "answer":
-                        conn.sendall(b"this is not http\r\n\r\n")
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        self._sock.close()
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536) or b"\r\n\r\n"
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+        while len(rest) < length:
+            more = conn.recv(65536)
+            if not more:
+                break
+            rest += more
+        self.received += 1
+        if self.mode == "reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        elif self.mode == "answer":
+            conn.sendall(b"this is not http\r\n\r\n")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 
 from dockyard.auth.client import signing_from_config
 from dockyard.domain import ids
-from tests.integration.docker_fixtures import Harness, Janitor, check_infra
+from tests.integration.docker_fixtures import Harness, running_harness
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,18 +35,7 @@ def run_cli(data_dir: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    engine = check_infra()
-    h = Harness(root=tmp_path_factory.mktemp("tenancy-predict"), engine=engine, janitor=Janitor(engine))
-    try:
-        h.start()
-        yield h
-    finally:
-        h.record_every_deployment()
-        h.stop()
-        problems = h.janitor.clean()
-        engine.close()
-        if problems:
-            pytest.fail("cleanup left things behind:\n" + "\n".join(problems), pytrace=False)
+    yield from running_harness(tmp_path_factory.mktemp("tenancy-predict"))
 
 
 def predict(url: str, config: Path, deployment_id: str) -> tuple[int, dict[str, Any]]:
