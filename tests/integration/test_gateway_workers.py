@@ -48,9 +48,9 @@ def wait_until(condition: object, timeout_s: float, what: str) -> None:
     raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
-def answers(url: str) -> bool:
+def answers(url: str, method: str = "GET") -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.request(method, url, content=b"{}" if method == "POST" else None, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -134,18 +134,11 @@ def test_a_worker_that_dies_is_replaced(gateway_workers: tuple[str, str, subproc
     base, deployment_id, process = gateway_workers
     first, second = children_of(process.pid)
     os.kill(first, signal.SIGKILL)
-    refused = 0
+    # Connections that race the kill may be refused (SO_REUSEPORT: the kernel had picked the
+    # dying worker's socket); the gateway must answer again within seconds, and then every time.
+    wait_until(lambda: answers(f"{base}/{deployment_id}/predict", method="POST"), 10, "the survivor answering")
     for _ in range(10):  # new connections each time: the survivor takes them meanwhile
-        try:
-            status = httpx.post(f"{base}/{deployment_id}/predict", content=b"{}", timeout=30).status_code
-        except httpx.ConnectError:
-            # A connection the kernel had already given to the killed worker's queue as it died
-            # (the supervisor turns net.ipv4.tcp_migrate_req on to hand those over; a busy machine
-            # can still race it). A client's retry lands on a live worker.
-            refused += 1
-            status = httpx.post(f"{base}/{deployment_id}/predict", content=b"{}", timeout=30).status_code
-        assert status == 200
-    assert refused <= 2, f"{refused} of 10 connections refused after one worker was killed"
+        assert httpx.post(f"{base}/{deployment_id}/predict", content=b"{}", timeout=30).status_code == 200
     wait_until(lambda: len(children_of(process.pid)) == 2 and first not in children_of(process.pid), 30, "a new worker")
     assert second in children_of(process.pid)
     wait_until(lambda: answers(base + "/health"), 30, "the gateway answering")
