@@ -25,7 +25,6 @@ from dockyard.auth.middleware import SignatureAuthMiddleware
 from dockyard.auth.principals import PrincipalStore
 from dockyard.auth.signing import Verifier
 from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
-from dockyard.gateway.accesslog import flush_at_shutdown
 from dockyard.reconciler.loop import Reconciler
 from dockyard.reconciler.predict_logs import collect_predict_logs
 from dockyard.runtimes.base import Runtime
@@ -137,7 +136,8 @@ def gateway_for(settings: Settings, store: SqlMetadataStore, logs: LogStore) -> 
         access_sink=logs.add_access,
         authorize=PredictAuthorization(access_for(settings, store)),
     )
-    return flush_at_shutdown(gateway, logs.flush)  # queued access entries
+    gateway.flush_at_close(logs.flush)  # queued access entries
+    return gateway
 
 
 def create_gateway_app(settings: Settings) -> Any:

@@ -7,12 +7,11 @@ problem.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
 log = logging.getLogger("dockyard.access")
 _problems = logging.getLogger("dockyard.gateway")
@@ -56,48 +55,3 @@ class AccessLog:
                 self.sink(entry)
             except Exception:
                 _problems.exception("the access-log sink failed on request %s", entry.request_id)
-
-
-T = TypeVar("T")
-
-
-class _FlushOnShutdown:
-    """The gateway `app`, unchanged, plus `flush()` before its shutdown completes (see
-    `flush_at_shutdown`). Everything else (metrics, aclose of the wrapped app) passes through."""
-
-    def __init__(self, app: Any, flush: Callable[[], None]) -> None:
-        self.app = app
-        self._flush = flush
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def flush(self) -> None:
-        try:
-            await asyncio.to_thread(self._flush)
-        except Exception:
-            _problems.exception("could not write the last access-log entries")
-
-    async def aclose(self) -> None:
-        await self.flush()
-        await self.app.aclose()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def flush_then_send(message: dict[str, Any]) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
-                await self.flush()
-            await send(message)
-
-        await self.app(scope, receive, flush_then_send)
-
-
-def flush_at_shutdown(app: T, flush: Callable[[], None]) -> T:
-    """`app` (a Gateway) that calls `flush` (blocking; run in a thread) when it shuts down: on
-    the ASGI lifespan shutdown when it runs alone, in `aclose()` when composed beside the control
-    plane. The durable access log writes its queued entries there: the server's process ends
-    right after (on SIGTERM uvicorn re-raises the signal, so exit handlers never run)."""
-    return cast(T, _FlushOnShutdown(app, flush))

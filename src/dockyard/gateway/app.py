@@ -90,8 +90,21 @@ class Gateway:
         )
         self.proxy = Proxy(self.transport, self.balancer, self.metrics, options.request_timeout_s, options.connect_timeout_s)
         self.triton = triton.TritonModels(self.client, options.triton_index_ttl_s, options.connect_timeout_s + 5)
+        self._at_close: list[Callable[[], None]] = []
+
+    def flush_at_close(self, flush: Callable[[], None]) -> None:
+        """Call `flush` (blocking: it runs in a thread) when the gateway closes: on the ASGI
+        lifespan shutdown when it runs alone, in `aclose()` when composed beside the control
+        plane. The durable access log writes its queued entries there: the process ends right
+        after (on SIGTERM uvicorn re-raises the signal, so exit handlers never run)."""
+        self._at_close.append(flush)
 
     async def aclose(self) -> None:
+        for flush in self._at_close:
+            try:
+                await asyncio.to_thread(flush)
+            except Exception:
+                log.exception("could not write the last access-log entries")
         await self.client.aclose()
 
     # --- ASGI ----------------------------------------------------------------------------------
@@ -258,9 +271,9 @@ class Gateway:
                 f"({self.options.inflight_per_instance} per ready instance); retry with back-off, or scale it out"
             )
         self.balancer.enter(route.deployment_id)
-        gauge = self.metrics.children(route.deployment_id).inflight
-        gauge.inc()
+        self.metrics.enter(route.deployment_id)
         watch = DisconnectWatch(receive)
+        body: RequestBody | None = None
         try:
             if container_path is None:  # Triton without an explicit path
                 container_path = await self._triton_path(ex, route, op, headers)
@@ -280,6 +293,8 @@ class Gateway:
             body = RequestBody(receive, self.options.max_body_bytes, on_complete=watch.start) if has_body else None
             if body is None:
                 watch.start()
+            elif declared is not None and declared <= body.keep_bytes:
+                await body.read_whole()  # small and sized: read before sending, sent in one write
             # The watch cancels this very task when the caller hangs up (no task of its own per
             # request: creating one cost more than the rest of the routing).
             task = asyncio.current_task()
@@ -293,8 +308,10 @@ class Gateway:
                 ex.status = ex.status if ex.response_started else 499
                 ex.error = "the caller went away before the reply was complete"
         finally:
+            if body is not None:
+                ex.bytes_in = body.received
             watch.stop()
-            gauge.dec()
+            self.metrics.leave(route.deployment_id)
             self.balancer.leave(route.deployment_id)
 
     async def _triton_path(self, ex: Exchange, route: Route, op: str, headers: dict[bytes, bytes]) -> str:

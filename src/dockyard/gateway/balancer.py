@@ -85,6 +85,8 @@ class Balancer:
         return [upstreams[i] for i in ranked]
 
     def capacity(self, route: Route, per_instance: int) -> int:
+        if len(route.backends) == 1:  # one instance: its share, ejected or not
+            return per_instance
         admitted = sum(1 for b in route.backends if not self._upstream(b).ejected)
         return per_instance * (admitted or len(route.backends))
 

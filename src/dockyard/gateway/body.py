@@ -65,6 +65,7 @@ class RequestBody:
         self.started = False
         self.complete = False
         self.received = 0
+        self.whole: bytes | None = None  # the body, once `read_whole` read it
         self._kept: list[bytes] | None = []  # None once the body outgrew keep_bytes
 
     @property
@@ -78,6 +79,32 @@ class RequestBody:
             raise RuntimeError("a request body can be sent once only")
         self.started = True
         return self._chunks()
+
+    async def read_whole(self) -> bytes:
+        """Read all of it now (for a body declared no larger than `keep_bytes`): one write of
+        head and body upstream then, and nothing to iterate on the way. Raises as iterating does."""
+        if self.started:
+            raise RuntimeError("a request body can be sent once only")
+        self.started = True
+        chunks: list[bytes] = []
+        while True:  # _chunks without the async generator: this is every small request's path
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone("the caller went away while sending its request body")
+            chunk = message.get("body", b"")
+            if chunk:
+                self.received += len(chunk)
+                if self.received > self.limit:
+                    raise too_large(self.limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        whole = self.whole = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._kept = [whole] if self.received <= self.keep_bytes else None
+        self.complete = True
+        if self.on_complete is not None:
+            self.on_complete()
+        return whole
 
     async def _replay(self) -> AsyncIterator[bytes]:
         for chunk in self._kept or ():

@@ -62,21 +62,34 @@ class DisconnectWatch:
     """Once the request body is in, waits for the caller to go away and cancels the exchange.
 
     Without it a caller that hangs up on a long stream would leave the gateway reading the
-    container's reply to the end (the server drops the writes silently).
+    container's reply to the end (the server drops the writes silently). Watching costs a task
+    and a `receive()` per request, more than the rest of a small request's routing, so it
+    starts only once the exchange has lasted `after_s`: a quick predict ends before that, and
+    a caller leaving a slow one is noticed at most `after_s` later.
     """
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, after_s: float = 0.05) -> None:
         self._receive = receive
+        self.after_s = after_s
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.target: asyncio.Task[Any] | None = None
         self.fired = False
         self.done = False  # set just before the last byte of the reply goes out
 
     def start(self) -> None:
-        if self._task is None:
+        if self._timer is None and self._task is None and not self.done:
+            self._timer = asyncio.get_running_loop().call_later(self.after_s, self._begin)
+
+    def _begin(self) -> None:
+        self._timer = None
+        if not self.done:
             self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -148,7 +161,7 @@ class Proxy:
                 async with asyncio.timeout_at(deadline):
                     response = await self.pool.send(
                         backend.host, backend.port, fwd.method_bytes, fwd.target, [(b"host", backend.authority), *fwd.headers],
-                        body, fwd.chunked, self.timeouts,
+                        body if body is None or body.whole is None else body.whole, fwd.chunked, self.timeouts,
                     )  # fmt: skip
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 upstream.outstanding -= 1

@@ -53,9 +53,9 @@ class Backend:
     def base_url(self) -> str:
         return f"http://{self.authority.decode()}"
 
-    @property
+    @functools.cached_property
     def authority(self) -> bytes:
-        """host:port as the Host header and URLs write it (IPv6 in brackets)."""
+        """host:port as the Host header and URLs write it (IPv6 in brackets); built once."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}".encode()
 
