@@ -57,27 +57,28 @@ def request_id(incoming: bytes | None) -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016X}"
 
 
-def _named_by_connection(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    return named
+def _connection_tokens(value: bytes) -> set[bytes]:
+    """The header names a `Connection` header lists (they are hop-by-hop too)."""
+    return {token.strip().lower() for token in value.split(b",")}
 
 
 def upstream_request_headers(headers: RawHeaders, request_id_value: str, client_host: str | None, scheme: str) -> RawHeaders:
-    """What the container receives: the caller's headers less hop-by-hop, plus the request id
-    and the usual forwarding headers."""
-    extra = _named_by_connection(headers)
+    """What the container receives: the caller's headers (ASGI: lower-case names) less
+    hop-by-hop ones, plus the request id and the usual forwarding headers."""
     out: RawHeaders = []
+    named: set[bytes] | None = None  # listed by Connection: dropped as well
     forwarded_for = b""
     for name, value in headers:
-        if name in REQUEST_DROP or name in extra:
+        if name in REQUEST_DROP:
+            if name == b"connection":
+                named = _connection_tokens(value) | (named or set())
             continue
         if name == b"x-forwarded-for":
             forwarded_for = value
             continue
         out.append((name, value))
+    if named:
+        out = [header for header in out if header[0] not in named]
     out.append((REQUEST_ID, request_id_value.encode()))
     if client_host:
         chain = forwarded_for + b", " + client_host.encode() if forwarded_for else client_host.encode()
@@ -87,10 +88,19 @@ def upstream_request_headers(headers: RawHeaders, request_id_value: str, client_
 
 
 def client_response_headers(headers: Iterable[tuple[bytes, bytes]], request_id_value: str) -> RawHeaders:
-    """What the caller receives: the container's headers less hop-by-hop, plus the request id."""
-    headers = list(headers)
-    extra = _named_by_connection(headers)
-    out = [(name.lower(), value) for name, value in headers if name.lower() not in RESPONSE_DROP and name.lower() not in extra]
+    """What the caller receives: the container's headers (names lower-cased) less hop-by-hop
+    ones, plus the request id."""
+    out: RawHeaders = []
+    named: set[bytes] | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in RESPONSE_DROP:
+            if lowered == b"connection":
+                named = _connection_tokens(value) | (named or set())
+            continue
+        out.append((lowered, value))
+    if named:
+        out = [header for header in out if header[0] not in named]
     out.append((REQUEST_ID, request_id_value.encode()))
     return out
 

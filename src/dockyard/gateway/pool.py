@@ -72,8 +72,10 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         body: bytes | AsyncIterable[bytes] | None,
         chunked: bool,
         timeouts: Timeouts,
+        deadline: float | None = None,
     ) -> Reply:
-        """Send one request (headers complete, Host included) and wait for the reply's headers.
+        """Send one request (headers complete, Host included) and wait for the reply's headers,
+        until `deadline` (the loop's clock; TimeoutError) if one is given.
 
         The body is read only once a connection is open, so a refused connection leaves it
         untouched for another instance. Raises httpx.ConnectError / ConnectTimeout / PoolTimeout
@@ -88,7 +90,7 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         try:
             await connection.send_body(head, body, chunked)
             if timeouts.head_s is None:
-                await reply.wait_head()
+                await reply.wait_head(deadline)
             else:
                 async with asyncio.timeout(timeouts.head_s):
                     await reply.wait_head()

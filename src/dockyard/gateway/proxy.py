@@ -158,11 +158,19 @@ class Proxy:
             backend = upstream.backend
             upstream.outstanding += 1
             try:
-                async with asyncio.timeout_at(deadline):
+                headers = [(b"host", backend.authority), *fwd.headers]
+                if body is None or body.whole is not None:
+                    # Sent in one write: only connecting (its own timeout) and the reply's
+                    # headers can wait, and the pool bounds the latter by the deadline.
                     response = await self.pool.send(
-                        backend.host, backend.port, fwd.method_bytes, fwd.target, [(b"host", backend.authority), *fwd.headers],
-                        body if body is None or body.whole is None else body.whole, fwd.chunked, self.timeouts,
+                        backend.host, backend.port, fwd.method_bytes, fwd.target, headers,
+                        None if body is None else body.whole, fwd.chunked, self.timeouts, deadline,
                     )  # fmt: skip
+                else:
+                    async with asyncio.timeout_at(deadline):  # a streamed body can wait on its caller
+                        response = await self.pool.send(
+                            backend.host, backend.port, fwd.method_bytes, fwd.target, headers, body, fwd.chunked, self.timeouts
+                        )  # fmt: skip
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 upstream.outstanding -= 1
                 self.metrics.upstream_errors.labels(route.deployment_id, "connect").inc()

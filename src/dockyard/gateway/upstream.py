@@ -76,9 +76,19 @@ class Reply:
 
     # --- the caller's side ------------------------------------------------------------------------
 
-    async def wait_head(self) -> None:
+    async def wait_head(self, deadline: float | None = None) -> None:
+        """Until the status and headers are in; TimeoutError at `deadline` (the loop's clock)."""
         if not self._head.done():
-            await self._head
+            if deadline is None:
+                await self._head
+                return
+            # A timer on the future itself: cheaper than asyncio.timeout_at, which cancels and
+            # un-cancels the task, and this wait is on every request's path.
+            timer = self._connection.loop.call_at(deadline, _head_time_out, self._head)
+            try:
+                await self._head
+            finally:
+                timer.cancel()
         elif self._error is not None and not self.status:
             raise self._error
 
@@ -145,6 +155,11 @@ class Reply:
             self._head.set_exception(error)
             self._head.exception()  # retrieved: a reply nobody waits for must not be reported
         self._wake()
+
+
+def _head_time_out(head: asyncio.Future[None]) -> None:
+    if not head.done():
+        head.set_exception(TimeoutError())
 
 
 def _time_out(waiter: asyncio.Future[None], timeout_s: float) -> None:
