@@ -212,6 +212,18 @@ def test_response_headers_drop_hop_by_hop_and_set_request_id() -> None:
     ]
 
 
+def test_response_headers_named_by_a_capitalised_connection_header_are_dropped() -> None:
+    upstream = [(b"Connection", b"X-Hop, keep-alive"), (b"X-Hop", b"1"), (b"X-Model", b"v2")]
+    assert client_response_headers(upstream, "RID") == [(b"x-model", b"v2"), (b"opc-request-id", b"RID")]
+
+
+def test_request_headers_named_by_connection_are_dropped() -> None:
+    incoming = [(b"connection", b"x-hop"), (b"x-hop", b"1"), (b"x-keep", b"2")]
+    assert upstream_request_headers(incoming, "RID", None, "http") == [
+        (b"x-keep", b"2"), (b"opc-request-id", b"RID"), (b"x-forwarded-proto", b"http"),
+    ]  # fmt: skip
+
+
 def test_caller_is_the_signature_key_id() -> None:
     assert caller(b'Signature version="1",keyId="ocid1.tenancy..t/ocid1.user..u/11:22",algorithm="rsa-sha256"') == (
         "ocid1.tenancy..t/ocid1.user..u/11:22"
