@@ -254,3 +254,83 @@ def test_a_flush_ends_even_while_entries_keep_coming(metadata: SqlMetadataStore)
     logs._write = write_and_receive_more  # type: ignore[method-assign]
     assert logs.flush() == 25
     assert len(logs._queue) == 30
+
+
+def stored_rows(metadata: SqlMetadataStore) -> list[tuple]:  # type: ignore[type-arg]
+    """Every stored column of every entry, as the database holds it (fields as its JSON text)."""
+    with metadata.engine.connect() as conn:
+        return [tuple(row) for row in conn.exec_driver_sql(
+            "SELECT seq, deployment_id, category, time, instance_id, stream, log_id, message, fields FROM log_entries ORDER BY seq")]
+
+
+def mixed_entries(logs: LogStore, count: int) -> None:
+    for n in range(count):
+        if n % 3:
+            logs.add_access(AccessEntry(time=f"2026-11-25T10:{n // 60:02d}:{n % 60:02d}.{n:06d}Z", request_id=f"req-{n}", deployment_id=D1 if n % 2 else D2, caller=None,
+                                        method="POST", path=f"/{D1}/predict", status=200 + n % 5, bytes_in=n, bytes_out=2 * n,
+                                        latency_ms=n / 7, upstream_ms=None if n % 4 else 0.5, instance_id="proc-1",
+                                        attempts=1, error="naïve \"quoted\" ✓" if n % 5 == 0 else None))  # fmt: skip
+        else:
+            logs.add(D1, "predict", f"line {n}", time_="2026-11-25T10:00:00+01:00", instance_id="proc-2", stream="stdout",
+                     fields=None if n % 2 else {"n": n, "nested": [1.5, None, "é"]})  # fmt: skip
+
+
+def test_entries_are_stored_in_order_across_many_row_inserts_and_their_remainder(metadata: SqlMetadataStore) -> None:
+    """250 entries in one batch: two statements of 100 rows and 50 single rows, in queue order."""
+    logs = quiet_store(metadata)
+    for n in range(250):
+        logs.add(D1, "access", f"r{n}")
+    assert logs.flush() == 250
+    assert (logs.written, logs.batches) == (250, 1)
+    rows = stored_rows(metadata)
+    assert [row[7] for row in rows] == [f"r{n}" for n in range(250)]
+    assert [row[0] for row in rows] == sorted(row[0] for row in rows)
+    assert messages(logs.read(D1, limit=1000)) == [f"r{n}" for n in range(250)]
+
+
+def test_fields_are_stored_as_the_json_text_sqlalchemy_stored(metadata: SqlMetadataStore, tmp_path: Path) -> None:
+    """The driver-level insert stores byte for byte what an insert through SQLAlchemy's JSON
+    type stores (which other databases still use)."""
+    fast = quiet_store(metadata, batch_max=120)
+    mixed_entries(fast, 333)
+    fast.flush()
+    other = SqlMetadataStore(f"sqlite:///{tmp_path / 'other.db'}")
+    other.insert(deployment(D1))
+    other.insert(deployment(D2))
+    try:
+        generic = quiet_store(other, batch_max=120)
+        generic._insert_sql = None  # as on a database whose JSON columns are bound by the driver
+        mixed_entries(generic, 333)
+        generic.flush()
+        assert stored_rows(metadata) == stored_rows(other)
+    finally:
+        other.close()
+    rows = stored_rows(metadata)
+    assert {row[3] for row in rows if row[2] == "predict"} == {"2026-11-25T09:00:00.000000Z"}
+    assert {row[8] for row in rows if row[2] == "predict" and row[7] == "line 3"} == {"null"}
+    [first] = [e for e in fast.read(D1, "predict", limit=1000).entries if e.message == "line 0"]
+    assert first.fields == {"n": 0, "nested": [1.5, None, "é"]}
+
+
+def test_fields_that_cannot_be_stored_lose_their_batch_only(metadata: SqlMetadataStore, caplog: pytest.LogCaptureFixture) -> None:
+    logs = quiet_store(metadata, batch_max=2)
+    logs.add(D1, "predict", "fine")
+    logs.add(D1, "predict", "not json", fields={"when": datetime.now(timezone.utc)})
+    logs.add(D1, "predict", "next batch")
+    assert logs.flush() == 3
+    assert (logs.dropped, logs.written) == (2, 1)
+    assert messages(logs.read(D1)) == ["next batch"]
+    assert "could not store 2 log entries" in caplog.text
+
+
+def test_json_text_is_json_dumps() -> None:
+    import json
+
+    from dockyard.store.logs import _json_text
+
+    for value in (None, {}, {"a": 1, "b": [1.25, None, True, "x\ny"], "é": "✓ \"q\""}, {"f": float("nan"), "i": -(10**20)},
+                  AccessEntry(time=log_time(), request_id="r", deployment_id=D1, caller=None, method="GET", path="/p",
+                              status=200, bytes_in=0, bytes_out=0, latency_ms=0.1, upstream_ms=None).as_dict()):  # fmt: skip
+        assert _json_text(value) == json.dumps(value)
+    with pytest.raises(TypeError):
+        _json_text({"set": {1}})
