@@ -81,7 +81,10 @@ class PredictAuthorization:
 
     Decisions are reused for `ttl_s` per (tenancy, user, key, compartment), so a burst of
     predictions costs one policy read per caller and compartment; a policy change therefore
-    reaches the data plane within `ttl_s`.
+    reaches the data plane within `ttl_s` plus one policy read. Only one read per key runs at a
+    time: the requests that arrive while it runs (all of them at once when a busy caller's
+    decision expires) wait for its answer instead of each reading the policies. A read that
+    fails is not kept: its waiters get its error, and the next request reads again.
     """
 
     def __init__(self, access: Access, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -89,19 +92,32 @@ class PredictAuthorization:
         self.ttl_s = ttl_s
         self.clock = clock
         self._decisions: dict[tuple[str | None, str, str, str], tuple[float, bool]] = {}
+        self._reading: dict[tuple[str | None, str, str, str], asyncio.Task[bool]] = {}
 
     async def __call__(self, caller: Caller | None, compartment_id: str) -> bool:
         if caller is None:
             return False
         key = (caller.tenancy_id, caller.user_id, getattr(caller, "fingerprint", ""), compartment_id)
         cached = self._decisions.get(key)
-        now = self.clock()
-        if cached is not None and now < cached[0]:
+        if cached is not None and self.clock() < cached[0]:
             return cached[1]
-        decision = await asyncio.to_thread(self.access.allowed, caller, Verb.USE, MODEL_DEPLOYMENTS, compartment_id)
+        reading = self._reading.get(key)
+        if reading is None or reading.get_loop() is not asyncio.get_running_loop():  # (one left by a loop that is gone)
+            reading = asyncio.ensure_future(self._read(key, caller, compartment_id))
+            self._reading[key] = reading
+        # shielded: a waiter that goes away (its client disconnected) leaves the read running for the others
+        return await asyncio.shield(reading)
+
+    async def _read(self, key: tuple[str | None, str, str, str], caller: Caller, compartment_id: str) -> bool:
+        """One policy read, whose answer is kept until `ttl_s` after it started."""
+        started = self.clock()
+        try:
+            decision = await asyncio.to_thread(self.access.allowed, caller, Verb.USE, MODEL_DEPLOYMENTS, compartment_id)
+        finally:
+            self._reading.pop(key, None)
         if len(self._decisions) > 50_000:  # many callers must not grow memory without bound
             self._decisions.clear()
-        self._decisions[key] = (now + self.ttl_s, decision)
+        self._decisions[key] = (started + self.ttl_s, decision)
         return decision
 
 
