@@ -211,3 +211,11 @@ async def test_aclose_reaches_the_wrapped_gateway() -> None:
     await SignatureAuthMiddleware(Closable(), Verifier(lookup)).aclose()
     await SignatureAuthMiddleware(Recorder(), Verifier(lookup)).aclose()  # nothing to close: no error
     assert closed == [True]
+
+
+def test_header_map_lower_cases_names_and_joins_repeated_headers() -> None:
+    from dockyard.auth.middleware import header_map
+
+    assert header_map([(b"Host", b"h:1"), (b"X-A", b"1"), (b"date", b"d")]) == {"host": "h:1", "x-a": "1", "date": "d"}
+    assert header_map([(b"X-A", b"1"), (b"host", b"h"), (b"x-a", b"2"), (b"X-a", b"\xe9")]) == {"x-a": "1, 2, \xe9", "host": "h"}
+    assert header_map([]) == {}

@@ -332,3 +332,99 @@ def test_dockyards_own_signer_is_accepted_by_the_sdks_verifier() -> None:
     headers["authorization"] = sign_request("GET", "/20190101/projects?limit=1", headers, f"{TENANCY}/{USER}/{FP}", KEY, names)
     checker = HeaderVerifier(headers, keys.public_pem(KEY.public_key()), names, "GET", "/20190101/projects?limit=1", HOST)
     assert checker.verify()
+
+
+# --- what is remembered between requests ---------------------------------------------------------
+
+
+def test_a_malformed_authorization_is_refused_every_time_with_the_same_message() -> None:
+    request = signed("GET", "/20190101/projects")
+    request.headers["authorization"] = 'Signature keyId="x",signature="not base64!"'
+    assert refused(request, "not base64") == refused(request, "not base64")
+
+
+def test_a_parsed_authorization_is_the_same_whether_remembered_or_not() -> None:
+    value = str(signed("POST", "/dep/predict", '{"a": 1}').headers["authorization"])
+    first, again = parse_authorization(value), parse_authorization(value)
+    assert first == again and first.headers == ("date", "(request-target)", "host", "content-length", "content-type", "x-content-sha256")
+    padded = value + "," + ",".join(f'x{i}="{"y" * 40}"' for i in range(100))  # longer than any real signature
+    assert len(padded) > 4096 and parse_authorization(padded) == first
+
+
+def test_headers_with_upper_case_names_verify() -> None:
+    method, path, headers, body = received(signed("POST", "/dep/predict", '{"a": 1}'))
+    mixed = {name.title(): value for name, value in headers.items()}
+    assert Verifier(lookup)(method, path, mixed, body_sha256_b64=body_sha256(body), body_length=len(body),
+                            body_headers_required=True) == PRINCIPAL  # fmt: skip
+
+
+def test_concurrent_requests_for_an_uncached_key_read_it_once() -> None:
+    import threading
+
+    calls: list[KeyId] = []
+    gate = threading.Event()
+
+    def slow(key_id: KeyId) -> RegisteredKey | None:
+        calls.append(key_id)
+        assert gate.wait(5)
+        return REGISTERED.get(key_id)
+
+    verifier = Verifier(slow)
+    method, path, headers, _ = received(signed("GET", "/20190101/projects"))
+    answers: list[object] = []
+
+    def call() -> None:
+        answers.append(verifier(method, path, headers, body_headers_required=False))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while not (calls and len(verifier._flights) == 1) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)  # the others reach the wait
+    gate.set()
+    for thread in threads:
+        thread.join(5)
+    assert answers == [PRINCIPAL] * 8
+    assert len(calls) == 1
+
+
+def test_when_a_shared_key_read_fails_each_waiter_reads_for_itself() -> None:
+    import threading
+
+    calls: list[str] = []
+    gate = threading.Event()
+    first = threading.Event()
+
+    def flaky(key_id: KeyId) -> RegisteredKey | None:
+        if not calls:
+            calls.append("failing")
+            first.set()
+            assert gate.wait(5)
+            raise RuntimeError("database is locked")
+        calls.append("ok")
+        return REGISTERED.get(key_id)
+
+    verifier = Verifier(flaky)
+    method, path, headers, _ = received(signed("GET", "/20190101/projects"))
+    outcomes: list[object] = []
+
+    def call() -> None:
+        try:
+            outcomes.append(verifier(method, path, headers, body_headers_required=False))
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+
+    leader = threading.Thread(target=call)
+    leader.start()
+    assert first.wait(5)
+    followers = [threading.Thread(target=call) for _ in range(3)]
+    for thread in followers:
+        thread.start()
+    time.sleep(0.05)  # the followers wait for the leader's read
+    gate.set()
+    for thread in [leader, *followers]:
+        thread.join(5)
+    assert sorted(map(str, outcomes)) == sorted(["database is locked"] + [str(PRINCIPAL)] * 3)
+    assert calls[0] == "failing" and 1 <= calls.count("ok") <= 3

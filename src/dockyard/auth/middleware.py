@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import json
 import logging
@@ -42,7 +41,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 MiB = 1024 * 1024
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._/:-]{1,98}$")
-_BODY_SIGNED = ("x-content-sha256", "content-length")
 
 
 def request_target(scope: Scope) -> str:
@@ -61,6 +59,13 @@ def request_target(scope: Scope) -> str:
 
 def header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """Lower-case names to latin-1 values; a repeated header's values joined with ", " (cavage §2.3)."""
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+    if len(headers) == len(raw):  # no name repeated: the usual request, mapped in one pass
+        return headers
+    return _joined_header_map(raw)
+
+
+def _joined_header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()
@@ -122,22 +127,22 @@ class SignatureAuthMiddleware:
         method: str = scope["method"]
         streamed = self.streamed(method, scope["path"])
         target = request_target(scope)
-        verify = functools.partial(
-            self.verify, method, target, headers,
-            body_sha256_b64=None, body_length=None, body_headers_required=method in BODY_METHODS and not streamed,
-        )  # fmt: skip
-        would_block = getattr(self.verify, "would_block", None)
+        body_rule = method in BODY_METHODS and not streamed
+        verify = self.verify
+        would_block = getattr(verify, "would_block", None)
         try:
             if would_block is not None and not would_block(headers):
-                principal = verify()
+                principal = verify(method, target, headers, body_sha256_b64=None, body_length=None, body_headers_required=body_rule)
             else:  # the key lookup may wait on the database
-                principal = await asyncio.to_thread(verify)
+                principal = await asyncio.to_thread(
+                    verify, method, target, headers, body_sha256_b64=None, body_length=None, body_headers_required=body_rule
+                )
         except NotAuthenticated as exc:
             await self._refuse(scope, headers, receive, send, exc)
             return
         state["caller"] = principal
-        signed = parse_authorization(headers["authorization"]).headers
-        if not any(h in signed for h in _BODY_SIGNED):
+        signed = parse_authorization(headers["authorization"]).headers  # it verified, so it parses: a remembered parse
+        if "x-content-sha256" not in signed and "content-length" not in signed:
             await self.app(scope, receive, send)
         elif streamed:
             await self._streamed(scope, headers, signed, receive, send)

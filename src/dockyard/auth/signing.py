@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
 import hashlib
 import hmac
 import re
@@ -71,8 +72,22 @@ def _malformed(why: str) -> NotAuthenticated:
     )
 
 
+# A signed request has its Authorization header read several times (by the middleware, the
+# verifier, its memo), and a client repeating a request sends the same value again: the parsed
+# parameters (immutable) are kept for the most recent values. Refusals are never kept (each
+# raises afresh), and neither are values longer than any real signature, so the memory is bounded.
+_PARSED_CACHE_SIZE = 1024
+_PARSED_MAX_CHARS = 4096
+
+
 def parse_authorization(value: str) -> SignatureParams:
     """The parameters of an Authorization header; raises NotAuthenticated when it is malformed."""
+    if len(value) > _PARSED_MAX_CHARS:
+        return _parse_authorization(value)
+    return _parsed_authorization(value)
+
+
+def _parse_authorization(value: str) -> SignatureParams:
     scheme, _, rest = value.strip().partition(" ")
     if scheme.lower() != "signature":
         raise _malformed(f"its scheme is {scheme[:30]!r}, not Signature")
@@ -107,6 +122,9 @@ def parse_authorization(value: str) -> SignatureParams:
     except (binascii.Error, ValueError) as exc:
         raise _malformed("its signature is not base64") from exc
     return SignatureParams(params["keyid"], algorithm, names, signature, version)
+
+
+_parsed_authorization = functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)(_parse_authorization)
 
 
 def signing_string(signed_headers: Iterable[str], method: str, target: str, headers: Mapping[str, str]) -> bytes:
@@ -183,19 +201,28 @@ def _duration(seconds: float) -> str:
     return _plural(round(seconds / 86400), "day")
 
 
+@functools.lru_cache(maxsize=256)
+def _signed_at(value: str) -> datetime:
+    """The moment an HTTP date names, aware. Every request signed within the same second carries
+    the same date, so recent values are remembered; an unreadable one raises afresh each time
+    (TypeError, ValueError or IndexError, as `email.utils.parsedate_to_datetime` does)."""
+    signed_at = email.utils.parsedate_to_datetime(value)
+    if signed_at.tzinfo is None:  # "-0000" means UTC with no claim about the local zone
+        signed_at = signed_at.replace(tzinfo=timezone.utc)
+    return signed_at
+
+
 def check_date(value: str, now: datetime, max_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
     """Raises NotAuthenticated when `value` is no HTTP date or lies more than `max_skew_s` from `now`.
 
     The limit is what keeps a captured request from being replayed later."""
     try:
-        signed_at = email.utils.parsedate_to_datetime(value)
+        signed_at = _signed_at(value)
     except (TypeError, ValueError, IndexError):
         raise NotAuthenticated(
             f"header date {value[:60]!r} is not an HTTP date (e.g. Wed, 25 Nov 2026 13:10:21 GMT); "
             "send the date header the OCI signer sets"
         ) from None
-    if signed_at.tzinfo is None:  # "-0000" means UTC with no claim about the local zone
-        signed_at = signed_at.replace(tzinfo=timezone.utc)
     skew = (now - signed_at).total_seconds()
     if abs(skew) > max_skew_s:
         server = email.utils.format_datetime(now.astimezone(timezone.utc), usegmt=True)
@@ -229,7 +256,8 @@ def check_body(signed: Iterable[str], headers: Mapping[str, str], sha256_b64: st
 
 
 def _lowered(headers: Mapping[str, str]) -> Mapping[str, str]:
-    if all(name == name.lower() for name in headers):
+    names = "\n".join(headers)  # every name lower-case exactly when their joined text is
+    if names == names.lower():
         return headers
     return {name.lower(): value for name, value in headers.items()}
 
@@ -327,12 +355,29 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)
+def _key_id(text: str) -> KeyId:
+    """`KeyId.parse`, remembered for recent texts (a refusal raises afresh each time)."""
+    return KeyId.parse(text)
+
+
+class _Flight:
+    """One key lookup in progress; the threads that need the same key wait for it instead of
+    each reading the database (when a cached key expires under load, every request needs it)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.found: RegisteredKey | None = None
+        self.failed = False
+
+
 class Verifier:
     """`verify_request` bound to a key lookup, a clock and a skew limit, with a short key cache.
 
     A registered key is remembered for `cache_ttl_s` seconds, so deleting a key takes effect
     within that time; unknown keys are never cached. Thread-safe (the middleware calls it from
-    worker threads, since the lookup may block on the database).
+    worker threads, since the lookup may block on the database); concurrent lookups of one key
+    share a single read.
     """
 
     def __init__(
@@ -352,14 +397,37 @@ class Verifier:
         self._cache: dict[KeyId, tuple[float, RegisteredKey]] = {}
         # (Authorization, signing string, body rule) -> (expiry, principal, signed header names, signed date)
         self._verified: dict[tuple[str, ...], tuple[float, Principal, tuple[str, ...], datetime]] = {}
+        self._flights: dict[KeyId, _Flight] = {}
         self._lock = threading.Lock()
 
     def _lookup(self, key_id: KeyId) -> RegisteredKey | None:
         moment = time.monotonic()
         with self._lock:
             hit = self._cache.get(key_id)
-        if hit is not None and hit[0] > moment:
-            return hit[1]
+            if hit is not None and hit[0] > moment:
+                return hit[1]
+            flight = self._flights.get(key_id)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[key_id] = _Flight()
+        if not leading:
+            flight.done.wait()
+            if not flight.failed:
+                return flight.found
+            return self._read(key_id, time.monotonic())  # that read failed: this request tries on its own
+        try:
+            flight.found = self._read(key_id, moment)
+        except BaseException:
+            flight.failed = True
+            raise
+        finally:
+            with self._lock:
+                self._flights.pop(key_id, None)
+            flight.done.set()
+        return flight.found
+
+    def _read(self, key_id: KeyId, moment: float) -> RegisteredKey | None:
+        """Reads a key from the store and caches it (a registered one) from `moment` on."""
         found = self.lookup_key(key_id)
         with self._lock:
             if found is None:
@@ -374,7 +442,7 @@ class Verifier:
         """False when the key a request names is cached, so verifying it needs no lookup and the
         event loop may run it inline (about 0.2 ms of CPU) instead of paying for a thread hop."""
         try:
-            key_id = KeyId.parse(parse_authorization(headers.get("authorization", "")).key_id)
+            key_id = _key_id(parse_authorization(headers.get("authorization", "")).key_id)
         except NotAuthenticated:
             return False  # refused without any lookup
         with self._lock:
@@ -402,29 +470,26 @@ class Verifier:
         # list) and same signing string give the same answer. The date and the body are still
         # checked on every request, and an entry lives no longer than a cached key, so replay
         # protection and key deletion behave exactly as without it.
-        memo = self._memo_key(method, target, headers, body_headers_required)
+        lowered = _lowered(headers)
+        memo = self._memo_key(method, target, lowered, body_headers_required)
         if memo is not None:
             with self._lock:
                 hit = self._verified.get(memo)
             if hit is not None and hit[0] > time.monotonic():
-                lowered = _lowered(headers)
                 now = self.clock()
                 if abs((now - hit[3]).total_seconds()) > self.max_skew_s:  # the signed date, parsed once
                     check_date(lowered["date"], now, self.max_skew_s)  # raises, saying how far off
                 check_body(hit[2], lowered, body_sha256_b64, body_length)
                 return hit[1]
         principal = verify_request(
-            method, target, headers, body_sha256_b64, self._lookup, self.clock(), self.max_skew_s,
+            method, target, lowered, body_sha256_b64, self._lookup, self.clock(), self.max_skew_s,
             body_headers_required=body_headers_required, body_length=body_length,
         )  # fmt: skip
         if memo is not None and self.cache_ttl_s > 0:
-            lowered = _lowered(headers)
             params = parse_authorization(lowered["authorization"])
-            signed_at = email.utils.parsedate_to_datetime(lowered["date"])  # it passed check_date
-            if signed_at.tzinfo is None:
-                signed_at = signed_at.replace(tzinfo=timezone.utc)
+            signed_at = _signed_at(lowered["date"])  # it passed check_date
             with self._lock:
-                key_hit = self._cache.get(KeyId.parse(params.key_id))
+                key_hit = self._cache.get(_key_id(params.key_id))
                 if key_hit is not None:  # never outlives the cached key it was verified with
                     if len(self._verified) >= self.cache_size:
                         self._verified.clear()
@@ -433,9 +498,9 @@ class Verifier:
         return principal
 
     @staticmethod
-    def _memo_key(method: str, target: str, headers: Mapping[str, str], body_headers_required: bool) -> tuple[str, ...] | None:
+    def _memo_key(method: str, target: str, lowered: Mapping[str, str], body_headers_required: bool) -> tuple[str, ...] | None:
+        """`lowered`: the request's headers by lower-case name."""
         try:
-            lowered = _lowered(headers)
             authorization = lowered["authorization"]
             message = signing_string(parse_authorization(authorization).headers, method, target, lowered)
         except Exception:  # unsigned or malformed: verify_request says what is wrong
