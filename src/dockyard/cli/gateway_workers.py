@@ -81,19 +81,16 @@ def gateway_app(settings: Any, workers: int) -> Any:
 
 
 def _worker(overrides: dict[str, Any], workers: int, log_level: str) -> None:
-    import uvicorn
-
+    from dockyard.gateway.httpserver import serve
     from dockyard.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(**overrides)
     settings.apply_access_log_lines()
     sock = reuseport_socket(settings.host, settings.port)
-    config = uvicorn.Config(
-        gateway_app(settings, workers), log_level=log_level, access_log=False, loop="uvloop", http="httptools", backlog=4096,
-        timeout_keep_alive=int(settings.keep_alive_s),
-    )  # fmt: skip
-    uvicorn.Server(config).run(sockets=[sock])
+    # SIGTERM from the supervisor: stop accepting, finish requests in progress (within the
+    # supervisor's 15 s wait), then the app's lifespan shutdown flushes the access log.
+    serve(gateway_app(settings, workers), host=settings.host, port=settings.port, sock=sock, keep_alive_s=settings.keep_alive_s, backlog=4096)
 
 
 def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> None:

@@ -89,8 +89,9 @@ def serve(
         if workers > 1:
             serve_workers(overrides, workers, log_level)
         else:
-            uvicorn.run(gateway_app(settings, 1), host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                        timeout_keep_alive=int(settings.keep_alive_s))  # fmt: skip
+            from dockyard.gateway.httpserver import serve as serve_http
+
+            serve_http(gateway_app(settings, 1), host=settings.host, port=settings.port, keep_alive_s=settings.keep_alive_s)
         return
     if gateway_workers is not None:
         console.print("[red]--gateway-workers[/] applies to --role gateway; with --role all the gateway shares the control plane's process")

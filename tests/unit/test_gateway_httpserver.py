@@ -1,0 +1,478 @@
+"""The gateway's HTTP/1.1 server, over a real listening socket (raw sockets and httpx)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from dockyard.gateway.httpserver import HttpServer, new_event_loop
+
+
+class Running:
+    """An HttpServer on its own event loop in a thread, on 127.0.0.1 and a free port."""
+
+    def __init__(self, app: Any, keep_alive_s: float = 75.0) -> None:
+        self.loop = new_event_loop()
+        self.server = HttpServer(app, keep_alive_s=keep_alive_s)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.server.start(host="127.0.0.1", port=0))
+        self.port = self.server.port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stopped = False
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, graceful_s: float = 5.0) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.call(self.server.stop(graceful_s))
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        return sock
+
+
+@pytest.fixture
+def serving() -> Iterator[Any]:
+    started: list[Running] = []
+
+    def start(app: Any, **options: Any) -> Running:
+        running = Running(app, **options)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop(1)
+
+
+def read_reply(sock: socket.socket, buffer: bytearray | None = None, head_only: bool = False) -> tuple[int, dict[str, str], bytes, bytearray]:
+    """One response from `sock` (Content-Length or chunked), and the bytes read past it."""
+    data = buffer if buffer is not None else bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a whole head: {bytes(data)!r}")
+        data += chunk
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = bytearray(rest)
+    if head_only:
+        return status, headers, b"", body
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed inside the body")
+            body += chunk
+        return status, headers, bytes(body[:length]), bytearray(body[length:])
+    if headers.get("transfer-encoding") == "chunked":
+        out = bytearray()
+        while True:
+            while b"\r\n" not in body:
+                body += sock.recv(65536)
+            size_line, _, tail = bytes(body).partition(b"\r\n")
+            size = int(size_line, 16)
+            body = bytearray(tail)
+            while len(body) < size + 2:
+                body += sock.recv(65536)
+            out += body[:size]
+            body = body[size + 2 :]
+            if size == 0:
+                return status, headers, bytes(out), body
+    return status, headers, b"", body
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = 5) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with the request's method, path, query and body as JSON."""
+    if scope["type"] != "http":
+        return
+    body = bytearray()
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    reply = json.dumps({
+        "method": scope["method"], "path": scope["path"], "raw_path": scope["raw_path"].decode(),
+        "query": scope["query_string"].decode(), "body": body.decode("latin-1"), "http_version": scope["http_version"],
+        "client": list(scope["client"]), "server": list(scope["server"]), "state": scope["state"],
+        "headers": [[n.decode(), v.decode()] for n, v in scope["headers"]],
+    }).encode()  # fmt: skip
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(reply))]})
+    await send({"type": "http.response.body", "body": reply})
+
+
+def test_scope_and_keep_alive_reuse(serving: Any) -> None:
+    running = serving(echo)
+    with httpx.Client(base_url=running.url) as client:
+        first = client.post("/a%20b/c?x=1&y=2", content=b"hello", headers={"X-Thing": "One"})
+        second = client.get("/again")
+    assert first.status_code == 200
+    got = first.json()
+    assert got["method"] == "POST" and got["path"] == "/a b/c" and got["raw_path"] == "/a%20b/c"
+    assert got["query"] == "x=1&y=2" and got["body"] == "hello" and got["http_version"] == "1.1"
+    assert ["x-thing", "One"] in got["headers"] and got["state"] == {}
+    assert got["server"] == ["127.0.0.1", running.port] and got["client"][0] == "127.0.0.1"
+    assert first.headers["server"] == "dockyard" and "GMT" in first.headers["date"]
+    # one connection for both
+    assert second.json()["client"] == got["client"]
+
+
+def test_pipelined_requests_are_answered_in_order(serving: Any) -> None:
+    async def slow_first(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        if scope["path"] == "/1":
+            await asyncio.sleep(0.2)
+        body = scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    running = serving(slow_first)
+    with running.connect() as sock:
+        sock.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in range(1, 6)))
+        rest = bytearray()
+        bodies = []
+        for _ in range(5):
+            status, _, body, rest = read_reply(sock, rest)
+            assert status == 200
+            bodies.append(body)
+    assert bodies == [b"/1", b"/2", b"/3", b"/4", b"/5"]
+
+
+def test_chunked_request_body_arrives_dechunked(serving: Any) -> None:
+    running = serving(echo)
+    with running.connect() as sock:
+        sock.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        time.sleep(0.05)
+        sock.sendall(b"6\r\n world\r\n0\r\n\r\n")
+        status, _, body, _ = read_reply(sock)
+    assert status == 200 and json.loads(body)["body"] == "hello world"
+
+
+def test_expect_100_continue_on_first_receive(serving: Any) -> None:
+    running = serving(echo)
+    with running.connect() as sock:
+        sock.sendall(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        interim = sock.recv(100)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"data")
+        status, _, body, _ = read_reply(sock)
+    assert status == 200 and json.loads(body)["body"] == "data"
+
+
+def test_big_body_with_backpressure_both_ways(serving: Any) -> None:
+    size = 8 * 1024 * 1024
+    seen: dict[str, int] = {}
+
+    async def slow_reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        total, biggest = 0, 0
+        while True:
+            message = await receive()
+            total += len(message["body"])
+            biggest = max(biggest, len(message["body"]))
+            await asyncio.sleep(0.001)
+            if not message["more_body"]:
+                break
+        seen.update(total=total, biggest=biggest)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % size)]})
+        for _ in range(size // 65536):  # writes wait for the transport to drain
+            await send({"type": "http.response.body", "body": b"y" * 65536, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    running = serving(slow_reader)
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        reply = client.post("/big", content=b"x" * size)
+    assert reply.status_code == 200 and len(reply.content) == size
+    assert seen["total"] == size
+    # reading paused while 64 KiB waited: no single receive() took the body whole
+    assert seen["biggest"] < 1024 * 1024
+
+
+def test_head_has_headers_only(serving: Any) -> None:
+    running = serving(echo)
+    with running.connect() as sock:
+        sock.sendall(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _, rest = read_reply(sock, head_only=True)
+        assert status == 200 and int(headers["content-length"]) > 0
+        # nothing of the HEAD body sits before the next reply
+        assert not rest or rest.startswith(b"HTTP/1.1 200")
+        status, _, body, _ = read_reply(sock, rest)
+        assert status == 200 and json.loads(body)["path"] == "/next"
+
+
+async def no_content(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_204_has_no_body_framing(serving: Any) -> None:
+    running = serving(no_content)
+    with running.connect() as sock:
+        sock.sendall(b"DELETE /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        data = sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert b"transfer-encoding" not in head and b"content-length" not in head and rest == b""
+
+
+def test_streamed_reply_is_chunked(serving: Any) -> None:
+    async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for part in (b"one ", b"two ", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    running = serving(stream)
+    with running.connect() as sock:
+        sock.sendall(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body, _ = read_reply(sock)
+    assert status == 200 and headers["transfer-encoding"] == "chunked" and body == b"one two three"
+    with httpx.Client(base_url=running.url) as client:
+        assert client.get("/s").text == "one two three"
+
+
+def test_disconnect_wakes_a_waiting_receive(serving: Any) -> None:
+    seen: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    async def watcher(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(await receive())  # the (empty) body
+        seen.append(await receive())  # waits: only a disconnect can come
+        seen.append(await receive())  # at once after it
+        done.set()
+
+    running = serving(watcher)
+    with running.connect() as sock:
+        sock.sendall(b"GET /w HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+    assert done.wait(5)
+    assert seen[0] == {"type": "http.request", "body": b"", "more_body": False}
+    assert seen[1] == {"type": "http.disconnect"} and seen[2] == {"type": "http.disconnect"}
+
+
+def test_receive_after_the_response_completes_is_a_disconnect(serving: Any) -> None:
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        waiting = asyncio.ensure_future(receive())  # a disconnect watch
+        await asyncio.sleep(0.01)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        seen.append(await asyncio.wait_for(waiting, 2))
+        seen.append(await receive())
+
+    running = serving(app)
+    with httpx.Client(base_url=running.url) as client:
+        assert client.get("/").text == "ok"
+        time.sleep(0.1)
+    assert seen == [{"type": "http.disconnect"}, {"type": "http.disconnect"}]
+
+
+def test_bad_request_is_400_json_and_close(serving: Any) -> None:
+    running = serving(echo)
+    with running.connect() as sock:
+        sock.sendall(b"GARBAGE\x01 / HTTP/1.1\r\n\r\n")
+        status, headers, body, _ = read_reply(sock)
+        assert status == 400 and headers["connection"] == "close"
+        assert json.loads(body)["code"] == "InvalidParameter"
+        assert closed_by_peer(sock)
+
+
+def test_upgrade_is_refused(serving: Any) -> None:
+    running = serving(echo)
+    with running.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        status, _, body, _ = read_reply(sock)
+        assert status == 400 and json.loads(body)["code"] == "InvalidParameter"
+        assert closed_by_peer(sock)
+
+
+def test_oversized_head_is_431(serving: Any) -> None:
+    running = serving(echo)
+    with running.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (n, b"p" * 1000) for n in range(70)) + b"\r\n")
+        status, _, body, _ = read_reply(sock)
+        assert status == 431 and json.loads(body)["code"] == "InvalidParameter"
+        assert closed_by_peer(sock)
+    with running.connect() as sock:  # one header that never ends
+        sock.sendall(b"GET / HTTP/1.1\r\nX-Long: ")
+        with contextlib.suppress(ConnectionError):  # refused while still sending
+            for _ in range(40):
+                sock.sendall(b"z" * 8192)
+        sock.settimeout(5)
+        try:
+            answer = sock.recv(65536)
+        except ConnectionResetError:
+            answer = b""  # closed with the head unread: the 431 may be lost to the reset
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431 ")
+
+
+def test_app_exception_is_500_json_and_close(serving: Any) -> None:
+    async def broken(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raise ValueError("boom")
+
+    running = serving(broken)
+    with running.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body, _ = read_reply(sock)
+        assert status == 500 and headers["connection"] == "close"
+        assert json.loads(body)["code"] == "InternalServerError"
+        assert closed_by_peer(sock)
+
+
+def test_exception_after_the_start_cuts_the_reply(serving: Any) -> None:
+    async def half(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        raise ValueError("boom")
+
+    running = serving(half)
+    with httpx.Client(base_url=running.url) as client, pytest.raises(httpx.RemoteProtocolError):
+        client.get("/")
+
+
+@pytest.mark.parametrize("header", [(b"x-evil", b"a\r\nset-cookie: x=1"), (b"x-evil\n", b"a"), (b"x-nul", b"a\0b")])
+def test_header_splitting_is_refused(serving: Any, header: tuple[bytes, bytes]) -> None:
+    errors: list[BaseException] = []
+
+    async def splitter(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [header]})
+        except RuntimeError as exc:
+            errors.append(exc)
+            raise
+
+    running = serving(splitter)
+    with httpx.Client(base_url=running.url) as client:
+        reply = client.get("/")
+    assert reply.status_code == 500 and "set-cookie" not in reply.headers and "x-evil" not in reply.headers
+    assert errors and isinstance(errors[0], RuntimeError)
+
+
+def test_connection_close_and_http_1_0(serving: Any) -> None:
+    running = serving(echo)
+    with running.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        status, headers, body, _ = read_reply(sock)
+        assert status == 200 and headers["connection"] == "close" and json.loads(body)["http_version"] == "1.0"
+        assert closed_by_peer(sock)
+    with running.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, headers, _, _ = read_reply(sock)
+        assert status == 200 and headers["connection"] == "close"
+        assert closed_by_peer(sock)
+
+
+def test_idle_keep_alive_connection_is_closed(serving: Any) -> None:
+    running = serving(echo, keep_alive_s=1)
+    with running.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_reply(sock)[0] == 200
+        started = time.monotonic()
+        assert closed_by_peer(sock, timeout=5)
+        assert 0.5 < time.monotonic() - started < 3.5
+
+
+def test_graceful_stop_finishes_a_request_in_progress(serving: Any) -> None:
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(0.5)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    running = serving(slow)
+    with running.connect() as idle, running.connect() as busy:
+        idle.sendall(b"")  # connected, never asks
+        busy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        stopper = threading.Thread(target=running.stop, args=(5,))
+        stopper.start()
+        status, headers, body, _ = read_reply(busy)
+        assert status == 200 and body == b"done" and headers["connection"] == "close"
+        assert closed_by_peer(idle) and closed_by_peer(busy)
+        stopper.join(10)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", running.port), timeout=2).close()
+
+
+def test_lifespan_runs_around_serving() -> None:
+    events: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                events.append(message["type"])
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        else:
+            await no_content(scope, receive, send)
+
+    running = Running(app)
+    assert events == ["lifespan.startup"]
+    running.stop()
+    assert events == ["lifespan.startup", "lifespan.shutdown"]
+
+
+def test_app_without_lifespan_is_tolerated() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        await no_content(scope, receive, send)
+
+    running = Running(app)
+    try:
+        with httpx.Client(base_url=running.url) as client:
+            assert client.get("/").status_code == 204
+    finally:
+        running.stop()
