@@ -230,6 +230,10 @@ def gateway_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
         "DOCKYARD_GATEWAY_CONNECT_TIMEOUT_S": "1",
         "DOCKYARD_GATEWAY_MAX_BODY_BYTES": "4096",
         "DOCKYARD_GATEWAY_ROUTE_CACHE_TTL_S": "0.2",
+        # The 429 limit is not what this test measures (test_gateway_balancing.py does): 20 client
+        # connections plus requests whose callers hung up must never reach it, whichever of
+        # the worker processes (each with its share of the limit) the kernel gives them to.
+        "DOCKYARD_GATEWAY_INFLIGHT_PER_INSTANCE": "400",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "dockyard.cli.main", "serve", "--role", "gateway", "--port", str(port),
