@@ -5,11 +5,9 @@ request than the proxying itself: an Event and a keep-alive timer per request, a
 layer, regular expressions per response header, task callbacks. This server does what the
 gateway needs and no more, on asyncio (uvloop when installed) with httptools' parser:
 
-- one `_Connection` (an asyncio.Protocol) per TCP connection, one `_Cycle` per request, and one
-  Task per request (the ASGI call, which also starts the next pipelined request when it ends);
-- a future is made only when `receive()` or `send()` has to wait;
-- the response head goes out in the same write as the first body part (one syscall and one
-  TCP segment for a small reply), or on the loop's next turn when that part is late;
+- one `Connection` (an asyncio.Protocol) per TCP connection, one `Cycle` (httpcycle.py: the
+  ASGI `receive` and `send`) per request, and one Task per request (the ASGI call, which also
+  starts the next pipelined request when it ends);
 - idle keep-alive connections are closed by one sweep per server each second, over the
   connections' last-activity times (the same sweep refreshes the `date` header);
 - requests pipelined on a connection are queued and answered in order, reading paused meanwhile;
@@ -24,9 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import email.utils
-import http
-import json
 import logging
 import signal
 import socket
@@ -35,42 +30,24 @@ from urllib.parse import unquote
 
 import httptools
 
+from dockyard.gateway.asgilifespan import Lifespan, StartupFailed
+from dockyard.gateway.httpcycle import (
+    READ_HIGH_WATER,
+    Cycle,
+    default_head,
+    error_reply,
+    wake_all,
+)
+
 log = logging.getLogger("dockyard.gateway.httpserver")
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; more is answered 431
-READ_HIGH_WATER = 64 * 1024  # unread request body bytes past which reading pauses
 SWEEP_EVERY_S = 1.0
 # Shared by every request's scope: nothing in the gateway writes to it, and building it per
 # request is pure cost.
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
 HEAD_TOO_LARGE = (431, f"the request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB")
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus}
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
-NO_BODY_STATUSES = frozenset({204, 304})
-
-
-def status_line(status: int) -> bytes:
-    """The status line; a code without a known reason phrase gets none (which HTTP allows)."""
-    line = STATUS_LINES.get(status)
-    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
-
-
-def default_head() -> bytes:
-    """The headers every response carries, formatted once per second by the sweep."""
-    return b"server: dockyard\r\ndate: " + email.utils.formatdate(usegmt=True).encode("ascii") + b"\r\n"
-
-
-def error_reply(status: int, code: str, message: str, head: bytes) -> bytes:
-    """A whole JSON error response that closes the connection (the errors the project answers)."""
-    body = json.dumps({"code": code, "message": message}).encode()
-    return b"".join((
-        status_line(status), head, b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body), body,
-    ))  # fmt: skip
-
-
-class StartupFailed(Exception):
-    """The app's lifespan startup reported a failure."""
 
 
 class _HeadTooLarge(Exception):
@@ -79,18 +56,6 @@ class _HeadTooLarge(Exception):
 
 class _BadTarget(Exception):
     pass
-
-
-def _disconnect() -> dict[str, Any]:
-    return {"type": "http.disconnect"}
-
-
-def _wake(waiters: list[asyncio.Future[None]] | None) -> None:
-    if waiters:
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        waiters.clear()
 
 
 def _split_target(url: bytes) -> tuple[str, bytes, bytes]:
@@ -113,204 +78,7 @@ def _split_target(url: bytes) -> tuple[str, bytes, bytes]:
     return path, raw_path, query
 
 
-class _Cycle:
-    """One request and its response: the ASGI `receive` and `send` of one app call."""
-
-    __slots__ = (
-        "conn", "scope", "keep_alive", "expect_continue", "is_head",
-        "body", "buffered", "message_complete", "delivered", "waiters",
-        "started", "complete", "body_allowed", "chunked", "remaining", "pending_head",
-    )  # fmt: skip
-
-    def __init__(self, conn: _Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
-        self.conn = conn
-        self.scope = scope
-        self.keep_alive = keep_alive
-        self.expect_continue = expect_continue
-        self.is_head = scope["method"] == "HEAD"
-        self.body: list[bytes] = []
-        self.buffered = 0  # request body bytes received, not yet taken by receive()
-        self.message_complete = False  # the whole request body has arrived
-        self.delivered = False  # ... and receive() has returned its last part
-        self.waiters: list[asyncio.Future[None]] | None = None  # receive() calls waiting
-        self.started = False
-        self.complete = False
-        self.body_allowed = True
-        self.chunked = False
-        self.remaining = -1  # bytes still due under Content-Length; -1 without one
-        self.pending_head: bytes | None = None  # the response head, written with the first body part
-
-    # --- receive ------------------------------------------------------------------------------
-
-    async def receive(self) -> dict[str, Any]:
-        conn = self.conn
-        if conn.closed or self.complete:
-            return _disconnect()
-        if self.expect_continue:
-            self.expect_continue = False
-            if not self.started:
-                conn.transport.write(CONTINUE)
-        while self.delivered or not (self.body or self.message_complete):
-            conn.update_reading()  # this call wants data: a paused read must go on
-            waiter = conn.loop.create_future()
-            if self.waiters is None:
-                self.waiters = [waiter]
-            else:
-                self.waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if self.waiters and waiter in self.waiters:  # cancelled: not woken
-                    self.waiters.remove(waiter)
-            if conn.closed or self.complete:
-                return _disconnect()
-        body = self.body
-        if body:
-            data = body[0] if len(body) == 1 else b"".join(body)
-            self.body = []
-        else:
-            data = b""
-        more = not self.message_complete
-        self.delivered = not more
-        if self.buffered > READ_HIGH_WATER:
-            self.buffered = 0
-            conn.update_reading()
-        else:
-            self.buffered = 0
-        return {"type": "http.request", "body": data, "more_body": more}
-
-    def wake(self) -> None:
-        _wake(self.waiters)
-
-    # --- send ---------------------------------------------------------------------------------
-
-    async def send(self, message: dict[str, Any]) -> None:
-        conn = self.conn
-        if conn.write_paused and not conn.closed:
-            await conn.drain()
-        if conn.closed:
-            return  # the caller went away: what the app sends goes nowhere
-        kind = message["type"]
-        if not self.started:
-            if kind != "http.response.start":
-                raise RuntimeError(f"the response must begin with 'http.response.start', not {kind!r}")
-            head = self._head(message)
-            self.started = True
-            # The body nearly always follows at once: head and body then go in one write (one
-            # syscall, one segment); the loop's next turn writes the head alone if it is late.
-            self.pending_head = head
-            conn.loop.call_soon(self._flush_head)
-        elif kind == "http.response.body":
-            if self.complete:
-                raise RuntimeError("'http.response.body' after the response completed")
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
-            self._write_body(body, more)
-            if not more:
-                self._finish()
-        else:
-            raise RuntimeError(f"{kind!r} after 'http.response.start'")
-
-    def _head(self, message: dict[str, Any]) -> bytes:
-        """The response head; raises RuntimeError for a header that would split the response."""
-        status = message["status"]
-        headers = message.get("headers") or ()
-        parts = [status_line(status), self.conn.server.default_head]
-        keep_alive = self.keep_alive
-        closing = False  # the app wrote `connection: close` itself
-        length = -1
-        chunked = False
-        for name, value in headers:
-            name = name.lower()
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise RuntimeError(f"content-length {value!r} is not a number") from None
-            elif name == b"connection":
-                if b"close" in value.lower():
-                    keep_alive = False
-                    closing = True
-            elif name == b"transfer-encoding":
-                chunked = value.lower() == b"chunked"
-            parts += (name, b": ", value, b"\r\n")
-        lines = 3 + (len(parts) - 2) // 4  # status, server, date and the app's headers
-        body_allowed = not self.is_head and status >= 200 and status not in NO_BODY_STATUSES
-        if length < 0 and not chunked and body_allowed:
-            chunked = True
-            parts.append(b"transfer-encoding: chunked\r\n")
-            lines += 1
-        if not keep_alive and not closing:
-            parts.append(b"connection: close\r\n")
-            lines += 1
-        parts.append(b"\r\n")
-        head = b"".join(parts)
-        # One count over the whole head rather than a search per header: every CR and LF must
-        # be one of the line ends written above, and no NUL may appear.
-        if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1 or b"\0" in head:
-            raise RuntimeError(f"response header {_offending(headers)!r} holds CR, LF or NUL")
-        self.keep_alive = keep_alive
-        self.body_allowed = body_allowed
-        self.chunked = chunked and body_allowed
-        self.remaining = length if body_allowed and not chunked else -1
-        return head
-
-    def _write_body(self, body: bytes, more: bool) -> None:
-        """Frames one body message and writes it, behind the head when that still waits."""
-        if not self.body_allowed:
-            parts = []
-        elif self.chunked:
-            if body:
-                parts = [b"%x\r\n" % len(body), body, b"\r\n" if more else b"\r\n0\r\n\r\n"]
-            else:  # an empty chunk would end the reply: only the last message writes one
-                parts = [] if more else [b"0\r\n\r\n"]
-        else:
-            if self.remaining >= 0:
-                self.remaining -= len(body)
-                if self.remaining < 0:
-                    raise RuntimeError("the response body is longer than its content-length")
-                if not more and self.remaining > 0:
-                    raise RuntimeError("the response body is shorter than its content-length")
-            parts = [body]
-        head = self.pending_head
-        if head is not None:
-            self.pending_head = None
-            parts.insert(0, head)
-        if len(body) < 65536:  # small: one copy is cheaper than a vector of parts
-            data = b"".join(parts)
-            if data:
-                self.conn.transport.write(data)
-        else:
-            self.conn.transport.writelines(parts)
-
-    def _flush_head(self) -> None:
-        head = self.pending_head
-        if head is not None:
-            self.pending_head = None
-            if not self.conn.closed:
-                self.conn.transport.write(head)
-
-    def _finish(self) -> None:
-        self.complete = True
-        self.body = []
-        if self.buffered > READ_HIGH_WATER:  # an unread body must not keep reading paused
-            self.buffered = 0
-            self.conn.update_reading()
-        self.buffered = 0
-        self.wake()  # a receive() waiting (a disconnect watch) returns http.disconnect
-        if not self.keep_alive:
-            self.conn.close()
-
-
-def _offending(headers: Any) -> bytes:
-    for name, value in headers:
-        for part in (name, value):
-            if b"\r" in part or b"\n" in part or b"\0" in part:
-                return bytes(name)
-    return b""
-
-
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One TCP connection: parses requests and runs one app call at a time, in arrival order."""
 
     def __init__(self, server: HttpServer) -> None:
@@ -324,9 +92,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.broken = False  # the parser failed: nothing more is read
         self.error_reply: bytes | None = None  # to write once the request before it is answered
-        self.active: _Cycle | None = None  # the request whose app call runs
-        self.parsing: _Cycle | None = None  # the request whose body the parser is reading
-        self.queue: collections.deque[_Cycle] = collections.deque()  # pipelined, waiting
+        self.active: Cycle | None = None  # the request whose app call runs
+        self.parsing: Cycle | None = None  # the request whose body the parser is reading
+        self.queue: collections.deque[Cycle] = collections.deque()  # pipelined, waiting
         self.task: asyncio.Task[None] | None = None
         self.last_active = 0.0
         self.read_paused = False
@@ -358,7 +126,7 @@ class _Connection(asyncio.Protocol):
         self.queue.clear()
         if self.active is not None:
             self.active.wake()
-        _wake(self.drain_waiters)
+        wake_all(self.drain_waiters)
 
     def data_received(self, data: bytes) -> None:
         if self.broken or self.closed:
@@ -389,7 +157,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        _wake(self.drain_waiters)
+        wake_all(self.drain_waiters)
 
     # --- httptools callbacks ------------------------------------------------------------------
 
@@ -446,7 +214,7 @@ class _Connection(asyncio.Protocol):
             "state": {},
         }
         keep_alive = parser.should_keep_alive() and not self.server.stopping
-        cycle = self.parsing = _Cycle(self, scope, keep_alive, self.expect_continue)
+        cycle = self.parsing = Cycle(self, scope, keep_alive, self.expect_continue)
         if self.active is None and not self.queue:
             self.start(cycle)
         else:
@@ -472,11 +240,11 @@ class _Connection(asyncio.Protocol):
 
     # --- requests -----------------------------------------------------------------------------
 
-    def start(self, cycle: _Cycle) -> None:
+    def start(self, cycle: Cycle) -> None:
         self.active = cycle
         self.task = self.loop.create_task(self.run(cycle))
 
-    async def run(self, cycle: _Cycle) -> None:
+    async def run(self, cycle: Cycle) -> None:
         """The app call of one request, then the next pipelined request (no done-callback)."""
         try:
             await self.app(cycle.scope, cycle.receive, cycle.send)
@@ -494,7 +262,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self.finished()
 
-    def fail(self, cycle: _Cycle, message: str) -> None:
+    def fail(self, cycle: Cycle, message: str) -> None:
         """500 when nothing was sent yet, else a cut reply; the connection closes either way."""
         if not cycle.started and not self.closed:
             self.transport.write(error_reply(500, "InternalServerError", message, self.server.default_head))
@@ -561,7 +329,7 @@ class _Connection(asyncio.Protocol):
         self.transport.close()
         if self.active is not None:
             self.active.wake()
-        _wake(self.drain_waiters)
+        wake_all(self.drain_waiters)
 
     def shutdown(self) -> None:
         """Server stopping: close when idle, else after the request in progress."""
@@ -581,88 +349,31 @@ def _address(info: Any) -> tuple[str, int] | None:
     return None
 
 
-class _Lifespan:
-    """The ASGI lifespan protocol; an app that does not take part is tolerated."""
-
-    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.app = app
-        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.started: asyncio.Future[None] = loop.create_future()
-        self.stopped: asyncio.Future[None] = loop.create_future()
-        self.failure: str | None = None
-        self.sent_any = False
-        self.task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
-        try:
-            await self.app(scope, self.inbox.get, self.send)
-        except Exception:
-            if self.sent_any:
-                log.exception("the application's lifespan failed")
-            else:
-                log.info("the application does not take part in the ASGI lifespan")
-        finally:
-            for future in (self.started, self.stopped):
-                if not future.done():
-                    future.set_result(None)
-
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent_any = True
-        kind = message["type"]
-        if kind in ("lifespan.startup.complete", "lifespan.startup.failed"):
-            if kind == "lifespan.startup.failed":
-                self.failure = message.get("message") or "startup failed"
-            if not self.started.done():
-                self.started.set_result(None)
-        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-            if kind == "lifespan.shutdown.failed":
-                log.error("the application's lifespan shutdown failed: %s", message.get("message", ""))
-            if not self.stopped.done():
-                self.stopped.set_result(None)
-
-    async def startup(self) -> None:
-        """Raises StartupFailed when the app reports its startup failed."""
-        self.task = asyncio.get_running_loop().create_task(self.run())
-        await self.inbox.put({"type": "lifespan.startup"})
-        await self.started
-        if self.failure is not None:
-            raise StartupFailed(self.failure)
-
-    async def shutdown(self) -> None:
-        if self.task is None or self.task.done():
-            return
-        await self.inbox.put({"type": "lifespan.shutdown"})
-        await self.stopped
-        with contextlib.suppress(Exception):
-            await self.task
-
-
 class HttpServer:
     """Serves one ASGI app on one listening socket: `start()`, then `stop()`."""
 
     def __init__(self, app: Any, *, keep_alive_s: float = 75.0) -> None:
         self.app = app
         self.keep_alive_s = keep_alive_s
-        self.connections: set[_Connection] = set()
+        self.connections: set[Connection] = set()
         self.stopping = False
         self.default_head = default_head()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._lifespan: _Lifespan | None = None
+        self._lifespan: Lifespan | None = None
         self._hurry = False
 
     async def start(self, *, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None, backlog: int = 4096) -> None:
         """Runs the lifespan startup, then listens (on `sock` when given, else host:port)."""
         self.loop = asyncio.get_running_loop()
-        self._lifespan = _Lifespan(self.app, self.loop)
+        self._lifespan = Lifespan(self.app, self.loop)
         await self._lifespan.startup()
         try:
             if sock is not None:
-                self._listener = await self.loop.create_server(lambda: _Connection(self), sock=sock, backlog=backlog)
+                self._listener = await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=backlog)
             else:
-                self._listener = await self.loop.create_server(lambda: _Connection(self), host=host, port=port, backlog=backlog, reuse_address=True)
+                self._listener = await self.loop.create_server(lambda: Connection(self), host=host, port=port, backlog=backlog, reuse_address=True)
         except BaseException:
             await self._lifespan.shutdown()  # started: the app's resources are released
             raise

@@ -1,0 +1,253 @@
+"""One HTTP/1.1 request and its response, as the ASGI `receive` and `send` of one app call
+(the server in httpserver.py parses the request and runs the call).
+
+`receive()` hands over the request body as it arrives and makes a future only when it has to
+wait; `send()` frames the response: the head goes out in the same write as the first body part
+(one syscall and one TCP segment for a small reply), or on the loop's next turn when that part
+is late; a body without a length is sent chunked; a header holding CR, LF or NUL is refused
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dockyard.gateway.httpserver import Connection
+
+READ_HIGH_WATER = 64 * 1024  # unread request body bytes past which reading pauses
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus}
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def status_line(status: int) -> bytes:
+    """The status line; a code without a known reason phrase gets none (which HTTP allows)."""
+    line = STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+def default_head() -> bytes:
+    """The headers every response carries, formatted once per second by the sweep."""
+    return b"server: dockyard\r\ndate: " + email.utils.formatdate(usegmt=True).encode("ascii") + b"\r\n"
+
+
+def error_reply(status: int, code: str, message: str, head: bytes) -> bytes:
+    """A whole JSON error response that closes the connection (the errors the project answers)."""
+    body = json.dumps({"code": code, "message": message}).encode()
+    return b"".join((
+        status_line(status), head, b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body), body,
+    ))  # fmt: skip
+
+
+def _disconnect() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+def wake_all(waiters: list[asyncio.Future[None]] | None) -> None:
+    if waiters:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        waiters.clear()
+
+
+class Cycle:
+    """One request and its response: the ASGI `receive` and `send` of one app call."""
+
+    __slots__ = (
+        "conn", "scope", "keep_alive", "expect_continue", "is_head",
+        "body", "buffered", "message_complete", "delivered", "waiters",
+        "started", "complete", "body_allowed", "chunked", "remaining", "pending_head",
+    )  # fmt: skip
+
+    def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.is_head = scope["method"] == "HEAD"
+        self.body: list[bytes] = []
+        self.buffered = 0  # request body bytes received, not yet taken by receive()
+        self.message_complete = False  # the whole request body has arrived
+        self.delivered = False  # ... and receive() has returned its last part
+        self.waiters: list[asyncio.Future[None]] | None = None  # receive() calls waiting
+        self.started = False
+        self.complete = False
+        self.body_allowed = True
+        self.chunked = False
+        self.remaining = -1  # bytes still due under Content-Length; -1 without one
+        self.pending_head: bytes | None = None  # the response head, written with the first body part
+
+    # --- receive ------------------------------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        conn = self.conn
+        if conn.closed or self.complete:
+            return _disconnect()
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.started:
+                conn.transport.write(CONTINUE)
+        while self.delivered or not (self.body or self.message_complete):
+            conn.update_reading()  # this call wants data: a paused read must go on
+            waiter = conn.loop.create_future()
+            if self.waiters is None:
+                self.waiters = [waiter]
+            else:
+                self.waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if self.waiters and waiter in self.waiters:  # cancelled: not woken
+                    self.waiters.remove(waiter)
+            if conn.closed or self.complete:
+                return _disconnect()
+        body = self.body
+        if body:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            self.body = []
+        else:
+            data = b""
+        more = not self.message_complete
+        self.delivered = not more
+        if self.buffered > READ_HIGH_WATER:
+            self.buffered = 0
+            conn.update_reading()
+        else:
+            self.buffered = 0
+        return {"type": "http.request", "body": data, "more_body": more}
+
+    def wake(self) -> None:
+        wake_all(self.waiters)
+
+    # --- send ---------------------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        conn = self.conn
+        if conn.write_paused and not conn.closed:
+            await conn.drain()
+        if conn.closed:
+            return  # the caller went away: what the app sends goes nowhere
+        kind = message["type"]
+        if not self.started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"the response must begin with 'http.response.start', not {kind!r}")
+            head = self._head(message)
+            self.started = True
+            # The body nearly always follows at once: head and body then go in one write (one
+            # syscall, one segment); the loop's next turn writes the head alone if it is late.
+            self.pending_head = head
+            conn.loop.call_soon(self._flush_head)
+        elif kind == "http.response.body":
+            if self.complete:
+                raise RuntimeError("'http.response.body' after the response completed")
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            self._write_body(body, more)
+            if not more:
+                self._finish()
+        else:
+            raise RuntimeError(f"{kind!r} after 'http.response.start'")
+
+    def _head(self, message: dict[str, Any]) -> bytes:
+        """The response head; raises RuntimeError for a header that would split the response."""
+        status = message["status"]
+        headers = message.get("headers") or ()
+        parts = [status_line(status), self.conn.server.default_head]
+        keep_alive = self.keep_alive
+        closing = False  # the app wrote `connection: close` itself
+        length = -1
+        chunked = False
+        for name, value in headers:
+            name = name.lower()
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise RuntimeError(f"content-length {value!r} is not a number") from None
+            elif name == b"connection":
+                if b"close" in value.lower():
+                    keep_alive = False
+                    closing = True
+            elif name == b"transfer-encoding":
+                chunked = value.lower() == b"chunked"
+            parts += (name, b": ", value, b"\r\n")
+        lines = 3 + (len(parts) - 2) // 4  # status, server, date and the app's headers
+        body_allowed = not self.is_head and status >= 200 and status not in NO_BODY_STATUSES
+        if length < 0 and not chunked and body_allowed:
+            chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+            lines += 1
+        if not keep_alive and not closing:
+            parts.append(b"connection: close\r\n")
+            lines += 1
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        # One count over the whole head rather than a search per header: every CR and LF must
+        # be one of the line ends written above, and no NUL may appear.
+        if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1 or b"\0" in head:
+            raise RuntimeError(f"response header {_offending(headers)!r} holds CR, LF or NUL")
+        self.keep_alive = keep_alive
+        self.body_allowed = body_allowed
+        self.chunked = chunked and body_allowed
+        self.remaining = length if body_allowed and not chunked else -1
+        return head
+
+    def _write_body(self, body: bytes, more: bool) -> None:
+        """Frames one body message and writes it, behind the head when that still waits."""
+        if not self.body_allowed:
+            parts = []
+        elif self.chunked:
+            if body:
+                parts = [b"%x\r\n" % len(body), body, b"\r\n" if more else b"\r\n0\r\n\r\n"]
+            else:  # an empty chunk would end the reply: only the last message writes one
+                parts = [] if more else [b"0\r\n\r\n"]
+        else:
+            if self.remaining >= 0:
+                self.remaining -= len(body)
+                if self.remaining < 0:
+                    raise RuntimeError("the response body is longer than its content-length")
+                if not more and self.remaining > 0:
+                    raise RuntimeError("the response body is shorter than its content-length")
+            parts = [body]
+        head = self.pending_head
+        if head is not None:
+            self.pending_head = None
+            parts.insert(0, head)
+        if len(body) < 65536:  # small: one copy is cheaper than a vector of parts
+            data = b"".join(parts)
+            if data:
+                self.conn.transport.write(data)
+        else:
+            self.conn.transport.writelines(parts)
+
+    def _flush_head(self) -> None:
+        head = self.pending_head
+        if head is not None:
+            self.pending_head = None
+            if not self.conn.closed:
+                self.conn.transport.write(head)
+
+    def _finish(self) -> None:
+        self.complete = True
+        self.body = []
+        if self.buffered > READ_HIGH_WATER:  # an unread body must not keep reading paused
+            self.buffered = 0
+            self.conn.update_reading()
+        self.buffered = 0
+        self.wake()  # a receive() waiting (a disconnect watch) returns http.disconnect
+        if not self.keep_alive:
+            self.conn.close()
+
+
+def _offending(headers: Any) -> bytes:
+    for name, value in headers:
+        for part in (name, value):
+            if b"\r" in part or b"\n" in part or b"\0" in part:
+                return bytes(name)
+    return b""
