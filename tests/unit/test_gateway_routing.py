@@ -81,8 +81,26 @@ async def test_route_table_shares_one_read_and_caches_for_ttl() -> None:
     now[0] = 0.4
     await table.get("md1")
     assert source.reads == 1
-    now[0] = 0.6
+    now[0] = 0.8  # expired longer ago than the stale window (ttl / 2): the caller waits for the read
     await table.get("md1")
+    assert source.reads == 2
+
+
+async def test_route_table_answers_a_just_expired_route_while_one_read_refreshes_it() -> None:
+    now = [0.0]
+    source = CountingSource({"md1": record()})
+    table = RouteTable(source, ttl_s=0.5, clock=lambda: now[0])
+    first = await table.get("md1")
+    source.records["md1"] = record("INACTIVE")
+    now[0] = 0.6  # expired 0.1 s ago: within the stale window
+    answers = await asyncio.gather(*(table.get("md1") for _ in range(20)))
+    assert all(a is first for a in answers)  # nobody waited on the store
+    pending = table._pending.get("md1")  # noqa: SLF001 (the refresh the first caller started)
+    assert pending is not None
+    await pending
+    assert source.reads == 2  # one read for all twenty
+    fresh = await table.get("md1")
+    assert fresh is not None and fresh.state == "INACTIVE"
     assert source.reads == 2
 
 

@@ -59,6 +59,7 @@ def serve(
     """Run the control plane, the reconciler and the gateway in one process."""
     import uvicorn
 
+    from dockyard.heap import freeze_startup_objects
     from dockyard.server import create_app, serve_all
     from dockyard.settings import Settings
 
@@ -116,7 +117,9 @@ def serve(
         console.print("[yellow]--insecure-no-auth:[/] unsigned requests act as an anonymous administrator")
     for line in client_hints(application.state.server.admin_config):
         console.print(line, highlight=False, soft_wrap=True)
-    uvicorn.run(serve_all(application, settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+    served = serve_all(application, settings)
+    freeze_startup_objects()
+    uvicorn.run(served, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
                 timeout_keep_alive=int(settings.keep_alive_s))  # fmt: skip
 
 

@@ -38,6 +38,7 @@ from dockyard.gateway.httpcycle import (
     error_reply,
     wake_all,
 )
+from dockyard.heap import freeze_startup_objects
 
 log = logging.getLogger("dockyard.gateway.httpserver")
 
@@ -463,6 +464,7 @@ async def _serve(app: Any, *, host: str, port: int, sock: socket.socket | None, 
         await server.start(host=host, port=port, sock=sock, backlog=backlog)
         where = sock.getsockname() if sock is not None else (host, server.port)
         log.info("serving HTTP on %s:%s", where[0], where[1])
+        freeze_startup_objects()
         await stop.wait()
         log.info("stopping: requests in progress may finish within %s s", graceful_s)
         await server.stop(graceful_s)

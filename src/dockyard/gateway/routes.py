@@ -106,6 +106,12 @@ class RouteTable:
     `get` returns None for an unknown (or DELETED) deployment. When the store cannot be read,
     the last route known is kept serving (an instance that still answers is better than an
     error); with none known, ServiceUnavailable is raised.
+
+    A route that expired less than `ttl_s / 2` ago is still answered while one read refreshes
+    it: a busy deployment's requests never all wait on the store (they did, twice a second,
+    and every connection stalled behind the read). Later than that, callers wait for the read
+    as on a first request, so a deployment seen rarely is never served from an old route, and
+    `forget()` still makes the next request wait for the store.
     """
 
     def __init__(
@@ -124,16 +130,24 @@ class RouteTable:
 
     async def get(self, deployment_id: str) -> Route | None:
         cached = self._cache.get(deployment_id)
-        if cached is not None and self.clock() < cached[0]:
-            return cached[1]
+        if cached is not None:
+            now = self.clock()
+            if now < cached[0]:
+                return cached[1]
+            if now < cached[0] + self.ttl_s / 2:
+                self._read_once(deployment_id, cached)  # answered now, refreshed meanwhile
+                return cached[1]
+        return await asyncio.shield(self._read_once(deployment_id, cached))
+
+    def _read_once(self, deployment_id: str, cached: tuple[float, Route | None] | None) -> asyncio.Task[Route | None]:
+        """The read of `deployment_id` in progress, or a new one. It runs in its own task: a
+        caller that goes away does not cancel it for the others waiting on it."""
         task = self._pending.get(deployment_id)
         if task is None:
-            # The read runs in its own task: a caller that goes away does not cancel it for the
-            # others waiting on it.
             task = asyncio.get_running_loop().create_task(self._refresh(deployment_id, cached))
             self._pending[deployment_id] = task
             task.add_done_callback(lambda done: self._settled(deployment_id, done))
-        return await asyncio.shield(task)
+        return task
 
     def _settled(self, deployment_id: str, task: asyncio.Task[Route | None]) -> None:
         self._pending.pop(deployment_id, None)
