@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from dockyard.auth.identity import KeyId, KeyLookup, Principal, RegisteredKey
 from dockyard.auth.keys import loaded_public_key
+from dockyard.durations import duration_in_words
 from dockyard.errors import InvalidParameter, NotAuthenticated
 
 GENERIC_HEADERS = ("date", "(request-target)", "host")
@@ -183,24 +184,6 @@ def _require_present(signed: tuple[str, ...], headers: Mapping[str, str]) -> Non
             )
 
 
-def _plural(n: int, unit: str) -> str:
-    return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 120:
-        return _plural(s, "second")
-    if s < 600:
-        minutes, rest = divmod(s, 60)
-        return _plural(minutes, "minute") + (f" {_plural(rest, 'second')}" if rest else "")
-    if s < 2 * 3600:
-        return _plural(round(seconds / 60), "minute")
-    if s < 2 * 86400:
-        return _plural(round(seconds / 3600), "hour")
-    return _plural(round(seconds / 86400), "day")
-
-
 @functools.lru_cache(maxsize=256)
 def _signed_at(value: str) -> datetime:
     """The moment an HTTP date names, aware. Every request signed within the same second carries
@@ -227,8 +210,8 @@ def check_date(value: str, now: datetime, max_skew_s: float = DEFAULT_MAX_SKEW_S
     if abs(skew) > max_skew_s:
         server = email.utils.format_datetime(now.astimezone(timezone.utc), usegmt=True)
         raise NotAuthenticated(
-            f"date is {_duration(abs(skew))} off the server's clock ({'behind' if skew > 0 else 'ahead of'} it: "
-            f"the request says {value}, the server {server}); at most {_duration(max_skew_s)} are allowed so that "
+            f"date is {duration_in_words(abs(skew))} off the server's clock ({'behind' if skew > 0 else 'ahead of'} it: "
+            f"the request says {value}, the server {server}); at most {duration_in_words(max_skew_s)} are allowed so that "
             "a captured request cannot be replayed later: sync your clock (NTP) and send a freshly signed request"
         )
 

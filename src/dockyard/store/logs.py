@@ -20,7 +20,6 @@ the last stored line: nothing is stored twice, and nothing read but not yet writ
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import threading
 import time
@@ -37,6 +36,7 @@ from sqlalchemy.engine import Dialect
 
 from dockyard.errors import InvalidParameter
 from dockyard.store import schema as t
+from dockyard.store.json_text import json_text
 from dockyard.store.metadata import SqlMetadataStore
 
 log = logging.getLogger("dockyard.logs")
@@ -105,25 +105,6 @@ _COLUMNS = ("deployment_id", "category", "time", "instance_id", "stream", "log_i
 _ROWS_PER_INSERT = 100  # 800 parameters: within SQLite's oldest limit (999) per statement
 
 
-def _make_json_text() -> Any:
-    """A function giving exactly the text `json.dumps(value)` gives (what SQLAlchemy's JSON type
-    stores), with the C encoder made once: `json.dumps` makes a new one per call, which costs more
-    than encoding a flat access entry. No circular-reference check: a shared `markers` dict would
-    keep stale ids after an error; a circular value still fails (RecursionError), as it did."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # an interpreter without the C accelerator
-        return json.dumps
-    plain = json.JSONEncoder()
-    encode = make(None, plain.default, json.encoder.encode_basestring_ascii, plain.indent, plain.key_separator,
-                  plain.item_separator, plain.sort_keys, plain.skipkeys, plain.allow_nan)
-
-    def json_text(value: Any) -> str:
-        return "".join(encode(value, 0))
-
-    return json_text
-
-
-_json_text = _make_json_text()
 
 
 def _text_json_insert(dialect: Dialect) -> tuple[str, str] | None:
@@ -273,7 +254,7 @@ class LogStore:
     def _entry_rows(self, batch: list[_Row], log_ids: dict[str, dict[str, str] | None]) -> list[tuple[Any, ...]]:
         """The batch's entries as rows in `_COLUMNS` order; `fields` already JSON text where the
         store inserts through the driver (`_insert_sql`)."""
-        encode = _json_text if self._insert_sql is not None else None
+        encode = json_text if self._insert_sql is not None else None
         rows = []
         for d, c, stamp, i, s, m, f, _ in batch:
             ids = log_ids.get(d)
