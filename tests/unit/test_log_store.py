@@ -326,11 +326,11 @@ def test_fields_that_cannot_be_stored_lose_their_batch_only(metadata: SqlMetadat
 def test_json_text_is_json_dumps() -> None:
     import json
 
-    from dockyard.store.json_text import json_text as _json_text
+    from dockyard.store.json_text import json_text
 
     for value in (None, {}, {"a": 1, "b": [1.25, None, True, "x\ny"], "é": "✓ \"q\""}, {"f": float("nan"), "i": -(10**20)},
                   AccessEntry(time=log_time(), request_id="r", deployment_id=D1, caller=None, method="GET", path="/p",
                               status=200, bytes_in=0, bytes_out=0, latency_ms=0.1, upstream_ms=None).as_dict()):  # fmt: skip
-        assert _json_text(value) == json.dumps(value)
+        assert json_text(value) == json.dumps(value)
     with pytest.raises(TypeError):
-        _json_text({"set": {1}})
+        json_text({"set": {1}})
