@@ -25,6 +25,7 @@ from dockyard.auth.middleware import SignatureAuthMiddleware
 from dockyard.auth.principals import PrincipalStore
 from dockyard.auth.signing import Verifier
 from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
+from dockyard.gateway.accesslog import DurableAccessLog
 from dockyard.reconciler.loop import Reconciler
 from dockyard.reconciler.predict_logs import collect_predict_logs
 from dockyard.runtimes.base import Runtime
@@ -37,7 +38,7 @@ from dockyard.service.projects import ProjectService
 from dockyard.service.work_requests import WorkRequests
 from dockyard.settings import Settings
 from dockyard.store.artifacts import FilesystemArtifactStore
-from dockyard.store.logs import LogStore, open_log_store
+from dockyard.store.logs import open_log_store
 from dockyard.store.metadata import SqlMetadataStore
 from dockyard.store.unpacking import ArtifactUnpacker
 
@@ -122,7 +123,7 @@ def signed(app: Any, verifier: Verifier, settings: Settings, *, max_body_bytes: 
     )
 
 
-def gateway_for(settings: Settings, store: SqlMetadataStore, logs: LogStore) -> Gateway:
+def gateway_for(settings: Settings, store: SqlMetadataStore, logs: DurableAccessLog) -> Gateway:
     gateway = create_gateway(
         store,
         options=GatewayOptions(
@@ -140,12 +141,13 @@ def gateway_for(settings: Settings, store: SqlMetadataStore, logs: LogStore) -> 
     return gateway
 
 
-def create_gateway_app(settings: Settings) -> Any:
+def create_gateway_app(settings: Settings, access: DurableAccessLog | None = None) -> Any:
     """`dockyard serve --role gateway`: the data plane alone, routing from the shared store and
-    verifying signatures against its principals."""
+    verifying signatures against its principals. Access entries go to `access` (a worker's relay
+    to its supervisor), else to a log store of this process's own."""
     store = SqlMetadataStore(settings.resolved_database_url)
     verifier = verifier_for(settings, PrincipalStore(store.engine, store.writer, realm=settings.realm))
-    return signed(gateway_for(settings, store, open_log_store(store, settings)), verifier, settings,
+    return signed(gateway_for(settings, store, access or open_log_store(store, settings)), verifier, settings,
                   max_body_bytes=settings.gateway_max_body_bytes, open_paths=frozenset({"/health"}))  # fmt: skip
 
 

@@ -149,3 +149,37 @@ def test_a_worker_that_dies_is_replaced(gateway_workers: tuple[str, str, subproc
     wait_until(lambda: len(children_of(process.pid)) == 2 and first not in children_of(process.pid), 30, "a new worker")
     assert second in children_of(process.pid)
     wait_until(lambda: answers(base + "/health"), 30, "the gateway answering")
+
+
+def stored_request_ids(data_dir: Path, deployment_id: str) -> list[str]:
+    from dockyard.store.logs import LogStore
+
+    store = SqlMetadataStore(f"sqlite:///{data_dir / 'dockyard.db'}")
+    try:
+        page = LogStore(store.engine, store.writer).read(deployment_id, "access", limit=1000)
+        return [entry.fields["request_id"] for entry in page.entries]
+    finally:
+        store.close()
+
+
+def test_every_workers_access_entries_are_stored_by_the_supervisor(
+    tmp_path: Path, gateway_workers: tuple[str, str, subprocess.Popen[bytes]]
+) -> None:
+    base, deployment_id, process = gateway_workers
+    clients = [httpx.Client(base_url=base, timeout=30) for _ in range(16)]
+    try:
+        first = [c.post(f"/{deployment_id}/predict", content=b"{}").headers["opc-request-id"] for c in clients for _ in range(3)]
+        # Stored while serving (the workers send every flush interval), whichever worker answered:
+        # 16 connections over 2 workers (all on one: 2 * 0.5**16), as in the test above.
+        wait_until(lambda: set(first) <= set(stored_request_ids(tmp_path, deployment_id)), 10, "all 48 entries stored")
+        assert workers_with_connections(children_of(process.pid), int(base.rsplit(":", 1)[1])) == set(children_of(process.pid))
+        last = [c.post(f"/{deployment_id}/predict", content=b"{}").headers["opc-request-id"] for c in clients]
+    finally:
+        for client in clients:
+            client.close()
+    # Stopped right after: entries still queued in the workers are sent at their shutdown and
+    # stored before the supervisor exits.
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    stored = stored_request_ids(tmp_path, deployment_id)
+    assert sorted(stored) == sorted(first + last)  # each once

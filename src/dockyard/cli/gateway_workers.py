@@ -10,7 +10,9 @@ What changes with more than one worker:
 - the in-flight limit per instance is split between the workers (rounded up), so a
   deployment's instances still see at most about the configured number of requests;
 - `/metrics` aggregates all workers (prometheus_client's multiprocess mode, in a directory
-  of this supervisor's own that is removed at exit).
+  of this supervisor's own that is removed at exit);
+- access-log entries are stored by this supervisor: each worker sends its entries in batches
+  over a pipe (gateway/access_relay.py), so no worker spends its CPU and GIL on the database.
 
 The supervisor restarts a worker that dies, and stops them all on SIGINT/SIGTERM.
 """
@@ -54,8 +56,9 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def gateway_app(settings: Any, workers: int) -> Any:
-    """The `--role gateway` app of one worker (its limit share applied), with /metrics."""
+def gateway_app(settings: Any, workers: int, access: Any = None) -> Any:
+    """The `--role gateway` app of one worker (its limit share applied), with /metrics; its
+    access entries go to `access` (see `create_gateway_app`)."""
     from dockyard.auth.access_store import home_tenancy_reader
     from dockyard.auth.admin_only import HomeAdministratorsOnly
     from dockyard.gateway import gateway_metrics_app
@@ -63,7 +66,7 @@ def gateway_app(settings: Any, workers: int) -> Any:
 
     share = math.ceil(settings.gateway_inflight_per_instance / workers)
     settings = settings.model_copy(update={"gateway_inflight_per_instance": share})
-    gateway = create_gateway_app(settings)
+    gateway = create_gateway_app(settings, access)
     inner = getattr(gateway, "app", gateway)  # behind the signature check: the Gateway itself
     metrics = gateway_metrics_app(inner)
     if not settings.public_metrics:
@@ -80,7 +83,8 @@ def gateway_app(settings: Any, workers: int) -> Any:
     return app
 
 
-def _worker(overrides: dict[str, Any], workers: int, log_level: str) -> None:
+def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe: Any) -> None:
+    from dockyard.gateway.access_relay import AccessRelay
     from dockyard.gateway.httpserver import serve
     from dockyard.settings import Settings
 
@@ -88,9 +92,12 @@ def _worker(overrides: dict[str, Any], workers: int, log_level: str) -> None:
     settings = Settings(**overrides)
     settings.apply_access_log_lines()
     sock = reuseport_socket(settings.host, settings.port)
+    relay = AccessRelay(access_pipe, flush_interval_s=settings.log_flush_interval_s, queue_max=settings.log_queue_max_entries)
     # SIGTERM from the supervisor: stop accepting, finish requests in progress (within the
-    # supervisor's 15 s wait), then the app's lifespan shutdown flushes the access log.
-    serve(gateway_app(settings, workers), host=settings.host, port=settings.port, sock=sock, keep_alive_s=settings.keep_alive_s, backlog=4096)
+    # supervisor's 15 s wait), then the app's lifespan shutdown sends the queued access entries.
+    serve(gateway_app(settings, workers, relay), host=settings.host, port=settings.port, sock=sock,
+          keep_alive_s=settings.keep_alive_s, backlog=4096)  # fmt: skip
+    relay.close()
 
 
 def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> None:
@@ -105,10 +112,13 @@ def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> No
     os.environ[METRICS_DIR_VAR] = str(metrics_dir)  # the spawned workers inherit it
     context = multiprocessing.get_context("spawn")
     stopping = False
+    logs, access = _access_store(settings)
 
     def start() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker, args=(overrides, workers, log_level), daemon=False)
+        pipe = access.new_pipe()
+        process = context.Process(target=_worker, args=(overrides, workers, log_level, pipe), daemon=False)
         process.start()
+        pipe.close()  # the worker has its own copy: the pipe ends when the worker does
         return process
 
     def stop(*_: Any) -> None:
@@ -133,11 +143,23 @@ def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> No
             process.join(15)
             if process.is_alive():
                 process.kill()
+        access.close()  # every worker has exited: what they sent is read to the end
+        logs.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         guard.close()
         os.environ.pop(METRICS_DIR_VAR, None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _access_store(settings: Any) -> tuple[Any, Any]:
+    """The log store the workers' access entries are written to, and the reader feeding it."""
+    from dockyard.gateway.access_relay import RelayReader
+    from dockyard.store.logs import open_log_store
+    from dockyard.store.metadata import SqlMetadataStore
+
+    logs = open_log_store(SqlMetadataStore(settings.resolved_database_url), settings)
+    return logs, RelayReader(logs.add_access)
 
 
 def enable_request_migration(path: Path = MIGRATE_REQUESTS) -> bool:

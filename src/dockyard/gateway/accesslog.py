@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("dockyard.access")
 _problems = logging.getLogger("dockyard.gateway")
@@ -41,6 +41,15 @@ class AccessEntry:
 
 
 AccessSink = Callable[[AccessEntry], None]
+
+
+class DurableAccessLog(Protocol):
+    """Where a gateway's entries are kept: the log store (store/logs.py), or a worker's relay
+    to its supervisor's log store (access_relay.py)."""
+
+    def add_access(self, entry: AccessEntry) -> None: ...
+
+    def flush(self) -> int: ...
 
 
 class AccessLog:
