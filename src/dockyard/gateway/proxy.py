@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from dockyard.errors import Conflict, GatewayTimeout, ServiceUnavailable
+from dockyard.gateway import deadlines
 from dockyard.gateway.balancer import Balancer, Upstream
 from dockyard.gateway.body import RequestBody
 from dockyard.gateway.exchange import Exchange
@@ -65,13 +66,14 @@ class DisconnectWatch:
     container's reply to the end (the server drops the writes silently). Watching costs a task
     and a `receive()` per request, more than the rest of a small request's routing, so it
     starts only once the exchange has lasted `after_s`: a quick predict ends before that, and
-    a caller leaving a slow one is noticed at most `after_s` later.
+    a caller leaving a slow one is noticed at most `after_s` later. The delay is a coarse
+    deadline (deadlines.py: at most a tick late), not a loop timer of its own per request.
     """
 
     def __init__(self, receive: Receive, after_s: float = 0.05) -> None:
         self._receive = receive
         self.after_s = after_s
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: deadlines.Deadline | None = None
         self._task: asyncio.Task[None] | None = None
         self.target: asyncio.Task[Any] | None = None
         self.fired = False
@@ -79,7 +81,8 @@ class DisconnectWatch:
 
     def start(self) -> None:
         if self._timer is None and self._task is None and not self.done:
-            self._timer = asyncio.get_running_loop().call_later(self.after_s, self._begin)
+            loop = asyncio.get_running_loop()
+            self._timer = deadlines.for_loop(loop).add(loop.time() + self.after_s, self._begin)
 
     def _begin(self) -> None:
         self._timer = None

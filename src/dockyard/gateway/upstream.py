@@ -22,6 +22,8 @@ from typing import Any
 import httptools
 import httpx
 
+from dockyard.gateway import deadlines
+
 READ_HIGH_WATER = 256 * 1024
 Headers = list[tuple[bytes, bytes]]
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -82,9 +84,10 @@ class Reply:
             if deadline is None:
                 await self._head
                 return
-            # A timer on the future itself: cheaper than asyncio.timeout_at, which cancels and
-            # un-cancels the task, and this wait is on every request's path.
-            timer = self._connection.loop.call_at(deadline, _head_time_out, self._head)
+            # A deadline on the future itself: cheaper than asyncio.timeout_at, which cancels and
+            # un-cancels the task, and this wait is on every request's path. A coarse one (at
+            # most a tick late, see deadlines.py): a loop timer per request cost more still.
+            timer = self._connection.deadlines.add(deadline, _head_time_out, self._head)
             try:
                 await self._head
             finally:
@@ -108,7 +111,8 @@ class Reply:
             waiter = self._waiter = self._connection.loop.create_future()
             timer = None
             if timeout_s is not None:
-                timer = self._connection.loop.call_later(timeout_s, _time_out, waiter, timeout_s)
+                connection = self._connection
+                timer = connection.deadlines.add(connection.loop.time() + timeout_s, _time_out, waiter, timeout_s)
             try:
                 await waiter
             finally:
@@ -172,6 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.deadlines = deadlines.for_loop(loop)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.reply: Reply | None = None
