@@ -7,7 +7,10 @@ FULL, BEGIN IMMEDIATE writes), with one deployment's categoryLogDetails in the r
 Prints: the cost of `add_access` per entry on the calling thread (what a gateway request pays),
 the CPU the flusher thread spends per entry written (what the gateway's cores lose to logging),
 the sustained write rate of the flusher (entries/s, batches), how many entries a burst larger
-than the queue dropped, and the time of one page read and of a retention pass.
+than the queue dropped, and the time of one page read and of a retention pass. Then the path
+of `--gateway-workers N` (gateway/access_relay.py), both ends in this process over a real pipe:
+what a worker spends per entry (queueing, and its thread's batching and sending) and what the
+supervisor spends (reading, and its flusher's writing).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from dockyard.gateway.access_relay import AccessRelay, RelayReader
 from dockyard.gateway.accesslog import AccessEntry
 from dockyard.store.logs import LogStore, log_time
 from dockyard.store.metadata import Record, SqlMetadataStore
@@ -36,6 +40,22 @@ def wait_written(logs: LogStore, target: int, timeout_s: float = 600) -> float:
     while logs.written + logs.dropped < target and time.perf_counter() - started < timeout_s:
         time.sleep(0.01)
     return time.perf_counter() - started
+
+
+class ThreadCpu:
+    """The CPU time (`time.thread_time`) of the calling threads spent inside `obj.name`."""
+
+    def __init__(self, obj: object, name: str) -> None:
+        self.seconds = 0.0
+        self._method = getattr(obj, name)
+        setattr(obj, name, self.call)
+
+    def call(self, *args: object) -> object:
+        started = time.thread_time()
+        try:
+            return self._method(*args)
+        finally:
+            self.seconds += time.thread_time() - started
 
 
 class FlusherCpu:
@@ -120,6 +140,32 @@ def main() -> None:
         print(f"read: last 100 in {tail_ms:.1f} ms, a follow page in {follow_ms:.1f} ms, since 1 s ago over "
               f"{logs.written} entries in {since_ms:.1f} ms; "
               f"retention to 50,000 entries removed {removed} in {retention_s:.2f} s")
+        logs.close()
+
+        # 3. Through a worker's relay to its supervisor's store, paced at 5,000 entries/s.
+        logs = LogStore(metadata.engine, metadata.writer, queue_max=args.queue_max)
+        flusher = FlusherCpu(logs)
+        reader = RelayReader(logs.add_access)
+        reading = ThreadCpu(reader, "_read")
+        relay = AccessRelay(reader.new_pipe(), queue_max=args.queue_max)
+        sending = ThreadCpu(relay, "flush")
+        paced = [entry(n) for n in range(20_000)]
+        spent = 0.0
+        started = time.perf_counter()
+        for n, item in enumerate(paced):
+            t0 = time.perf_counter()
+            relay.add_access(item)
+            spent += time.perf_counter() - t0
+            if n % 50 == 49:
+                time.sleep(max(0.0, started + (n + 1) / 5000 - time.perf_counter()))
+        lag = wait_written(logs, len(paced))
+        per = 1e6 / len(paced)
+        print(f"relayed 5000/s for {len(paced)} entries: worker: add_access {spent * per:.2f} us/entry, sending thread "
+              f"{sending.seconds * per:.2f} us/entry; supervisor: reading {reading.seconds * per:.2f} us/entry, flusher "
+              f"{flusher.per_entry_us(logs):.2f} us/entry written; all written {lag * 1000:.0f} ms after the last one; "
+              f"dropped {relay.dropped + logs.dropped}")
+        relay.close()
+        reader.close()
         logs.close()
         metadata.close()
 
