@@ -1,7 +1,8 @@
 """What the gateway costs: a fast upstream reached directly, through the gateway and (when nginx is
-installed) through nginx as a plain reverse proxy, under the same load, back to back.
+installed) through nginx as a plain reverse proxy, under the same load, back to back: every
+target once per round, for `--rounds` rounds, each figure the median over rounds.
 
-    python benchmarks/gateway_overhead.py [--connections 64] [--duration 10] [--threads 2]
+    python benchmarks/gateway_overhead.py [--connections 64] [--duration 10] [--threads 2] [--rounds 3]
                                           [--workers N ...] [--gateway-log-level info]
 
 The upstream is a uvicorn app (uvloop/httptools) answering every POST with a small JSON
@@ -31,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -315,18 +317,29 @@ def measure(args: argparse.Namespace, target: str, url: str, headers: dict[str, 
     return result
 
 
+@dataclass
+class Target:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    metrics_port: int | None = None  # a gateway's: its own overhead figures
+    signing_config: Path | None = None  # signed: a fresh signature per measurement (they age out in 5 minutes)
+
+    def headers(self) -> dict[str, str]:
+        return signed_headers(self.signing_config, self.url) if self.signing_config else {}
+
+
 def orchestrate(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dockyard-bench-"))
     upstream_port = free_port()
     upstream = start_upstream(upstream_port)
-    nginx_process = None
-    results: list[Result] = []
+    servers: list[subprocess.Popen[bytes]] = []
     try:
         wait_for(upstream_port)
         print(f"load: {'wrk' if shutil.which('wrk') else 'python httpx (install wrk for better figures)'}, "
-              f"{args.connections} connections, {args.duration} s per target, {len(BODY)}-byte JSON bodies, "
-              f"{os.cpu_count()} CPUs; gateway log level {args.gateway_log_level}", flush=True)  # fmt: skip
-        results.append(measure(args, "direct", f"http://127.0.0.1:{upstream_port}/predict", {}, workdir, process=upstream))
+              f"{args.connections} connections, {args.duration} s per target, {args.rounds} round(s), {len(BODY)}-byte "
+              f"JSON bodies, {os.cpu_count()} CPUs; gateway log level {args.gateway_log_level}", flush=True)  # fmt: skip
+        targets = [Target("direct", f"http://127.0.0.1:{upstream_port}/predict", upstream)]
         nginx = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
         if nginx:
             nginx_port = free_port()
@@ -334,10 +347,9 @@ def orchestrate(args: argparse.Namespace) -> None:
                 (workdir / sub).mkdir()
             conf = workdir / "nginx.conf"
             conf.write_text(NGINX_CONF.format(dir=workdir, upstream=upstream_port, port=nginx_port))
-            nginx_process = subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"])
+            servers.append(subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"]))
             wait_for(nginx_port)
-            results.append(measure(args, "nginx", f"http://127.0.0.1:{nginx_port}/", {}, workdir, process=nginx_process))
-            stop(nginx_process)
+            targets.append(Target("nginx", f"http://127.0.0.1:{nginx_port}/", servers[-1]))
         else:
             print("nginx is not installed (apt-get install -y nginx): no nginx figures", flush=True)
         data_dir = workdir / "dockyard"
@@ -347,19 +359,22 @@ def orchestrate(args: argparse.Namespace) -> None:
                 port = free_port()
                 config = write_store(data_dir, upstream_port, port) if not (data_dir / "dockyard.db").exists() else (
                     data_dir / "oci" / "config")  # fmt: skip
-                gateway = start_gateway(data_dir, port, workers, not signed, args.gateway_log_level, workdir / "gateway.log")
-                try:
-                    wait_for(port)
-                    url = f"http://127.0.0.1:{port}/{DEPLOYMENT_ID}/predict"
-                    headers = signed_headers(config, url) if signed else {}
-                    name = f"gw {workers}w {'signed' if signed else 'unsigned'}"
-                    results.append(measure(args, name, url, headers, workdir, metrics_port=port, process=gateway))
-                finally:
-                    stop(gateway)
-        report(results)
+                servers.append(start_gateway(data_dir, port, workers, not signed, args.gateway_log_level, workdir / "gateway.log"))
+                wait_for(port)
+                url = f"http://127.0.0.1:{port}/{DEPLOYMENT_ID}/predict"
+                name = f"gw {workers}w {'signed' if signed else 'unsigned'}"
+                targets.append(Target(name, url, servers[-1], port, config if signed else None))
+        # Every target once per round, in turn: the machine's speed drifts over minutes, so
+        # ratios are taken within a round (targets measured seconds apart), then their median.
+        rounds: list[list[Result]] = []
+        for number in range(args.rounds):
+            rounds.append([measure(args, t.name, t.url, t.headers(), workdir, t.metrics_port, t.process) for t in targets])
+            if args.rounds > 1:
+                print(f"round {number + 1}: " + ", ".join(f"{r.target} {r.rps:.0f}" for r in rounds[-1]) + " req/s", flush=True)
+        report(rounds)
     finally:
-        if nginx_process is not None:
-            stop(nginx_process)
+        for server in servers:
+            stop(server)
         stop(upstream)
         if args.keep:
             print(f"\nkept {workdir} (gateway.log has the gateway's output)")
@@ -367,21 +382,42 @@ def orchestrate(args: argparse.Namespace) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(results: list[Result]) -> None:
-    direct = results[0]
-    nginx = next((r for r in results if r.target == "nginx"), None)
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(rounds: list[list[Result]]) -> None:
+    """Per target, the median over rounds of each figure, and of each round's ratios."""
+    names = [r.target for r in rounds[0]]
+    nginx_at = names.index("nginx") if "nginx" in names else None
     print(f"\n{'target':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'+p50 ms':>9}{'CPU us':>8}"
           f"   vs direct (req/s, p50)   vs nginx (req/s)   gateway's own overhead")  # fmt: skip
-    for r in results:
-        versus_nginx = f"{r.rps / nginx.rps:.2f}x" if nginx else "-"
-        own = f"{r.overhead_ms:.3f} ms mean" if r.overhead_ms is not None else ""
-        cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "-"
-        print(f"{r.target:<18}{r.rps:>9.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}{r.p50_ms - direct.p50_ms:>9.2f}{cpu:>8}"
-              f"   {r.rps / direct.rps:>5.2f}x, {r.p50_ms / direct.p50_ms:>5.2f}x"
-              f"{versus_nginx:>19}   {own}")  # fmt: skip
-    print("\n+p50: p50 added over direct. Goal: gateway >= 0.5x nginx's req/s, < 1 ms added p50."
-          "\nCPU us: CPU time (user + system) of that server's processes per request: the cost that, unlike req/s,"
-          "\n  other load on the machine hardly changes (the upstream's for direct, nginx's, the gateway's)."
+    spreads = []
+    for at, name in enumerate(names):
+        mine = [round_[at] for round_ in rounds]
+        direct = [round_[0] for round_ in rounds]
+        rps, p50, p99 = median([r.rps for r in mine]), median([r.p50_ms for r in mine]), median([r.p99_ms for r in mine])
+        added = median([r.p50_ms - d.p50_ms for r, d in zip(mine, direct)])
+        vs_direct = median([r.rps / d.rps for r, d in zip(mine, direct)])
+        vs_direct_p50 = median([r.p50_ms / d.p50_ms for r, d in zip(mine, direct)])
+        versus_nginx = "-"
+        if nginx_at is not None:
+            ratios = [r.rps / round_[nginx_at].rps for r, round_ in zip(mine, rounds)]
+            versus_nginx = f"{median(ratios):.2f}x"
+            if len(rounds) > 1 and name.startswith("gw"):
+                spreads.append(f"{name}: " + ", ".join(f"{x:.2f}x" for x in ratios))
+        cpus = [r.cpu_us for r in mine if r.cpu_us is not None]
+        overheads = [r.overhead_ms for r in mine if r.overhead_ms is not None]
+        cpu = f"{median(cpus):.0f}" if cpus else "-"
+        own = f"{median(overheads):.3f} ms mean" if overheads else ""
+        print(f"{name:<18}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}{sum(r.errors for r in mine):>8}{added:>9.2f}{cpu:>8}"
+              f"   {vs_direct:>5.2f}x, {vs_direct_p50:>5.2f}x{versus_nginx:>19}   {own}")  # fmt: skip
+    if spreads:
+        print("\nvs nginx in each round: " + "; ".join(spreads))
+    print("\nEach figure is the median over rounds; ratios are taken within each round, then their median."
+          "\n+p50: p50 added over direct. Goal: gateway >= 0.5x nginx's req/s, < 1 ms added p50."
+          "\nCPU us: CPU time (user + system) of that server's processes per request (the upstream's for direct,"
+          "\n  nginx's, the gateway's: supervisor and workers)."
           "\nThe gateway's own overhead: total minus upstream time per request, from its metrics (measured run only).")  # fmt: skip
 
 
@@ -390,6 +426,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per target (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="times every target is measured, in turn (default 3)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0],
                         help="gateway worker counts to measure (default: 0 = dockyard's default, one per core)")  # fmt: skip
     parser.add_argument("--gateway-log-level", default="info", help="the gateway's --log-level (default info, as dockyard serve)")
