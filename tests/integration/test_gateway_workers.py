@@ -183,3 +183,22 @@ def test_every_workers_access_entries_are_stored_by_the_supervisor(
     assert process.wait(30) == 0
     stored = stored_request_ids(tmp_path, deployment_id)
     assert sorted(stored) == sorted(first + last)  # each once
+
+
+def test_workers_stop_when_their_supervisor_is_killed(gateway_workers: tuple[str, str, subprocess.Popen[bytes]]) -> None:
+    base, deployment_id, process = gateway_workers
+    workers = children_of(process.pid)
+    assert len(workers) == 2
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    # Each worker is sent SIGTERM by the kernel and stops; nothing answers on the port after.
+    wait_until(lambda: all(gone(pid) for pid in workers), 20, "both workers stopping")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(base + "/health", timeout=2)

@@ -14,12 +14,15 @@ What changes with more than one worker:
 - access-log entries are stored by this supervisor: each worker sends its entries in batches
   over a pipe (gateway/access_relay.py), so no worker spends its CPU and GIL on the database.
 
-The supervisor restarts a worker that dies, and stops them all on SIGINT/SIGTERM.
+The supervisor restarts a worker that dies, and stops them all on SIGINT/SIGTERM. A worker
+whose supervisor is killed outright stops too (it is sent SIGTERM by the kernel), instead of
+serving on alone with nobody to store its access log or to stop it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import multiprocessing
@@ -39,6 +42,7 @@ METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 # the connections still waiting in its queue unless this is 1 (Linux 5.14+), which hands them
 # to another worker of the group instead.
 MIGRATE_REQUESTS = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def default_workers() -> int:
@@ -83,12 +87,13 @@ def gateway_app(settings: Any, workers: int, access: Any = None) -> Any:
     return app
 
 
-def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe: Any) -> None:
+def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe: Any, supervisor: int) -> None:
     from dockyard.gateway.access_relay import AccessRelay
     from dockyard.gateway.httpserver import serve
     from dockyard.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop_with_parent(supervisor)
     settings = Settings(**overrides)
     settings.apply_access_log_lines()
     sock = reuseport_socket(settings.host, settings.port)
@@ -116,7 +121,7 @@ def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> No
 
     def start() -> multiprocessing.process.BaseProcess:
         pipe = access.new_pipe()
-        process = context.Process(target=_worker, args=(overrides, workers, log_level, pipe), daemon=False)
+        process = context.Process(target=_worker, args=(overrides, workers, log_level, pipe, os.getpid()), daemon=False)
         process.start()
         pipe.close()  # the worker has its own copy: the pipe ends when the worker does
         return process
@@ -150,6 +155,22 @@ def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> No
         guard.close()
         os.environ.pop(METRICS_DIR_VAR, None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def stop_with_parent(parent: int) -> bool:
+    """Have the kernel send this process SIGTERM when its parent (`parent`) ends (Linux's
+    PR_SET_PDEATHSIG); True when it is set. A parent already gone: SIGTERM now."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    except (OSError, AttributeError) as exc:
+        log.warning("this gateway worker cannot ask to be stopped with its supervisor (%s); if the supervisor is "
+                    "killed, stop the worker (pid %d) yourself", exc, os.getpid())  # fmt: skip
+        return False
+    if os.getppid() != parent:  # it ended before the request above was made
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 def _access_store(settings: Any) -> tuple[Any, Any]:
