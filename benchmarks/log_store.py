@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -40,6 +41,20 @@ def wait_written(logs: LogStore, target: int, timeout_s: float = 600) -> float:
     while logs.written + logs.dropped < target and time.perf_counter() - started < timeout_s:
         time.sleep(0.01)
     return time.perf_counter() - started
+
+
+def add_paced(add: Callable[[AccessEntry], None], entries: list[AccessEntry], per_s: int = 5000) -> float:
+    """Each entry to `add` at `per_s` (50 at a time, as requests of a busy gateway end); the
+    seconds spent inside `add`."""
+    spent = 0.0
+    started = time.perf_counter()
+    for n, item in enumerate(entries):
+        t0 = time.perf_counter()
+        add(item)
+        spent += time.perf_counter() - t0
+        if n % 50 == 49:
+            time.sleep(max(0.0, started + (n + 1) / per_s - time.perf_counter()))
+    return spent
 
 
 class ThreadCpu:
@@ -94,14 +109,7 @@ def main() -> None:
         logs = LogStore(metadata.engine, metadata.writer, queue_max=args.queue_max)
         cpu = FlusherCpu(logs)
         paced = entries[:20_000]
-        spent = 0.0
-        started = time.perf_counter()
-        for n, item in enumerate(paced):
-            t0 = time.perf_counter()
-            logs.add_access(item)
-            spent += time.perf_counter() - t0
-            if n % 50 == 49:  # 50 requests every 10 ms
-                time.sleep(max(0.0, started + (n + 1) / 5000 - time.perf_counter()))
+        spent = add_paced(logs.add_access, paced)
         lag = wait_written(logs, len(paced))
         import os
 
@@ -150,14 +158,7 @@ def main() -> None:
         relay = AccessRelay(reader.new_pipe(), queue_max=args.queue_max)
         sending = ThreadCpu(relay, "flush")
         paced = [entry(n) for n in range(20_000)]
-        spent = 0.0
-        started = time.perf_counter()
-        for n, item in enumerate(paced):
-            t0 = time.perf_counter()
-            relay.add_access(item)
-            spent += time.perf_counter() - t0
-            if n % 50 == 49:
-                time.sleep(max(0.0, started + (n + 1) / 5000 - time.perf_counter()))
+        spent = add_paced(relay.add_access, paced)
         lag = wait_written(logs, len(paced))
         per = 1e6 / len(paced)
         print(f"relayed 5000/s for {len(paced)} entries: worker: add_access {spent * per:.2f} us/entry, sending thread "
