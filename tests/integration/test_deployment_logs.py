@@ -197,6 +197,7 @@ def test_access_and_predict_logs_follow_and_survive_a_restart(tmp_path: Path) ->
         if follower is not None and follower.poll() is None:
             follower.kill()
         server.stop()
+        server.stop_local_instances()
 
 
 def test_the_logs_api_refuses_bad_input_and_unknown_deployments(tmp_path: Path) -> None:
@@ -232,6 +233,7 @@ def test_the_logs_api_refuses_bad_input_and_unknown_deployments(tmp_path: Path) 
         assert empty.status_code == 200 and empty.json() == [] and empty.headers["opc-next-page"].isdigit()
     finally:
         server.stop()
+        server.stop_local_instances()
 
 
 def test_a_separate_gateway_process_writes_access_entries_the_control_plane_serves(tmp_path: Path) -> None:
@@ -269,6 +271,7 @@ def test_a_separate_gateway_process_writes_access_entries_the_control_plane_serv
         if gateway is not None and gateway.poll() is None:
             gateway.kill()
         server.stop()
+        server.stop_local_instances()
 
 
 def logs_page(api: httpx.Client, deployment_id: str) -> dict[str, Any]:

@@ -8,7 +8,9 @@ restarted server keeps it), so servers of parallel tests never remove each other
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -74,6 +76,7 @@ class LiveServer:
 
     def start(self, timeout_s: float = 30.0) -> LiveServer:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+        _started.append(self)
         env = os.environ | {"DOCKYARD_RECONCILE_INTERVAL_S": "0.5", "DOCKYARD_LABEL_PREFIX": self.label_prefix}
         if self.runtime == "fake":
             env["DOCKYARD_VERIFY_IMAGES"] = "false"  # nothing runs, so no registry is needed
@@ -113,5 +116,28 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def stop_local_instances(self) -> int:
+        """Kill the instances the process runtime started for this server (each leads a process
+        group of its own, recorded under <data_dir>/processes/instances/). They outlive `stop()`
+        on purpose, as they would a restart: a test that is done with them ends them here."""
+        killed = 0
+        for state in (self.data_dir / "processes" / "instances").glob("*.json"):
+            try:
+                os.killpg(int(json.loads(state.read_text())["pid"]), signal.SIGKILL)
+                killed += 1
+            except (OSError, ValueError, KeyError):
+                pass  # already gone, or a record being rewritten
+        return killed
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+
+_started: list[LiveServer] = []
+
+
+@atexit.register
+def _stop_every_local_instance() -> None:
+    """Local instances of every server this test process started, whatever its test left."""
+    for server in _started:
+        server.stop_local_instances()
