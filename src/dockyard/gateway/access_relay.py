@@ -171,7 +171,13 @@ class RelayReader:
                     return
                 time.sleep(self._poll_s)
                 continue
-            for connection in wait(connections, self._poll_s):
+            try:
+                ready = wait(connections, self._poll_s)
+            except (OSError, ValueError):  # a pipe closed by close() after its timeout
+                if self._stopping:
+                    return
+                raise
+            for connection in ready:
                 self._read(connection)  # type: ignore[arg-type]
 
     def _read(self, connection: Connection) -> None:
@@ -179,7 +185,8 @@ class RelayReader:
             batch = marshal.loads(connection.recv_bytes())
         except (EOFError, OSError):  # the worker exited and everything it sent has been read
             with self._lock:
-                self._connections.remove(connection)
+                if connection in self._connections:
+                    self._connections.remove(connection)
             connection.close()
             return
         sink = self._sink
