@@ -32,7 +32,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 BODY = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]], "parameters": {"top_k": 1}}'
@@ -380,10 +380,6 @@ def orchestrate(args: argparse.Namespace) -> None:
             print(f"\nkept {workdir} (gateway.log has the gateway's output)")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def report(rounds: list[list[Result]]) -> None:
