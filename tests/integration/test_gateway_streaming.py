@@ -14,6 +14,7 @@ import pytest
 
 from dockyard.gateway import AccessEntry, create_gateway
 from dockyard.store.metadata import SqlMetadataStore
+from tests.support.own_server import Running
 from tests.integration.test_gateway_harness import (  # noqa: F401 (fixtures)
     Deployments,
     ThreadServer,
@@ -24,12 +25,13 @@ from tests.integration.test_gateway_harness import (  # noqa: F401 (fixtures)
 )
 
 
-@pytest.fixture
-def served(store: SqlMetadataStore) -> Iterator[tuple[ThreadServer, list[AccessEntry]]]:
-    """The gateway on a real port; its own lifespan closes its connections on shutdown."""
+@pytest.fixture(params=["uvicorn", "own server"])
+def served(store: SqlMetadataStore, request: pytest.FixtureRequest) -> Iterator[tuple[ThreadServer | Running, list[AccessEntry]]]:
+    """The gateway on a real port, under uvicorn and under its own server (which tells it when a
+    caller's connection is lost); its own lifespan closes its connections on shutdown."""
     entries: list[AccessEntry] = []
-    server = ThreadServer(create_gateway(store, route_cache_ttl_s=0.05, request_timeout_s=5, access_sink=entries.append),
-                          lifespan="on").start()  # fmt: skip
+    gateway = create_gateway(store, route_cache_ttl_s=0.05, request_timeout_s=5, access_sink=entries.append)
+    server = ThreadServer(gateway, lifespan="on").start() if request.param == "uvicorn" else Running(gateway)
     yield server, entries
     server.stop()
 

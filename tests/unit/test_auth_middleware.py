@@ -151,6 +151,24 @@ async def test_allow_unsigned_lets_unsigned_requests_pass_as_anonymous(recorder:
         assert_401(await client.post("/20190101/projects", content=sent, headers=headers), "off the server's clock")
 
 
+async def test_allow_unsigned_still_verifies_an_authorization_header_whatever_its_case(recorder: Recorder) -> None:
+    app = SignatureAuthMiddleware(recorder, Verifier(lookup), allow_unsigned=True)
+    for name in (b"authorization", b"Authorization", b"AUTHORIZATION"):
+        scope = {"type": "http", "method": "GET", "path": "/20190101/projects", "raw_path": b"/20190101/projects",
+                 "query_string": b"", "headers": [(b"host", b"dockyard.test"), (name, b'Signature keyId="x"')]}  # fmt: skip
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 401, name  # refused, not let through as anonymous
+    assert recorder.seen == []
+
+
 async def test_signed_body_over_the_limit_is_413(client: httpx.AsyncClient, recorder: Recorder) -> None:
     body = json.dumps({"description": "x" * 2000}).encode()
     headers, sent = sign("POST", "/20190101/projects", body)

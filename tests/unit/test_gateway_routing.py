@@ -242,6 +242,24 @@ def test_request_headers_named_by_connection_are_dropped() -> None:
     ]  # fmt: skip
 
 
+def test_the_one_pass_header_filters_give_what_the_careful_ones_give() -> None:
+    requests = [
+        [(b"host", b"gw"), (b"content-type", b"a/b"), (b"content-length", b"2"), (b"user-agent", b"u")],
+        [(b"host", b"gw"), (b"te", b"trailers"), (b"route", b"/x"), (b"opc-request-id", b"OLD"), (b"expect", b"100-continue")],
+        [(b"x-forwarded-for", b"10.0.0.1"), (b"connection", b"x-hop"), (b"x-hop", b"1"), (b"keep-alive", b"5")],
+        [(b"x-a", b"1"), (b"x-a", b"2"), (b"proxy-authorization", b"p"), (b"upgrade", b"h2c")],
+    ]  # fmt: skip
+    for incoming in requests:
+        careful = upstream_request_headers(incoming, "RID", "192.0.2.7", "http")
+        assert upstream_request_headers(incoming, "RID", "192.0.2.7", "http", dict(incoming)) == careful
+    replies = [
+        [(b"Content-Type", b"text/plain"), (b"Transfer-Encoding", b"chunked"), (b"Date", b"x"), (b"Server", b"s")],
+        [(b"content-length", b"2"), (b"keep-alive", b"5"), (b"Trailer", b"x"), (b"X-Model", b"v2"), (b"X-Model", b"v3")],
+    ]  # fmt: skip
+    for upstream in replies:
+        assert client_response_headers(upstream, "RID", connection_seen=False) == client_response_headers(upstream, "RID")
+
+
 def test_caller_is_the_signature_key_id() -> None:
     assert caller(b'Signature version="1",keyId="ocid1.tenancy..t/ocid1.user..u/11:22",algorithm="rsa-sha256"') == (
         "ocid1.tenancy..t/ocid1.user..u/11:22"

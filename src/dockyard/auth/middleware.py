@@ -74,6 +74,15 @@ def _joined_header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
+def _has_authorization(raw: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an Authorization header came, without mapping every header (names are lower-case
+    in ASGI, but not every client of an ASGI app keeps to that)."""
+    for name, _ in raw:
+        if len(name) == 13 and name.lower() == b"authorization":
+            return True
+    return False
+
+
 class _Refused(Exception):
     def __init__(self, error: DockyardError) -> None:
         self.error = error
@@ -118,12 +127,13 @@ class SignatureAuthMiddleware:
         if scope["type"] != "http" or scope.get("path") in self.open_paths:
             await self.app(scope, receive, send)
             return
-        headers = header_map(scope["headers"])
-        state = scope.setdefault("state", {})
-        if "authorization" not in headers and self.allow_unsigned:
-            state["caller"] = ANONYMOUS
+        if self.allow_unsigned and not _has_authorization(scope["headers"]):
+            # Checked on the raw headers: mapping them all costs more than the rest of this.
+            scope.setdefault("state", {})["caller"] = ANONYMOUS
             await self.app(scope, receive, send)
             return
+        headers = header_map(scope["headers"])
+        state = scope.setdefault("state", {})
         method: str = scope["method"]
         streamed = self.streamed(method, scope["path"])
         target = request_target(scope)

@@ -22,17 +22,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import fields
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
-from operator import attrgetter
 
-from dockyard.gateway.accesslog import AccessEntry
+from dockyard.gateway.accesslog import AccessEntry, field_values
 
 log = logging.getLogger("dockyard.gateway")
 
-# The fields of an entry in the order AccessEntry(*values) takes them back.
-_VALUES = attrgetter(*(f.name for f in fields(AccessEntry)))
 DROP_WARNING_EVERY_S = 10.0
 
 
@@ -79,7 +75,7 @@ class AccessRelay:
             take = self._queue.popleft
             while total < waiting:
                 # Only a flush (under this lock) takes from the queue: it holds at least this many.
-                batch = [_VALUES(take()) for _ in range(min(self.batch_max, waiting - total))]
+                batch = [field_values(take()) for _ in range(min(self.batch_max, waiting - total))]
                 total += len(batch)
                 self._send(batch)
         return total

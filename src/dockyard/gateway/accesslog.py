@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, Protocol
 
 log = logging.getLogger("dockyard.access")
 _problems = logging.getLogger("dockyard.gateway")
 
 
-@dataclass
+@dataclass(slots=True)  # made on every request: slots make it and read it faster
 class AccessEntry:
     time: str  # when the request arrived, ISO-8601 UTC
     request_id: str
@@ -37,7 +38,12 @@ class AccessEntry:
     def as_dict(self) -> dict[str, Any]:
         # Every field is a str, number or None: a shallow copy is the same as dataclasses.asdict
         # at a fraction of its cost (asdict deep-copies field by field), paid once per request.
-        return dict(self.__dict__)
+        return dict(zip(FIELD_NAMES, field_values(self)))
+
+
+FIELD_NAMES = tuple(f.name for f in fields(AccessEntry))
+# The values of an entry's fields, in the order AccessEntry(*values) takes them back.
+field_values = attrgetter(*FIELD_NAMES)
 
 
 AccessSink = Callable[[AccessEntry], None]

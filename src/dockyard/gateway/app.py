@@ -19,9 +19,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -38,7 +38,7 @@ from dockyard.errors import (
 from dockyard.gateway import endpoints, triton
 from dockyard.gateway.accesslog import AccessLog, AccessSink
 from dockyard.gateway.balancer import Balancer
-from dockyard.gateway.body import METHODS_WITH_BODY, ClientGone, RequestBody, check_framing
+from dockyard.gateway.body import KEEP_FOR_RETRY_BYTES, METHODS_WITH_BODY, ClientGone, RequestBody, check_framing, read_small
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import caller, request_id, upstream_request_headers
 from dockyard.gateway.metrics import GatewayMetrics
@@ -48,8 +48,15 @@ from dockyard.gateway.proxy import DisconnectWatch, Forward, Proxy
 from dockyard.gateway.replies import send_error, send_json
 from dockyard.gateway.routes import Route, RouteSource, RouteTable
 
-# (caller or None, the deployment's compartment id) -> may they use it (predict)?
-Authorize = Callable[[Any, str], Awaitable[bool]]
+
+class Authorize(Protocol):
+    """May the verified caller (None when there is none) use a deployment in this compartment
+    (predict)?"""
+
+    async def __call__(self, caller: Any, compartment_id: str) -> bool: ...
+
+    def known(self, caller: Any, compartment_id: str) -> bool | None:
+        """The decision when it is at hand without waiting (a cached one), else None."""
 
 log = logging.getLogger("dockyard.gateway")
 
@@ -74,9 +81,9 @@ class Gateway:
         # May the verified caller (scope["state"]["caller"]) use a deployment in this compartment?
         # None: everyone may. A refusal is the 404 of an unknown deployment.
         self.authorize = authorize
-        self.metrics = GatewayMetrics()
         self.access = AccessLog(access_sink)
         self.balancer = Balancer(options.ejection_s)
+        self.metrics = GatewayMetrics(inflight=self.balancer.inflight_counts)
         self.routes = RouteTable(store, options.route_cache_ttl_s, on_refresh=self.balancer.sync)
         # One pool of upstream connections for every deployment; the client owns it (and closes
         # it), the proxy sends through it directly.
@@ -110,37 +117,23 @@ class Gateway:
     # --- ASGI ----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-        # websockets are not part of the data plane: not accepting one closes it
-
-    async def _lifespan(self, receive: Any, send: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return  # websockets are not part of the data plane: not accepting one closes it
+        # The request itself, here rather than in a method of its own: one coroutine less on
+        # every request's way in and out.
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        method = scope["method"]
-        path = _raw_path(scope)
         ex = Exchange(
-            request_id=request_id(headers.get(b"opc-request-id")),
-            method=method,
-            path=path,
-            arrived_wall=time.time(),
-            arrived=time.perf_counter(),
+            request_id(headers.get(b"opc-request-id")), scope["method"], _raw_path(scope), time.time(), time.perf_counter(),
             caller=caller(headers.get(b"authorization")),
-        )
+        )  # fmt: skip
         try:
-            await self._dispatch(ex, scope, headers, receive, send)
+            route = self._plain_route(ex, scope, headers)
+            if route is not None:
+                await self._plain_predict(ex, scope, headers, route, receive, send)
+            else:
+                await self._dispatch(ex, scope, headers, receive, send)
         except DockyardError as exc:
             allow = [(b"allow", getattr(exc, "allow", "POST").encode())] if isinstance(exc, MethodNotAllowed) else None
             await self._fail(ex, send, exc, allow)
@@ -159,6 +152,16 @@ class Gateway:
             self.access.write(entry)
             self.metrics.observe(entry, ex.known_deployment)
 
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
     async def _fail(self, ex: Exchange, send: Any, exc: DockyardError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         if ex.response_started:
             ex.error = exc.message
@@ -169,6 +172,60 @@ class Gateway:
         ex.response_started = True
         ex.bytes_out = await send_error(send, exc, ex.request_id, headers)
         ex.response_complete = True
+
+    # --- the commonest request ----------------------------------------------------------------
+
+    def _plain_route(self, ex: Exchange, scope: Scope, headers: dict[bytes, bytes]) -> Route | None:
+        """The route of the commonest request when the caches alone decide it: `POST /{id}/predict`
+        with a small body of declared length, no `route` header and no query, to a deployment
+        whose fresh route serves (not in Triton mode), for a caller whose decision is cached,
+        below the deployment's in-flight limit. None: the request goes the general way
+        (`_dispatch`), which also answers every refusal."""
+        path = ex.path
+        if ex.method != "POST" or not path.endswith("/predict") or path.count("/") != 2 or scope.get("query_string"):
+            return None
+        length = headers.get(b"content-length")
+        if length is None or not length.isdigit() or b"transfer-encoding" in headers or b"route" in headers:
+            return None
+        declared = int(length)
+        if not 0 < declared <= KEEP_FOR_RETRY_BYTES or declared > self.options.max_body_bytes:
+            return None
+        route = self.routes.fresh(path[1:-8])
+        if route is None or route.triton or not route.backends or not route.serving_state:
+            return None
+        if self.authorize is not None and self.authorize.known(scope.get("state", {}).get("caller"), route.compartment_id) is not True:
+            return None
+        if self.balancer.inflight(route.deployment_id) >= self.balancer.capacity(route, self.options.inflight_per_instance):
+            return None
+        return route
+
+    async def _plain_predict(
+        self, ex: Exchange, scope: Scope, headers: dict[bytes, bytes], route: Route, receive: Any, send: Any
+    ) -> None:
+        """What `_dispatch` and `_forward` do for a request `_plain_route` chose, without their
+        choices: most requests are of this kind, and a busy gateway's CPU goes on the steps
+        they take (benchmarks/gateway_instructions.py counts them)."""
+        deployment_id = ex.deployment_id = route.deployment_id
+        ex.known_deployment = True
+        self.balancer.enter(deployment_id)
+        watch = DisconnectWatch(receive, scope.get("dockyard.notify_lost"))
+        task = watch.target = asyncio.current_task()
+        try:
+            body = await read_small(receive, self.options.max_body_bytes)
+            ex.bytes_in = len(body)
+            watch.start()
+            client = scope.get("client")
+            forwarded = upstream_request_headers(
+                scope["headers"], ex.request_id, client[0] if client else None, scope.get("scheme", "http"), headers
+            )
+            try:
+                await self.proxy.forward(ex, route, Forward("POST", route.predict_path, forwarded), body, send, watch)
+            except asyncio.CancelledError:
+                if not _caller_left(ex, watch, task):
+                    raise
+        finally:
+            watch.stop()
+            self.balancer.leave(deployment_id)
 
     # --- routing ---------------------------------------------------------------------------------
 
@@ -211,9 +268,14 @@ class Gateway:
         await self._forward(ex, scope, route, op, container_path, stream_required, declared, headers, receive, send)
 
     async def _serving_route(self, ex: Exchange, deployment_id: str, scope: Scope) -> Route:
-        route = await self.routes.get(deployment_id)
+        # The cached route and decision when at hand: a busy deployment's requests never wait.
+        route = self.routes.fresh(deployment_id) or await self.routes.get(deployment_id)
         if route is not None and self.authorize is not None:
-            if not await self.authorize(scope.get("state", {}).get("caller"), route.compartment_id):
+            who = scope.get("state", {}).get("caller")
+            allowed = self.authorize.known(who, route.compartment_id)
+            if allowed is None:
+                allowed = await self.authorize(who, route.compartment_id)
+            if not allowed:
                 route = None  # checked before the state: a refusal must not reveal it either
         if route is None:
             raise NotAuthorizedOrNotFound(
@@ -271,9 +333,11 @@ class Gateway:
                 f"({self.options.inflight_per_instance} per ready instance); retry with back-off, or scale it out"
             )
         self.balancer.enter(route.deployment_id)
-        self.metrics.enter(route.deployment_id)
-        watch = DisconnectWatch(receive)
-        body: RequestBody | None = None
+        watch = DisconnectWatch(receive, scope.get("dockyard.notify_lost"))
+        # The watch cancels this very task when the caller hangs up (no task of its own per
+        # request: creating one cost more than the rest of the routing).
+        task = watch.target = asyncio.current_task()
+        body: bytes | RequestBody | None = None
         try:
             if container_path is None:  # Triton without an explicit path
                 container_path = await self._triton_path(ex, route, op, headers)
@@ -282,7 +346,7 @@ class Gateway:
                 container_path += ("&" if "?" in container_path else "?") + query.decode("latin-1")
             client = scope.get("client")
             forwarded = upstream_request_headers(
-                scope["headers"], ex.request_id, client[0] if client else None, scope.get("scheme", "http")
+                scope["headers"], ex.request_id, client[0] if client else None, scope.get("scheme", "http"), headers
             )
             has_body = bool(declared) or (declared is None and b"transfer-encoding" in headers)
             if has_body and declared is None:
@@ -290,28 +354,23 @@ class Gateway:
             elif declared is None and ex.method in METHODS_WITH_BODY:
                 forwarded.append((b"content-length", b"0"))
             fwd = Forward(ex.method, container_path, forwarded, stream_required, chunked=has_body and declared is None)
-            body = RequestBody(receive, self.options.max_body_bytes, on_complete=watch.start) if has_body else None
-            if body is None:
+            if not has_body:
                 watch.start()
-            elif declared is not None and declared <= body.keep_bytes:
-                await body.read_whole()  # small and sized: read before sending, sent in one write
-            # The watch cancels this very task when the caller hangs up (no task of its own per
-            # request: creating one cost more than the rest of the routing).
-            task = asyncio.current_task()
-            watch.target = task
+            elif declared is not None and declared <= KEEP_FOR_RETRY_BYTES:
+                body = await read_small(receive, self.options.max_body_bytes)  # sent in one write, can be sent again
+                ex.bytes_in = len(body)
+                watch.start()
+            else:
+                body = RequestBody(receive, self.options.max_body_bytes, on_complete=watch.start)
             try:
                 await self.proxy.forward(ex, route, fwd, body, send, watch)
             except asyncio.CancelledError:
-                if not watch.fired or task is None:
+                if not _caller_left(ex, watch, task):
                     raise
-                task.uncancel()
-                ex.status = ex.status if ex.response_started else 499
-                ex.error = "the caller went away before the reply was complete"
         finally:
-            if body is not None:
+            if isinstance(body, RequestBody):
                 ex.bytes_in = body.received
             watch.stop()
-            self.metrics.leave(route.deployment_id)
             self.balancer.leave(route.deployment_id)
 
     async def _triton_path(self, ex: Exchange, route: Route, op: str, headers: dict[bytes, bytes]) -> str:
@@ -342,6 +401,18 @@ class Gateway:
             },
             ex.request_id,
         )
+
+
+def _caller_left(ex: Exchange, watch: DisconnectWatch, task: asyncio.Task[Any] | None) -> bool:
+    """After a CancelledError: whether the watch cancelled the exchange because the caller hung
+    up (then the cancellation is spent and the exchange recorded as such), or it came from
+    elsewhere (it must go on)."""
+    if not watch.fired or task is None:
+        return False
+    task.uncancel()
+    ex.status = ex.status if ex.response_started else 499
+    ex.error = "the caller went away before the reply was complete"
+    return True
 
 
 def not_allowed(message: str, allow: str) -> MethodNotAllowed:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dockyard.gateway.routes import Backend, Route
@@ -47,6 +47,7 @@ class Balancer:
         self._upstreams: dict[tuple[str, str, int], Upstream] = {}
         self._keys: dict[str, set[tuple[str, str, int]]] = {}
         self._inflight: dict[str, int] = {}
+        self.inflight_counts: Mapping[str, int] = self._inflight  # the same dict, to read (the metrics gauge it)
         self._turn = itertools.count()
 
     # --- routes ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 `check_framing` answers 411/413 from the headers before anything is read; `RequestBody` counts
 the bytes as they pass and stops at the limit (413), so a chunked upload cannot get round it.
+A small body with a declared length is read whole instead (`read_small`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,30 @@ def check_framing(method: str, content_length: bytes | None, transfer_encoding: 
     return length
 
 
+async def read_small(receive: Receive, limit: int) -> bytes:
+    """The whole body of a request that declared no more than `KEEP_FOR_RETRY_BYTES`: read before
+    anything is sent, so that head and body go upstream in one write and can go again to another
+    instance. Raises ClientGone, or 413 past `limit`. Every small request takes this path: it is
+    `RequestBody` without the object and the async generator."""
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the caller went away while sending its request body")
+        chunk = message.get("body", b"")
+        if chunk:
+            received += len(chunk)
+            if received > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
+
+
 class RequestBody:
     """An async byte stream over ASGI `receive`, iterable once, with a byte limit.
 
@@ -65,7 +90,6 @@ class RequestBody:
         self.started = False
         self.complete = False
         self.received = 0
-        self.whole: bytes | None = None  # the body, once `read_whole` read it
         self._kept: list[bytes] | None = []  # None once the body outgrew keep_bytes
 
     @property
@@ -79,32 +103,6 @@ class RequestBody:
             raise RuntimeError("a request body can be sent once only")
         self.started = True
         return self._chunks()
-
-    async def read_whole(self) -> bytes:
-        """Read all of it now (for a body declared no larger than `keep_bytes`): one write of
-        head and body upstream then, and nothing to iterate on the way. Raises as iterating does."""
-        if self.started:
-            raise RuntimeError("a request body can be sent once only")
-        self.started = True
-        chunks: list[bytes] = []
-        while True:  # _chunks without the async generator: this is every small request's path
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone("the caller went away while sending its request body")
-            chunk = message.get("body", b"")
-            if chunk:
-                self.received += len(chunk)
-                if self.received > self.limit:
-                    raise too_large(self.limit)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        whole = self.whole = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._kept = [whole] if self.received <= self.keep_bytes else None
-        self.complete = True
-        if self.on_complete is not None:
-            self.on_complete()
-        return whole
 
     async def _replay(self) -> AsyncIterator[bytes]:
         for chunk in self._kept or ():

@@ -20,7 +20,7 @@ def wall_iso(moment: float) -> str:
     return f"{_second[1]}.{int((moment - whole) * 1_000_000):06d}Z"
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     request_id: str
     method: str
@@ -46,19 +46,8 @@ class Exchange:
         upstream_ms = None
         if self.upstream_started is not None:
             upstream_ms = round(((self.upstream_ended or now) - self.upstream_started) * 1000, 3)
-        return AccessEntry(
-            time=wall_iso(self.arrived_wall),
-            request_id=self.request_id,
-            deployment_id=self.deployment_id,
-            caller=self.caller,
-            method=self.method,
-            path=self.path,
-            status=self.status,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            latency_ms=round((now - self.arrived) * 1000, 3),
-            upstream_ms=upstream_ms,
-            instance_id=self.instance_id,
-            attempts=self.attempts,
-            error=self.error,
-        )
+        return AccessEntry(  # positional: the field order of AccessEntry
+            wall_iso(self.arrived_wall), self.request_id, self.deployment_id, self.caller, self.method, self.path,
+            self.status, self.bytes_in, self.bytes_out, round((now - self.arrived) * 1000, 3), upstream_ms,
+            self.instance_id, self.attempts, self.error,
+        )  # fmt: skip

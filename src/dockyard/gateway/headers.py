@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -62,9 +62,29 @@ def _connection_tokens(value: bytes) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",")}
 
 
-def upstream_request_headers(headers: RawHeaders, request_id_value: str, client_host: str | None, scheme: str) -> RawHeaders:
+def upstream_request_headers(
+    headers: RawHeaders, request_id_value: str, client_host: str | None, scheme: str, present: Mapping[bytes, bytes] | None = None
+) -> RawHeaders:
     """What the container receives: the caller's headers (ASGI: lower-case names) less
-    hop-by-hop ones, plus the request id and the usual forwarding headers."""
+    hop-by-hop ones, plus the request id and the usual forwarding headers.
+
+    `present`: the same headers as a dict, when the caller has one; a request without
+    `Connection` and `X-Forwarded-For` (nearly all) is then filtered in one pass."""
+    if present is not None and b"connection" not in present and b"x-forwarded-for" not in present:
+        out = [header for header in headers if header[0] not in REQUEST_DROP]
+        forwarded_for = b""
+    else:
+        out, forwarded_for = _filtered_request_headers(headers)
+    out.append((REQUEST_ID, request_id_value.encode()))
+    if client_host:
+        chain = forwarded_for + b", " + client_host.encode() if forwarded_for else client_host.encode()
+        out.append((b"x-forwarded-for", chain))
+    out.append((b"x-forwarded-proto", scheme.encode()))
+    return out
+
+
+def _filtered_request_headers(headers: RawHeaders) -> tuple[RawHeaders, bytes]:
+    """The headers less hop-by-hop ones and those `Connection` names; the X-Forwarded-For value."""
     out: RawHeaders = []
     named: set[bytes] | None = None  # listed by Connection: dropped as well
     forwarded_for = b""
@@ -79,18 +99,18 @@ def upstream_request_headers(headers: RawHeaders, request_id_value: str, client_
         out.append((name, value))
     if named:
         out = [header for header in out if header[0] not in named]
-    out.append((REQUEST_ID, request_id_value.encode()))
-    if client_host:
-        chain = forwarded_for + b", " + client_host.encode() if forwarded_for else client_host.encode()
-        out.append((b"x-forwarded-for", chain))
-    out.append((b"x-forwarded-proto", scheme.encode()))
-    return out
+    return out, forwarded_for
 
 
-def client_response_headers(headers: Iterable[tuple[bytes, bytes]], request_id_value: str) -> RawHeaders:
+def client_response_headers(headers: Iterable[tuple[bytes, bytes]], request_id_value: str, connection_seen: bool = True) -> RawHeaders:
     """What the caller receives: the container's headers (names lower-cased) less hop-by-hop
-    ones, plus the request id."""
-    out: RawHeaders = []
+    ones, plus the request id. `connection_seen=False` (the reply has no `Connection` header,
+    so none names others to drop) filters in one pass."""
+    if not connection_seen:
+        out = [(lowered, value) for name, value in headers if (lowered := name.lower()) not in RESPONSE_DROP]
+        out.append((REQUEST_ID, request_id_value.encode()))
+        return out
+    out = []
     named: set[bytes] | None = None
     for name, value in headers:
         lowered = name.lower()

@@ -62,7 +62,7 @@ class Cycle:
     __slots__ = (
         "conn", "scope", "keep_alive", "expect_continue", "is_head",
         "body", "buffered", "message_complete", "delivered", "waiters",
-        "started", "complete", "body_allowed", "chunked", "remaining", "pending_head",
+        "started", "complete", "body_allowed", "chunked", "remaining", "pending_head", "on_lost",
     )  # fmt: skip
 
     def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
@@ -82,6 +82,16 @@ class Cycle:
         self.chunked = False
         self.remaining = -1  # bytes still due under Content-Length; -1 without one
         self.pending_head: bytes | None = None  # the response head, written with the first body part
+        self.on_lost: Any = None  # called if the connection is lost before the response is complete
+
+    def notify_lost(self, callback: Any) -> None:
+        """The app's `scope["dockyard.notify_lost"]`: call `callback()` (once, on the event loop)
+        if the connection is lost before the response is complete. A proxy learns so at once,
+        without a task waiting in `receive()` for `http.disconnect`."""
+        if self.conn.closed and not self.complete:
+            callback()  # lost already (its receive() says http.disconnect)
+        else:
+            self.on_lost = callback
 
     # --- receive ------------------------------------------------------------------------------
 

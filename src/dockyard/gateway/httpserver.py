@@ -8,6 +8,8 @@ gateway needs and no more, on asyncio (uvloop when installed) with httptools' pa
 - one `Connection` (an asyncio.Protocol) per TCP connection, one `Cycle` (httpcycle.py: the
   ASGI `receive` and `send`) per request, and one Task per request (the ASGI call, which also
   starts the next pipelined request when it ends);
+- `scope["dockyard.notify_lost"](callback)` asks for `callback()` should the connection be lost
+  before the response is complete (the gateway cancels its exchange with it);
 - idle keep-alive connections are closed by one sweep per server each second, over the
   connections' last-activity times (the same sweep refreshes the `date` header);
 - requests pipelined on a connection are queued and answered in order, reading paused meanwhile;
@@ -125,8 +127,12 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self.server.connections.discard(self)
         self.queue.clear()
-        if self.active is not None:
-            self.active.wake()
+        active = self.active
+        if active is not None:
+            active.wake()
+            if active.on_lost is not None and not active.complete:
+                lost, active.on_lost = active.on_lost, None
+                lost()
         wake_all(self.drain_waiters)
 
     def data_received(self, data: bytes) -> None:
@@ -216,6 +222,7 @@ class Connection(asyncio.Protocol):
         }
         keep_alive = parser.should_keep_alive() and not self.server.stopping
         cycle = self.parsing = Cycle(self, scope, keep_alive, self.expect_continue)
+        scope["dockyard.notify_lost"] = cycle.notify_lost
         if self.active is None and not self.queue:
             self.start(cycle)
         else:

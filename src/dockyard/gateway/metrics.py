@@ -6,9 +6,10 @@ Total latency and upstream latency are separate histograms, and their difference
 model's. Requests for deployments that do not exist are labelled `deployment="-"`: ids taken
 from arbitrary URLs must not grow the label set without bound.
 
-The request path only appends a tuple (`observe`) and counts in-flight requests in a dict
-(`enter`/`leave`): a prometheus_client update takes a lock per value, eleven of them per
-request, which cost more than routing it. `flush()` moves what was recorded into the
+The request path only adds a request to plain counters of its deployment (`observe`: a count
+per status, a count per latency bucket, sums), and the in-flight gauge reads the balancer's
+counts: a prometheus_client update takes a lock per value, eleven of them per request, which
+cost more than routing it. `flush()` moves what was recorded into the
 Prometheus objects; it runs every `flush_interval_s` on the event loop and before every
 exposition from this process, so a scrape of this registry is always current, and a worker's
 figures reach the multiprocess files (`--gateway-workers N`) within `flush_interval_s`.
@@ -20,6 +21,7 @@ import asyncio
 import bisect
 import os
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
@@ -40,11 +42,16 @@ class _Children:
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None, flush_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, flush_interval_s: float = 1.0, inflight: Mapping[str, int] | None = None
+    ) -> None:
+        """`inflight`: requests being proxied now by deployment, as the gateway's balancer counts
+        them (it needs the count anyway, for the 429 limit); read at each flush."""
         self.flush_interval_s = flush_interval_s
-        # Recorded on the request path, moved into the Prometheus objects by flush().
-        self._pending: list[tuple[str, int, float, float | None, int, int]] = []
-        self._inflight: dict[str, int] = {}
+        # Added up on the request path per deployment label, moved into the Prometheus objects by flush().
+        self._windows: dict[str, _Window] = {}
+        self._overhead = _Batch(_OVERHEAD_BUCKETS)
+        self._inflight: Mapping[str, int] = inflight if inflight is not None else {}
         self._inflight_shown: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -93,16 +100,20 @@ class GatewayMetrics:
 
     def observe(self, entry: AccessEntry, known_deployment: bool) -> None:
         label = entry.deployment_id if known_deployment and entry.deployment_id else "-"
-        self._pending.append((label, entry.status, entry.latency_ms, entry.upstream_ms, entry.bytes_in, entry.bytes_out))
+        window = self._windows.get(label)
+        if window is None:
+            window = self._windows[label] = _Window()
+        statuses = window.statuses
+        statuses[entry.status] = statuses.get(entry.status, 0) + 1
+        window.latency.add(entry.latency_ms / 1000)
+        upstream_ms = entry.upstream_ms
+        if upstream_ms is not None:
+            window.upstream.add(upstream_ms / 1000)
+            self._overhead.add(max(0.0, entry.latency_ms - upstream_ms) / 1000)
+        window.bytes_in += entry.bytes_in
+        window.bytes_out += entry.bytes_out
         if self._timer is None:
             self._schedule()
-
-    def enter(self, label: str) -> None:
-        """A request for deployment `label` is being proxied (the in-flight gauge)."""
-        self._inflight[label] = self._inflight.get(label, 0) + 1
-
-    def leave(self, label: str) -> None:
-        self._inflight[label] -= 1
 
     # --- into Prometheus ------------------------------------------------------------------------
 
@@ -122,41 +133,28 @@ class GatewayMetrics:
     def flush(self) -> None:
         """Move the recorded requests and the in-flight counts into the Prometheus objects:
         summed per label first, so a flush costs one update per label and bucket, not per request."""
-        pending, self._pending = self._pending, []
-        counts: dict[tuple[str, int], int] = {}
-        totals: dict[str, list[Any]] = {}  # label -> [latency batch, upstream batch, bytes in, bytes out]
-        overhead = _Batch(_OVERHEAD_BUCKETS)
-        for label, status, latency_ms, upstream_ms, bytes_in, bytes_out in pending:
-            counts[(label, status)] = counts.get((label, status), 0) + 1
-            total = totals.get(label)
-            if total is None:
-                total = totals[label] = [_Batch(_LATENCY_BUCKETS), _Batch(_LATENCY_BUCKETS), 0, 0]
-            total[0].add(latency_ms / 1000)
-            if upstream_ms is not None:
-                total[1].add(upstream_ms / 1000)
-                overhead.add(max(0.0, latency_ms - upstream_ms) / 1000)
-            total[2] += bytes_in
-            total[3] += bytes_out
-        for (label, status), n in counts.items():
-            count = self._counts.get((label, status))
-            if count is None:
-                count = self._counts[(label, status)] = self.requests.labels(label, str(status))
-            count.inc(n)
-        for label, (latency, upstream, bytes_in, bytes_out) in totals.items():
+        windows, self._windows = self._windows, {}
+        overhead, self._overhead = self._overhead, _Batch(_OVERHEAD_BUCKETS)
+        for label, window in windows.items():
+            for status, n in window.statuses.items():
+                count = self._counts.get((label, status))
+                if count is None:
+                    count = self._counts[(label, status)] = self.requests.labels(label, str(status))
+                count.inc(n)
             children = self.children(label)
-            latency.into(children.latency)
-            upstream.into(children.upstream_latency)
-            if bytes_in:
-                children.bytes_in.inc(bytes_in)
-            if bytes_out:
-                children.bytes_out.inc(bytes_out)
+            window.latency.into(children.latency)
+            window.upstream.into(children.upstream_latency)
+            if window.bytes_in:
+                children.bytes_in.inc(window.bytes_in)
+            if window.bytes_out:
+                children.bytes_out.inc(window.bytes_out)
         overhead.into(self.overhead)
-        for label, value in list(self._inflight.items()):
-            if self._inflight_shown.get(label) != value:
+        shown, counts = self._inflight_shown, self._inflight
+        for label in [*shown, *(label for label in counts if label not in shown)]:
+            value = counts.get(label, 0)
+            if shown.get(label) != value:
                 self.children(label).inflight.set(value)
-                self._inflight_shown[label] = value
-            if not value:
-                del self._inflight[label]
+                shown[label] = value
 
     def asgi_app(self) -> Any:
         """An ASGI app serving this registry in the Prometheus text format (mount it where you like).
@@ -178,14 +176,24 @@ class GatewayMetrics:
         return app
 
 
+def _histogram_internals() -> bool:
+    """Whether prometheus_client's histograms keep the bucket and sum values `_Batch.into` adds to."""
+    probe = Histogram("dockyard_probe", "", buckets=(1.0,), registry=None)
+    buckets = getattr(probe, "_buckets", None)
+    return buckets is not None and len(buckets) == 2 and getattr(probe, "_sum", None) is not None
+
+
+_BATCH_INTO_INTERNALS = _histogram_internals()
+
+
 class _Batch:
     """Observations of one histogram, summed: a count per bucket and the sum of the values.
 
     `into(histogram)` adds them to a prometheus_client histogram (a labelled child or one with
     no labels) in one update per bucket. prometheus_client has no batch API: this adds to the
     child's bucket and sum values, as `Histogram.observe` does value by value (a value goes to
-    the first bucket whose bound is >= it; buckets are stored uncumulated), and falls back to
-    observing each value should those attributes ever be missing."""
+    the first bucket whose bound is >= it; buckets are stored uncumulated). Should a release of
+    prometheus_client keep them elsewhere, the values themselves are kept and observed one by one."""
 
     __slots__ = ("bounds", "counts", "total", "values")
 
@@ -193,23 +201,35 @@ class _Batch:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last: +Inf
         self.total = 0.0
-        self.values: list[float] = []
+        self.values: list[float] | None = None if _BATCH_INTO_INTERNALS else []
 
     def add(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
-        self.values.append(value)
+        if self.values is not None:
+            self.values.append(value)
 
     def into(self, histogram: Any) -> None:
-        if not self.values:
-            return
-        buckets, value_sum = getattr(histogram, "_buckets", None), getattr(histogram, "_sum", None)
-        if buckets is None or value_sum is None or len(buckets) != len(self.counts):
+        if self.values is not None:
             for value in self.values:
                 histogram.observe(value)
             return
-        for bucket, n in zip(buckets, self.counts):
+        if not any(self.counts):
+            return
+        for bucket, n in zip(histogram._buckets, self.counts):
             if n:
                 bucket.inc(n)
-        value_sum.inc(self.total)
+        histogram._sum.inc(self.total)
 
+
+class _Window:
+    """What one deployment label's requests added up to since the last flush."""
+
+    __slots__ = ("statuses", "latency", "upstream", "bytes_in", "bytes_out")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.latency = _Batch(_LATENCY_BUCKETS)
+        self.upstream = _Batch(_LATENCY_BUCKETS)
+        self.bytes_in = 0
+        self.bytes_out = 0

@@ -86,9 +86,12 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         key = (host, port)
         connection = await self._checkout(key, timeouts)
         reply = connection.start(method)
-        reply._on_close = lambda conn, reusable: self._checkin(key, conn, reusable)  # noqa: SLF001
+        reply._on_close = self._checkin  # noqa: SLF001
         try:
-            await connection.send_body(head, body, chunked)
+            if body is None or isinstance(body, bytes):
+                connection.send_whole(head, body, chunked)
+            else:
+                await connection.send_body(head, body, chunked)
             if timeouts.head_s is None:
                 await reply.wait_head(deadline)
             else:
@@ -186,11 +189,13 @@ class UpstreamPool(httpx.AsyncBaseTransport):
     async def _open(self, key: Key, origin: _Origin, timeout_s: float | None) -> UpstreamConnection:
         """Open a connection in a slot already counted; the slot is given up if that fails."""
         try:
-            return await UpstreamConnection.open(key[0], key[1], timeout_s)
+            connection = await UpstreamConnection.open(key[0], key[1], timeout_s)
         except BaseException:
             origin.count -= 1
             self._hand_slot(origin)
             raise
+        connection.origin = key
+        return connection
 
     def _hand_slot(self, origin: _Origin) -> None:
         """A slot came free: the first live waiter may open a connection in it."""
@@ -206,10 +211,11 @@ class UpstreamPool(httpx.AsyncBaseTransport):
             origin.count -= 1
             self._hand_slot(origin)
         else:
-            self._checkin(key, handed, True)  # type: ignore[arg-type]
+            self._checkin(handed, True)  # type: ignore[arg-type]
 
-    def _checkin(self, key: Key, connection: UpstreamConnection, reusable: bool) -> None:
+    def _checkin(self, connection: UpstreamConnection, reusable: bool) -> None:
         """Take a connection back once its exchange is over (done, failed or abandoned)."""
+        key = connection.origin
         origin = self._origins.get(key)
         if origin is None:  # cannot happen while counts are right; never leak a socket if it does
             connection.close()

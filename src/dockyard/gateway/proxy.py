@@ -40,7 +40,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per request: a frozen dataclass sets each field through object.__setattr__
 class Forward:
     """Where and how one request goes upstream."""
 
@@ -60,18 +60,24 @@ class Forward:
 
 
 class DisconnectWatch:
-    """Once the request body is in, waits for the caller to go away and cancels the exchange.
+    """Once the request body is in, notices the caller going away and cancels the exchange.
 
     Without it a caller that hangs up on a long stream would leave the gateway reading the
-    container's reply to the end (the server drops the writes silently). Watching costs a task
-    and a `receive()` per request, more than the rest of a small request's routing, so it
-    starts only once the exchange has lasted `after_s`: a quick predict ends before that, and
-    a caller leaving a slow one is noticed at most `after_s` later. The delay is a coarse
-    deadline (deadlines.py: at most a tick late), not a loop timer of its own per request.
+    container's reply to the end (the server drops the writes silently). dockyard's own server
+    (httpserver.py) says when a connection is lost (`notify_lost`, from the scope): then the
+    watch costs nothing until it happens. Under any other ASGI server the watch waits in
+    `receive()` for `http.disconnect`, in a task of its own; that costs more than the rest of a
+    small request's routing, so it starts only once the exchange has lasted `after_s`: a quick
+    predict ends before that, and a caller leaving a slow one is noticed at most `after_s`
+    later. The delay is a coarse deadline (deadlines.py: at most a tick late), not a loop timer
+    of its own per request.
     """
 
-    def __init__(self, receive: Receive, after_s: float = 0.05) -> None:
+    __slots__ = ("_receive", "_notify_lost", "after_s", "_timer", "_task", "target", "fired", "done")
+
+    def __init__(self, receive: Receive, notify_lost: Callable[[Callable[[], None]], None] | None = None, after_s: float = 0.05) -> None:
         self._receive = receive
+        self._notify_lost = notify_lost
         self.after_s = after_s
         self._timer: deadlines.Deadline | None = None
         self._task: asyncio.Task[None] | None = None
@@ -80,7 +86,10 @@ class DisconnectWatch:
         self.done = False  # set just before the last byte of the reply goes out
 
     def start(self) -> None:
-        if self._timer is None and self._task is None and not self.done:
+        if self._notify_lost is not None:
+            self._notify_lost(self._hung_up)
+            self._notify_lost = None
+        elif self._timer is None and self._task is None and not self.done:
             loop = asyncio.get_running_loop()
             self._timer = deadlines.for_loop(loop).add(loop.time() + self.after_s, self._begin)
 
@@ -90,6 +99,7 @@ class DisconnectWatch:
             self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def stop(self) -> None:
+        self.target = None  # from now on a lost connection cancels nothing
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -97,13 +107,16 @@ class DisconnectWatch:
             self._task.cancel()
             self._task = None
 
+    def _hung_up(self) -> None:
+        if not self.done and self.target is not None and not self.target.done():
+            self.fired = True
+            self.target.cancel()
+
     async def _watch(self) -> None:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                if not self.done and self.target is not None and not self.target.done():
-                    self.fired = True
-                    self.target.cancel()
+                self._hung_up()
                 return
 
 
@@ -131,14 +144,15 @@ class Proxy:
         self.timeouts = Timeouts(connect_s=connect_timeout_s, read_s=request_timeout_s, pool_s=request_timeout_s)
 
     async def forward(
-        self, ex: Exchange, route: Route, fwd: Forward, body: RequestBody | None, send: Send, watch: DisconnectWatch
+        self, ex: Exchange, route: Route, fwd: Forward, body: bytes | RequestBody | None, send: Send, watch: DisconnectWatch
     ) -> None:
+        """`body`: None, the whole body already read (bytes), or the body still to stream."""
         deadline = asyncio.get_running_loop().time() + self.request_timeout_s
         ex.upstream_started = time.perf_counter()
         try:
             upstream, response = await self._connect(ex, route, fwd, body, deadline)
         finally:
-            if body is not None:
+            if isinstance(body, RequestBody):
                 ex.bytes_in = body.received
         try:
             await self._relay(ex, fwd, response, send, watch)
@@ -148,13 +162,14 @@ class Proxy:
             ex.upstream_ended = time.perf_counter()
 
     async def _connect(
-        self, ex: Exchange, route: Route, fwd: Forward, body: RequestBody | None, deadline: float
+        self, ex: Exchange, route: Route, fwd: Forward, body: bytes | RequestBody | None, deadline: float
     ) -> tuple[Upstream, Reply]:
         """Send the request to the first instance that accepts a connection; its reply headers."""
         refused: list[str] = []
         unanswered: Exception | None = None  # the one retry after an unanswered close is spent
+        streamed = body if isinstance(body, RequestBody) else None  # bytes can always go again
         for upstream in self.balancer.order(route):
-            if body is not None and body.started and not body.replayable:
+            if streamed is not None and streamed.started and not streamed.replayable:
                 break  # the body left for an instance that then failed and cannot be sent again
             ex.attempts += 1
             ex.instance_id = upstream.backend.instance_id
@@ -162,12 +177,11 @@ class Proxy:
             upstream.outstanding += 1
             try:
                 headers = [(b"host", backend.authority), *fwd.headers]
-                if body is None or body.whole is not None:
+                if streamed is None:
                     # Sent in one write: only connecting (its own timeout) and the reply's
                     # headers can wait, and the pool bounds the latter by the deadline.
                     response = await self.pool.send(
-                        backend.host, backend.port, fwd.method_bytes, fwd.target, headers,
-                        None if body is None else body.whole, fwd.chunked, self.timeouts, deadline,
+                        backend.host, backend.port, fwd.method_bytes, fwd.target, headers, body, fwd.chunked, self.timeouts, deadline,
                     )  # fmt: skip
                 else:
                     async with asyncio.timeout_at(deadline):  # a streamed body can wait on its caller
@@ -200,7 +214,7 @@ class Proxy:
                 upstream.outstanding -= 1
                 self.metrics.upstream_errors.labels(route.deployment_id, "aborted").inc()
                 self.balancer.eject(upstream)  # it dropped a connection: likely dying
-                if unanswered is not None or not (body is None or body.replayable):
+                if unanswered is not None or not (streamed is None or streamed.replayable):
                     raise BadGateway(
                         f"the model server on instance {upstream.backend.instance_id} failed before replying "
                         f"({type(exc).__name__}: {exc}); check the container's log"
@@ -241,9 +255,8 @@ class Proxy:
                 f"{(reply.content_length or b'?').decode('latin-1')} bytes); use /predict, or make the container stream "
                 "(text/event-stream or chunked)"
             )
-        await send(
-            {"type": "http.response.start", "status": reply.status, "headers": client_response_headers(reply.headers, ex.request_id)}
-        )
+        headers = client_response_headers(reply.headers, ex.request_id, reply.connection_header)
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         ex.status = reply.status
         ex.response_started = True
         read_timeout = self.timeouts.read_s

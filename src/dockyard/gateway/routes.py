@@ -128,6 +128,14 @@ class RouteTable:
         self._cache: dict[str, tuple[float, Route | None]] = {}
         self._pending: dict[str, asyncio.Task[Route | None]] = {}
 
+    def fresh(self, deployment_id: str) -> Route | None:
+        """The deployment's route when a read of it is at hand and not expired, else None (then
+        `get` it)."""
+        cached = self._cache.get(deployment_id)
+        if cached is not None and self.clock() < cached[0]:
+            return cached[1]
+        return None
+
     async def get(self, deployment_id: str) -> Route | None:
         cached = self._cache.get(deployment_id)
         if cached is not None:

@@ -46,7 +46,7 @@ class Reply:
     """
 
     __slots__ = (
-        "status", "headers", "content_type", "content_length", "chunked", "complete", "_connection",
+        "status", "headers", "content_type", "content_length", "chunked", "connection_header", "complete", "_connection",
         "_chunks", "_buffered", "_waiter", "_error", "_head", "_closed", "_on_close",
     )  # fmt: skip
 
@@ -56,6 +56,7 @@ class Reply:
         self.content_type: bytes | None = None
         self.content_length: bytes | None = None
         self.chunked = False
+        self.connection_header = False  # the reply has a Connection header (which may name hop-by-hop ones)
         self.complete = False
         self._connection = connection
         self._chunks: list[bytes] = []
@@ -180,6 +181,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.reply: Reply | None = None
+        self.origin: tuple[str, int] = ("", 0)  # the pool's key for it (host, port)
         self.closed = False
         self.keep_alive = True
         self.idle_since = 0.0
@@ -233,15 +235,19 @@ class UpstreamConnection(asyncio.Protocol):
             waiter = self._write_waiter = self.loop.create_future()
             await waiter
 
+    def send_whole(self, head: bytes, body: bytes | None, chunked: bool) -> None:
+        """Write the head and a body at hand in one write (re-framed as one chunk when `chunked`)."""
+        if chunked:
+            self.write(head + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"))
+        else:
+            self.write(head + body if body else head)
+
     async def send_body(self, head: bytes, body: bytes | AsyncIterable[bytes] | None, chunked: bool) -> None:
         """Write the head and the body (re-framed as chunks when `chunked`). Stops quietly when
         the connection closes under it: the container may have answered early, and its reply
         (or the lack of one) tells the rest."""
         if body is None or isinstance(body, bytes):
-            if chunked:
-                self.write(head + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"))
-            else:
-                self.write(head + body if body else head)
+            self.send_whole(head, body, chunked)
             return
         pending = head
         async for chunk in body:
@@ -339,6 +345,8 @@ class UpstreamConnection(asyncio.Protocol):
             reply.content_type = value
         elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
             reply.chunked = True
+        elif lowered == b"connection":
+            reply.connection_header = True
 
     def on_headers_complete(self) -> None:
         reply = self.reply
@@ -347,6 +355,7 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:  # 100 Continue and friends: the real reply follows
             self._interim = True
             reply.headers, reply.content_length, reply.content_type, reply.chunked = [], None, None, False
+            reply.connection_header = False
             return
         self._interim = False
         reply.status = status

@@ -94,6 +94,15 @@ class PredictAuthorization:
         self._decisions: dict[tuple[str | None, str, str, str], tuple[float, bool]] = {}
         self._reading: dict[tuple[str | None, str, str, str], asyncio.Task[bool]] = {}
 
+    def known(self, caller: Caller | None, compartment_id: str) -> bool | None:
+        """The decision without waiting: False for no caller, a cached decision, else None."""
+        if caller is None:
+            return False
+        cached = self._decisions.get((caller.tenancy_id, caller.user_id, getattr(caller, "fingerprint", ""), compartment_id))
+        if cached is not None and self.clock() < cached[0]:
+            return cached[1]
+        return None
+
     async def __call__(self, caller: Caller | None, compartment_id: str) -> bool:
         if caller is None:
             return False
