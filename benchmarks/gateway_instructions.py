@@ -1,0 +1,194 @@
+"""Instructions a gateway worker spends per request, counted by Valgrind (callgrind): a figure
+that does not move with the machine's load, for comparing changes to the request path.
+
+    python benchmarks/gateway_instructions.py [--requests 1000] [--warmup 300] [--targets server,unsigned,signed]
+
+One gateway worker as `dockyard serve --role gateway --gateway-workers N` runs each of its
+workers (dockyard's HTTP server, the signature middleware, the gateway; access entries to a
+sink that only counts them) runs under callgrind, in front of the fast upstream of
+gateway_overhead.py, loaded by wrk over 16 connections with the same small JSON body. Counting
+starts after `--warmup` requests and stops after `--requests` more. It covers every thread of
+the worker, in user space: the kernel's share of the socket calls is not counted, nor the
+upstream's or wrk's work. Targets:
+
+- `server`:   the HTTP server with an app that answers at once (what any request costs before
+              the gateway does anything);
+- `unsigned`: the gateway, requests without a signature (`--insecure-no-auth`);
+- `signed`:   the gateway, every request signed as the OCI SDK signs it.
+
+Under Valgrind a request takes ~50 times longer, so work done per unit of time (cache expiry,
+timers) would weigh ~50 times more per request than in a real run: the route, key and
+authorization caches are given an hour here. Needs valgrind, gcc (for the five-line library
+that starts and stops the counting) and wrk: `apt-get install -y valgrind gcc wrk`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gateway_overhead as load  # noqa: E402  (the upstream, the store, the signed headers)
+
+CONTROL_C = """#include <valgrind/callgrind.h>
+void counting_start(void) { CALLGRIND_ZERO_STATS; }
+void counting_stop(void) { CALLGRIND_DUMP_STATS_AT("measured"); }
+"""
+TARGETS = ("server", "unsigned", "signed")
+HOUR_S = 3600.0
+
+
+# --- the worker (runs under valgrind as `gateway_instructions.py --role worker ...`) ---------------
+
+
+class CountingSink:
+    """The access log's place: counts entries, stores nothing."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+
+    def add_access(self, entry: Any) -> None:
+        self.entries += 1
+
+    def flush(self) -> int:
+        return 0
+
+
+def worker_app(target: str, data_dir: Path, port: int, upstream_port: int) -> tuple[Any, Path]:
+    """The app as a gateway worker builds it, its caches made to last (see the module docstring)."""
+    config = load.write_store(data_dir, upstream_port, port)
+    if target == "server":
+        return load.upstream_app, config  # answers at once, as the upstream does
+    from dockyard.server import create_gateway_app
+    from dockyard.settings import Settings
+
+    settings = Settings(data_dir=data_dir, port=port, insecure_no_auth=target == "unsigned",
+                        gateway_inflight_per_instance=100_000, gateway_route_cache_ttl_s=HOUR_S)  # fmt: skip
+    app = create_gateway_app(settings, access=CountingSink())
+    app.verify.cache_ttl_s = HOUR_S  # the signature middleware's key cache
+    app.app.authorize.ttl_s = HOUR_S  # the gateway's authorization decisions
+    return app, config
+
+
+async def serve_counted(args: argparse.Namespace) -> None:
+    from dockyard.gateway.httpserver import HttpServer
+    from dockyard.heap import freeze_startup_objects
+
+    control = ctypes.CDLL(args.library)
+    work = Path(tempfile.mkdtemp(prefix="dockyard-instr-"))
+    (work / "data").mkdir()
+    port = load.free_port()
+    app, config = worker_app(args.target, work / "data", port, args.upstream_port)
+    done = asyncio.get_running_loop().create_future()
+    served = 0
+
+    async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal served
+        await app(scope, receive, send)
+        if scope["type"] != "http":
+            return
+        served += 1
+        if served == args.warmup:
+            control.counting_start()
+        elif served == args.warmup + args.requests and not done.done():
+            control.counting_stop()
+            done.set_result(None)
+
+    server = HttpServer(counted)
+    await server.start(host="127.0.0.1", port=port)
+    freeze_startup_objects()  # as `dockyard serve` does before serving
+    url = f"http://127.0.0.1:{port}/{load.DEPLOYMENT_ID}/predict"
+    headers = load.signed_headers(config, url) if args.target == "signed" else {"Content-Type": "application/json"}
+    script = work / "post.lua"
+    script.write_text(f"wrk.method = \"POST\"\nwrk.body = {json.dumps(load.BODY.decode())}\n"
+                      + "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items()))  # fmt: skip
+    wrk = subprocess.Popen(["wrk", "-t1", "-c16", "-d3600s", "-s", str(script), url], stdout=subprocess.DEVNULL)
+    try:
+        await done
+    finally:
+        wrk.kill()
+        wrk.wait()
+    shutil.rmtree(work, ignore_errors=True)
+    os._exit(0)  # the counted part is written; nothing else to wait for
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+
+def counted_instructions(dump_dir: Path) -> int:
+    """Instructions of the counted part: the dump that `counting_stop` wrote."""
+    for path in dump_dir.iterdir():
+        text = path.read_text(errors="replace")
+        if "Trigger: Client Request: measured" in text:
+            found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+            if found:
+                return int(found.group(1))
+    raise RuntimeError(f"no counted dump in {dump_dir}: see the worker's output there")
+
+
+def measure(target: str, args: argparse.Namespace, library: Path, upstream_port: int, work: Path) -> float:
+    dump_dir = work / target
+    dump_dir.mkdir()
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump_dir}/callgrind.%p", "--dump-instr=no",
+               sys.executable, __file__, "--role", "worker", "--target", target, "--library", str(library),
+               "--upstream-port", str(upstream_port), "--warmup", str(args.warmup), "--requests", str(args.requests)]  # fmt: skip
+    env = load.child_env() | {"PYTHONHASHSEED": "0"}
+    with (work / f"{target}.log").open("wb") as out:
+        subprocess.run(command, env=env, stdout=out, stderr=out, timeout=3600, check=False)
+    return counted_instructions(dump_dir) / args.requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--role", default="driver", choices=("driver", "worker"))
+    parser.add_argument("--target", choices=TARGETS)
+    parser.add_argument("--library")
+    parser.add_argument("--upstream-port", type=int)
+    args = parser.parse_args()
+    if args.role == "worker":
+        from dockyard.gateway.httpserver import new_event_loop
+
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve_counted(args))
+        return
+    sys.path.insert(0, str(load.SRC))
+    missing = [tool for tool in ("valgrind", "gcc", "wrk") if shutil.which(tool) is None]
+    if missing or not Path("/usr/include/valgrind/callgrind.h").exists():
+        sys.exit(f"needs valgrind, gcc and wrk (missing: {', '.join(missing) or 'valgrind headers'}): "
+                 "apt-get install -y valgrind gcc wrk")  # fmt: skip
+    targets = [t for t in args.targets.split(",") if t]
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        sys.exit(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
+    with tempfile.TemporaryDirectory(prefix="dockyard-instr-") as tmp:
+        work = Path(tmp)
+        (work / "control.c").write_text(CONTROL_C)
+        library = work / "libcounting.so"
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(work / "control.c")], check=True)
+        upstream_port = load.free_port()
+        upstream = load.start_upstream(upstream_port)
+        try:
+            load.wait_for(upstream_port)
+            print(f"callgrind, {args.requests} requests after {args.warmup} warm-up ones, wrk over 16 connections, "
+                  f"{len(load.BODY)}-byte JSON bodies; instructions per request in the worker process (user space)")  # fmt: skip
+            for target in targets:
+                print(f"{target:<10} {measure(target, args, library, upstream_port, work):>10,.0f}", flush=True)
+        finally:
+            load.stop(upstream)
+
+
+if __name__ == "__main__":
+    main()
