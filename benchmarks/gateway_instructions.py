@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import json
 import os
 import re
 import shutil
@@ -108,10 +107,7 @@ async def serve_counted(args: argparse.Namespace) -> None:
     await server.start(host="127.0.0.1", port=port)
     freeze_startup_objects()  # as `dockyard serve` does before serving
     url = f"http://127.0.0.1:{port}/{load.DEPLOYMENT_ID}/predict"
-    headers = load.signed_headers(config, url) if args.target == "signed" else {"Content-Type": "application/json"}
-    script = work / "post.lua"
-    script.write_text(f"wrk.method = \"POST\"\nwrk.body = {json.dumps(load.BODY.decode())}\n"
-                      + "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items()))  # fmt: skip
+    script = load.lua_script(work, load.signed_headers(config, url) if args.target == "signed" else {})
     wrk = subprocess.Popen(["wrk", "-t1", "-c16", "-d3600s", "-s", str(script), url], stdout=subprocess.DEVNULL)
     try:
         await done

@@ -17,7 +17,6 @@ per request. Needs wrk (`apt-get install -y wrk`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -55,12 +54,6 @@ def start_gateway(source: Path, data_dir: Path, port: int, workers: int, signed:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def wrk_script(path: Path, headers: dict[str, str]) -> Path:
-    path.write_text(f"wrk.method = \"POST\"\nwrk.body = {json.dumps(load.BODY.decode())}\n"
-                    + "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items()))  # fmt: skip
-    return path
-
-
 def answered(url: str, script: Path, duration_s: int) -> int:
     out = subprocess.run(["wrk", "-t1", "-c32", f"-d{duration_s}s", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -92,8 +85,8 @@ def main() -> None:
             process = start_gateway(source, data_dir, port, args.workers, args.signed)
             url = f"http://127.0.0.1:{port}/{load.DEPLOYMENT_ID}/predict"
             load.wait_for(port)
-            headers = load.signed_headers(config, url) if args.signed else {"Content-Type": "application/json"}
-            gateways[name] = (process, url, wrk_script(work / f"{name}.lua", headers))
+            headers = load.signed_headers(config, url) if args.signed else {}
+            gateways[name] = (process, url, load.lua_script(work, headers))
             answered(url, gateways[name][2], 2)  # warm: routes, keys and decisions cached
         print(f"{'signed' if args.signed else 'unsigned'} requests; base = {args.base} ({sources['base']}), this = {sources['this']}; "
               f"{args.workers} workers each, both loaded at once with 32 connections each, {args.duration} s per round")  # fmt: skip

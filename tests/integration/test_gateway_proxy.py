@@ -475,3 +475,36 @@ async def test_metrics_count_requests_and_latencies(store: Any, deployments: Dep
     assert f'dockyard_gateway_request_duration_seconds_count{{deployment="{deployment_id}"}} 3.0' in text
     assert "dockyard_gateway_overhead_seconds_count 3.0" in text
     assert f'dockyard_gateway_inflight_requests{{deployment="{deployment_id}"}} 0.0' in text
+
+
+async def test_repeated_predicts_take_the_direct_path_and_reach_the_container_the_same(
+    store: Any, deployments: Deployments, upstreams: Upstreams
+) -> None:
+    """The first predict of a deployment reads its route the general way (`_dispatch`); the next
+    ones are decided from the caches (`_plain_predict`) and arrive at the container as sent."""
+    app = create_gateway(store, route_cache_ttl_s=30)
+    deployment_id = deployments.add([upstreams.echo[0].port])
+    general: list[str] = []
+    dispatch = app._dispatch
+
+    async def counted(ex: Any, *rest: Any) -> None:
+        general.append(ex.path)
+        await dispatch(ex, *rest)
+
+    app._dispatch = counted  # type: ignore[method-assign]
+    try:
+        async with client_for(app) as client:
+            for n in range(3):
+                body = b'{"n": %d}' % n
+                reply = await client.post(f"/{deployment_id}/predict", content=body, headers={"opc-request-id": f"r{n}"})
+                assert reply.status_code == 200 and reply.headers["opc-request-id"] == f"r{n}"
+                echoed = reply.json()
+                assert (echoed["path"], base64.b64decode(echoed["body_b64"])) == ("/predict", body)
+                assert echoed_headers(reply)["opc-request-id"] == f"r{n}"
+            assert general == [f"/{deployment_id}/predict"]
+            # Anything else still goes the general way: a query string, a route header.
+            assert (await client.post(f"/{deployment_id}/predict?x=1", content=b"{}")).json()["query"] == "x=1"
+            assert (await client.post(f"/{deployment_id}/predict", content=b"{}", headers={"route": "/r"})).json()["path"] == "/r"
+            assert len(general) == 3
+    finally:
+        await app.aclose()
