@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 from typing import Any
 
 import httpx
 import pytest
 
 from dockyard.gateway import AccessEntry, create_gateway, gateway_metrics_app
+from tests.support.raw_server import RawServer
 from tests.integration.test_gateway_harness import (  # noqa: F401 (fixtures)
     Deployments,
     Upstreams,
@@ -508,3 +510,28 @@ async def test_repeated_predicts_take_the_direct_path_and_reach_the_container_th
             assert len(general) == 3
     finally:
         await app.aclose()
+
+
+class _NamesHopHeaders(RawServer):
+    """Answers every request with a Connection header that names another header as hop-by-hop."""
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: X-Hop, close\r\nX-Hop: secret\r\n"
+                     b"Keep-Alive: timeout=5\r\nX-Model: v2\r\nContent-Length: 2\r\n\r\n{}")  # fmt: skip
+
+
+async def test_response_headers_a_container_names_in_connection_are_dropped(store: Any, deployments: Deployments) -> None:
+    upstream = _NamesHopHeaders()
+    app = create_gateway(store, route_cache_ttl_s=30)
+    try:
+        deployment_id = deployments.add([upstream.port])
+        async with client_for(app) as client:
+            for _ in range(2):  # the general path, then the direct one
+                reply = await client.post(f"/{deployment_id}/predict", content=b"{}")
+                assert reply.status_code == 200 and reply.json() == {}
+                assert reply.headers["x-model"] == "v2"
+                assert "x-hop" not in reply.headers and "keep-alive" not in reply.headers
+    finally:
+        await app.aclose()
+        upstream.stop()

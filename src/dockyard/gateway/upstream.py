@@ -242,13 +242,10 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.write(head + body if body else head)
 
-    async def send_body(self, head: bytes, body: bytes | AsyncIterable[bytes] | None, chunked: bool) -> None:
-        """Write the head and the body (re-framed as chunks when `chunked`). Stops quietly when
-        the connection closes under it: the container may have answered early, and its reply
+    async def send_body(self, head: bytes, body: AsyncIterable[bytes], chunked: bool) -> None:
+        """Write the head and a streamed body (re-framed as chunks when `chunked`). Stops quietly
+        when the connection closes under it: the container may have answered early, and its reply
         (or the lack of one) tells the rest."""
-        if body is None or isinstance(body, bytes):
-            self.send_whole(head, body, chunked)
-            return
         pending = head
         async for chunk in body:
             if not chunk:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 from dockyard.auth.policy import MODEL_DEPLOYMENTS, MODELS, PROJECTS, WORK_REQUESTS, Verb
@@ -128,6 +128,3 @@ class PredictAuthorization:
             self._decisions.clear()
         self._decisions[key] = (started + self.ttl_s, decision)
         return decision
-
-
-GatewayAuthorize = Callable[[Caller | None, str], Awaitable[bool]]
