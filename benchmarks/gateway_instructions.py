@@ -50,20 +50,42 @@ HOUR_S = 3600.0
 # --- the worker (runs under valgrind as `gateway_instructions.py --role worker ...`) ---------------
 
 
+class Counting:
+    """Counts requests served; starts callgrind's counting after `warmup` and stops it (and
+    resolves `done`) `requests` later."""
+
+    def __init__(self, warmup: int, requests: int, control: Any, done: asyncio.Future[None]) -> None:
+        self.warmup = warmup
+        self.requests = requests
+        self.control = control
+        self.done = done
+        self.served = 0
+
+    def tick(self) -> None:
+        self.served += 1
+        if self.served == self.warmup:
+            self.control.counting_start()
+        elif self.served == self.warmup + self.requests and not self.done.done():
+            self.control.counting_stop()
+            self.done.set_result(None)
+
+
 class CountingSink:
-    """The access log's place: counts entries, stores nothing."""
+    """The access log's place: stores nothing, counts each request as its entry comes (every
+    request has one, however the gateway served it)."""
 
     def __init__(self) -> None:
-        self.entries = 0
+        self.counting: Counting | None = None
 
     def add_access(self, entry: Any) -> None:
-        self.entries += 1
+        if self.counting is not None:
+            self.counting.tick()
 
     def flush(self) -> int:
         return 0
 
 
-def worker_app(target: str, data_dir: Path, port: int, upstream_port: int) -> tuple[Any, Path]:
+def worker_app(target: str, data_dir: Path, port: int, upstream_port: int, sink: CountingSink) -> tuple[Any, Path]:
     """The app as a gateway worker builds it, its caches made to last (see the module docstring)."""
     config = load.write_store(data_dir, upstream_port, port)
     if target == "server":
@@ -73,7 +95,7 @@ def worker_app(target: str, data_dir: Path, port: int, upstream_port: int) -> tu
 
     settings = Settings(data_dir=data_dir, port=port, insecure_no_auth=target == "unsigned",
                         gateway_inflight_per_instance=100_000, gateway_route_cache_ttl_s=HOUR_S)  # fmt: skip
-    app = create_gateway_app(settings, access=CountingSink())
+    app = create_gateway_app(settings, access=sink)
     app.verify.cache_ttl_s = HOUR_S  # the signature middleware's key cache
     app.app.authorize.ttl_s = HOUR_S  # the gateway's authorization decisions
     return app, config
@@ -87,23 +109,22 @@ async def serve_counted(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="dockyard-instr-"))
     (work / "data").mkdir()
     port = load.free_port()
-    app, config = worker_app(args.target, work / "data", port, args.upstream_port)
+    sink = CountingSink()
+    app, config = worker_app(args.target, work / "data", port, args.upstream_port, sink)
     done = asyncio.get_running_loop().create_future()
-    served = 0
+    counting = Counting(args.warmup, args.requests, control, done)
 
     async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        nonlocal served
         await app(scope, receive, send)
-        if scope["type"] != "http":
-            return
-        served += 1
-        if served == args.warmup:
-            control.counting_start()
-        elif served == args.warmup + args.requests and not done.done():
-            control.counting_stop()
-            done.set_result(None)
+        if scope["type"] == "http":
+            counting.tick()
 
-    server = HttpServer(counted)
+    if args.target == "server":
+        served = counted  # the server alone: counted as the app returns
+    else:
+        sink.counting = counting
+        served = app  # the gateway's own app: the server finds its `direct` (gateway/direct.py)
+    server = HttpServer(served)
     await server.start(host="127.0.0.1", port=port)
     freeze_startup_objects()  # as `dockyard serve` does before serving
     url = f"http://127.0.0.1:{port}/{load.DEPLOYMENT_ID}/predict"

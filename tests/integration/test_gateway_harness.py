@@ -465,15 +465,62 @@ def deployments(store: SqlMetadataStore) -> Deployments:
     return Deployments(store)
 
 
-@pytest.fixture
-async def gateway(store: SqlMetadataStore) -> Any:
+# Gateways `client_for` reaches over real HTTP through dockyard's own server (the gateway role's,
+# which relays the commonest predict without the ASGI call: gateway/direct.py), by id.
+_OWN_SERVER: set[int] = set()
+
+
+@pytest.fixture(params=["asgi", "own server"])
+async def gateway(store: SqlMetadataStore, request: pytest.FixtureRequest) -> Any:
+    """A gateway, reached by `client_for` in-process (ASGI) or through dockyard's own server."""
     app = create_gateway(store, route_cache_ttl_s=0.05)
+    if request.param == "own server":
+        _OWN_SERVER.add(id(app))
     yield app
+    _OWN_SERVER.discard(id(app))
     await app.aclose()
 
 
-def client_for(app: Gateway) -> httpx.AsyncClient:
+def client_for(app: Gateway) -> Any:
+    """An httpx client of `app` (`async with client_for(app) as client`): in-process, or over
+    real HTTP through dockyard's own server when the `gateway` fixture says so."""
+    if id(app) in _OWN_SERVER:
+        return OwnServerClient(app)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test", timeout=30)
+
+
+class _HttpOnly:
+    """The app for every HTTP request, without its lifespan: the fixture closes the gateway."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.direct = getattr(app, "direct", None)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await self.app(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan here")  # tolerated: the server goes on without one
+
+
+class OwnServerClient:
+    """dockyard's HTTP server serving `app` on this event loop, and an httpx client of it."""
+
+    def __init__(self, app: Any) -> None:
+        from dockyard.gateway.httpserver import HttpServer
+
+        self.server = HttpServer(_HttpOnly(app))
+        self.client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        await self.server.start(host="127.0.0.1", port=0)
+        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.server.port}", timeout=30)
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.client is not None
+        await self.client.aclose()
+        await self.server.stop(graceful_s=5)
 
 
 # --- the harness itself ---------------------------------------------------------------------------

@@ -355,6 +355,7 @@ async def test_chunked_body_over_the_limit_is_413_while_streaming(
     assert after.status_code == 200
 
 
+@pytest.mark.parametrize("gateway", ["asgi"], indirect=True)  # over a real connection such a body would be the next request
 async def test_post_without_length_or_chunking_is_411(gateway: Any, deployments: Deployments, upstreams: Upstreams) -> None:
     deployment_id = deployments.add([upstreams.echo[0].port])
     async with client_for(gateway) as client:

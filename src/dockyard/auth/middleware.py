@@ -115,6 +115,7 @@ class SignatureAuthMiddleware:
         self.open_paths = open_paths
         self.streamed = streamed
         self.drain_limit_bytes = drain_limit_bytes
+        self._app_direct = getattr(app, "direct", None)
 
     async def aclose(self) -> None:
         """Closes the wrapped app when it has `aclose` (a `Gateway`), so this can stand in for it
@@ -158,6 +159,45 @@ class SignatureAuthMiddleware:
             await self._streamed(scope, headers, signed, receive, send)
         else:
             await self._buffered(scope, headers, signed, receive, send)
+
+    def direct(self, cycle: Any) -> bool:
+        """dockyard's own server offers a request whose whole body is in (gateway/httpserver.py):
+        checked here as `__call__` would, without waiting, then offered to the app's `direct`.
+        False (the ASGI call serves it, and checks it again) for anything but a request that
+        passes: unsigned where that is allowed, or signed by a cached key over that very body.
+        A refusal is always the ASGI call's, with its drain and its log line."""
+        app_direct = self._app_direct
+        if app_direct is None:
+            return False
+        scope = cycle.scope
+        raw = scope["headers"]
+        if scope.get("path") in self.open_paths:
+            return bool(app_direct(cycle))
+        if self.allow_unsigned and not _has_authorization(raw):
+            scope["state"]["caller"] = ANONYMOUS
+            return bool(app_direct(cycle))
+        verify = self.verify
+        would_block = getattr(verify, "would_block", None)
+        method: str = scope["method"]
+        if would_block is None or self.streamed(method, scope["path"]):
+            return False
+        headers = header_map(raw)
+        if would_block(headers):
+            return False
+        try:
+            principal = verify(
+                method, request_target(scope), headers, body_sha256_b64=None, body_length=None, body_headers_required=method in BODY_METHODS
+            )
+            signed = parse_authorization(headers["authorization"]).headers
+            if "x-content-sha256" in signed or "content-length" in signed:
+                body = cycle.whole_body()
+                if len(body) > self.max_body_bytes:
+                    return False
+                check_body(signed, headers, body_sha256(body), len(body))
+        except NotAuthenticated:
+            return False
+        scope["state"]["caller"] = principal
+        return bool(app_direct(cycle))
 
     # --- bodies ----------------------------------------------------------------------------------
 

@@ -78,13 +78,24 @@ def gateway_app(settings: Any, workers: int, access: Any = None) -> Any:
         if verifier is not None:  # they name every tenancy's deployments: the home administrators' only
             metrics = signed(HomeAdministratorsOnly(metrics, home_tenancy_reader(settings.resolved_database_url)), verifier, settings, max_body_bytes=0)
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path") == "/metrics":
-            await metrics(scope, receive, send)
-        else:
-            await gateway(scope, receive, send)
+    return _WithMetrics(gateway, metrics)
 
-    return app
+
+class _WithMetrics:
+    """The gateway, and /metrics beside it."""
+
+    def __init__(self, gateway: Any, metrics: Any) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+        # dockyard's server offers requests to `direct` first (gateway/httpserver.py): /metrics
+        # is never one the gateway takes that way.
+        self.direct = getattr(gateway, "direct", None)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/metrics":
+            await self.metrics(scope, receive, send)
+        else:
+            await self.gateway(scope, receive, send)
 
 
 def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe: Any, supervisor: int) -> None:

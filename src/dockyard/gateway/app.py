@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable, MutableMapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -39,6 +39,7 @@ from dockyard.gateway import endpoints, triton
 from dockyard.gateway.accesslog import AccessLog, AccessSink
 from dockyard.gateway.balancer import Balancer
 from dockyard.gateway.body import KEEP_FOR_RETRY_BYTES, METHODS_WITH_BODY, ClientGone, RequestBody, check_framing, read_small
+from dockyard.gateway.direct import UNANSWERED_KEY, DirectReply
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import caller, request_id, upstream_request_headers
 from dockyard.gateway.metrics import GatewayMetrics
@@ -47,6 +48,10 @@ from dockyard.gateway.pool import UpstreamPool
 from dockyard.gateway.proxy import DisconnectWatch, Forward, Proxy
 from dockyard.gateway.replies import send_error, send_json
 from dockyard.gateway.routes import Route, RouteSource, RouteTable
+from dockyard.gateway.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from dockyard.gateway.httpcycle import Cycle
 
 
 class Authorize(Protocol):
@@ -128,8 +133,11 @@ class Gateway:
             request_id(headers.get(b"opc-request-id")), scope["method"], _raw_path(scope), time.time(), time.perf_counter(),
             caller=caller(headers.get(b"authorization")),
         )  # fmt: skip
+        if UNANSWERED_KEY in scope:  # a direct reply's instance dropped it: its one retry is spent
+            ex.unanswered = scope[UNANSWERED_KEY]
+            ex.attempts = 1
         try:
-            route = self._plain_route(ex, scope, headers)
+            route = self._plain_route(ex.method, ex.path, scope, headers)
             if route is not None:
                 await self._plain_predict(ex, scope, headers, route, receive, send)
             else:
@@ -175,14 +183,51 @@ class Gateway:
 
     # --- the commonest request ----------------------------------------------------------------
 
-    def _plain_route(self, ex: Exchange, scope: Scope, headers: dict[bytes, bytes]) -> Route | None:
+    def direct(self, cycle: Cycle) -> bool:
+        """dockyard's own server offers each request whose body is in: the commonest one
+        (`_plain_route`), over an idle connection to an admitted instance, is sent now and its
+        reply relayed from callbacks (direct.py). False: the ASGI call serves it."""
+        scope = cycle.scope
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        path = _raw_path(scope)
+        route = self._plain_route(scope["method"], path, scope, headers)
+        if route is None:
+            return False
+        upstream = self.balancer.order(route)[0]
+        backend = upstream.backend
+        connection = None if upstream.ejected else self.transport.take_idle(backend.host, backend.port)
+        if connection is None:  # the general path tries the instances in order (and opens connections)
+            self.balancer.unused(route)
+            return False
+        ex = Exchange(
+            request_id(headers.get(b"opc-request-id")), "POST", path, time.time(), time.perf_counter(), route.deployment_id, True,
+            caller(headers.get(b"authorization")),
+        )  # fmt: skip
+        client = scope.get("client")
+        forwarded = upstream_request_headers(scope["headers"], ex.request_id, client[0] if client else None, "http", headers)
+        try:
+            head = UpstreamConnection.head(b"POST", route.predict_path.encode("latin-1"), [(b"host", backend.authority), *forwarded])
+        except (httpx.LocalProtocolError, UnicodeEncodeError):
+            self.transport.checkin(connection, True)  # unused: the general path refuses the request
+            self.balancer.unused(route)
+            return False
+        body = cycle.take_body()
+        ex.bytes_in = len(body)
+        ex.attempts = 1
+        ex.instance_id = backend.instance_id
+        ex.upstream_started = time.perf_counter()
+        self.balancer.enter(route.deployment_id)
+        upstream.outstanding += 1
+        DirectReply(self, ex, cycle, upstream, connection, body).send(head)
+        return True
+
+    def _plain_route(self, method: str, path: str, scope: Scope, headers: dict[bytes, bytes]) -> Route | None:
         """The route of the commonest request when the caches alone decide it: `POST /{id}/predict`
         with a small body of declared length, no `route` header and no query, to a deployment
         whose fresh route serves (not in Triton mode), for a caller whose decision is cached,
         below the deployment's in-flight limit. None: the request goes the general way
         (`_dispatch`), which also answers every refusal."""
-        path = ex.path
-        if ex.method != "POST" or not path.endswith("/predict") or path.count("/") != 2 or scope.get("query_string"):
+        if method != "POST" or not path.endswith("/predict") or path.count("/") != 2 or scope.get("query_string"):
             return None
         length = headers.get(b"content-length")
         if length is None or not length.isdigit() or b"transfer-encoding" in headers or b"route" in headers:

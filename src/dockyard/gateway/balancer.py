@@ -11,7 +11,6 @@ The balancer also counts each deployment's requests in flight, for the 429 limit
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ class Balancer:
         self._keys: dict[str, set[tuple[str, str, int]]] = {}
         self._inflight: dict[str, int] = {}
         self.inflight_counts: Mapping[str, int] = self._inflight  # the same dict, to read (the metrics gauge it)
-        self._turn = itertools.count()
+        self._turn = 0  # advanced by each order among several instances: ties are taken in turn
 
     # --- routes ------------------------------------------------------------------------------
 
@@ -78,12 +77,19 @@ class Balancer:
         count = len(upstreams)
         if count <= 1:
             return upstreams
-        start = next(self._turn) % count
+        start = self._turn % count
+        self._turn += 1
         ranked = sorted(
             range(count),
             key=lambda i: (upstreams[i].ejected, upstreams[i].outstanding, (i - start) % count),
         )
         return [upstreams[i] for i in ranked]
+
+    def unused(self, route: Route) -> None:
+        """The order just given for `route` was not used (a direct reply declined the request,
+        which then asks again): its turn goes to the next order, so ties still rotate evenly."""
+        if len(route.backends) > 1:
+            self._turn -= 1
 
     def capacity(self, route: Route, per_instance: int) -> int:
         if len(route.backends) == 1:  # one instance: its share, ejected or not

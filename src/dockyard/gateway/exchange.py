@@ -40,6 +40,7 @@ class Exchange:
     error: str | None = None
     response_started: bool = False
     response_complete: bool = False
+    unanswered: str | None = None  # an instance dropped the request unanswered already (which, how): no other may
 
     def entry(self) -> AccessEntry:
         now = time.perf_counter()

@@ -62,7 +62,7 @@ class Cycle:
     __slots__ = (
         "conn", "scope", "keep_alive", "expect_continue", "is_head",
         "body", "buffered", "message_complete", "delivered", "waiters",
-        "started", "complete", "body_allowed", "chunked", "remaining", "pending_head", "on_lost",
+        "started", "complete", "body_allowed", "chunked", "remaining", "pending_head", "on_lost", "on_writable",
     )  # fmt: skip
 
     def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
@@ -83,6 +83,7 @@ class Cycle:
         self.remaining = -1  # bytes still due under Content-Length; -1 without one
         self.pending_head: bytes | None = None  # the response head, written with the first body part
         self.on_lost: Any = None  # called if the connection is lost before the response is complete
+        self.on_writable: Any = None  # called when the connection takes writes again (a direct reply)
 
     def notify_lost(self, callback: Any) -> None:
         """The app's `scope["dockyard.notify_lost"]`: call `callback()` (once, on the event loop)
@@ -92,6 +93,30 @@ class Cycle:
             callback()  # lost already (its receive() says http.disconnect)
         else:
             self.on_lost = callback
+
+    # --- the whole body, for an app that serves the request without a task (`direct`) ----------
+
+    def whole_body(self) -> bytes:
+        """The request body, once `message_complete`: every part received, in one bytes."""
+        body = self.body
+        if len(body) == 1:
+            return body[0]
+        whole = b"".join(body)
+        self.body = [whole] if whole else []
+        return whole
+
+    def take_body(self) -> bytes:
+        """The whole body, handed over: `receive()` has nothing more to give."""
+        whole = self.whole_body()
+        self.body = []
+        self.buffered = 0
+        self.delivered = True
+        return whole
+
+    def give_back_body(self, body: bytes) -> None:
+        """Undo `take_body` (a request handed from a direct reply to an app call)."""
+        self.body = [body] if body else []
+        self.delivered = False
 
     # --- receive ------------------------------------------------------------------------------
 
@@ -147,27 +172,37 @@ class Cycle:
         if not self.started:
             if kind != "http.response.start":
                 raise RuntimeError(f"the response must begin with 'http.response.start', not {kind!r}")
-            head = self._head(message)
-            self.started = True
+            self.start_response(message["status"], message.get("headers") or ())
             # The body nearly always follows at once: head and body then go in one write (one
             # syscall, one segment); the loop's next turn writes the head alone if it is late.
-            self.pending_head = head
             conn.loop.call_soon(self._flush_head)
         elif kind == "http.response.body":
             if self.complete:
                 raise RuntimeError("'http.response.body' after the response completed")
-            body = message.get("body", b"")
             more = message.get("more_body", False)
-            self._write_body(body, more)
+            self._write_body(message.get("body", b""), more)
             if not more:
                 self._finish()
         else:
             raise RuntimeError(f"{kind!r} after 'http.response.start'")
 
-    def _head(self, message: dict[str, Any]) -> bytes:
+    def start_response(self, status: int, headers: Any) -> None:
+        """The response head, kept to go out with the first body part (`write_body`); raises
+        RuntimeError for a header that would split the response."""
+        self.pending_head = self._head(status, headers)
+        self.started = True
+
+    def write_body(self, body: bytes, more: bool) -> None:
+        """One part of the response body (the pending head in front of it); the last one when
+        not `more`. Nothing is written once the connection is closed."""
+        if self.conn.closed:
+            return
+        self._write_body(body, more)
+        if not more:
+            self._finish()
+
+    def _head(self, status: int, headers: Any) -> bytes:
         """The response head; raises RuntimeError for a header that would split the response."""
-        status = message["status"]
-        headers = message.get("headers") or ()
         parts = [status_line(status), self.conn.server.default_head]
         keep_alive = self.keep_alive
         closing = False  # the app wrote `connection: close` itself

@@ -8,6 +8,11 @@ gateway needs and no more, on asyncio (uvloop when installed) with httptools' pa
 - one `Connection` (an asyncio.Protocol) per TCP connection, one `Cycle` (httpcycle.py: the
   ASGI `receive` and `send`) per request, and one Task per request (the ASGI call, which also
   starts the next pipelined request when it ends);
+- an app with a `direct(cycle) -> bool` method is first offered each request whose whole body
+  came in the read that ended its head: it may serve it from callbacks alone, without a task
+  (writing through the cycle's `start_response`/`write_body` and calling the connection's
+  `finished()` at the end), or decline, and then the ASGI call serves it as usual. The gateway
+  relays the commonest predict this way (gateway/direct.py);
 - `scope["dockyard.notify_lost"](callback)` asks for `callback()` should the connection be lost
   before the response is complete (the gateway cancels its exchange with it);
 - idle keep-alive connections are closed by one sweep per server each second, over the
@@ -97,6 +102,7 @@ class Connection(asyncio.Protocol):
         self.error_reply: bytes | None = None  # to write once the request before it is answered
         self.active: Cycle | None = None  # the request whose app call runs
         self.parsing: Cycle | None = None  # the request whose body the parser is reading
+        self.unlaunched: Cycle | None = None  # active, its app call not begun: until its body is in or this read ends
         self.queue: collections.deque[Cycle] = collections.deque()  # pipelined, waiting
         self.task: asyncio.Task[None] | None = None
         self.last_active = 0.0
@@ -155,6 +161,11 @@ class Connection(asyncio.Protocol):
                 self.head_seen += len(data)
                 if self.head_seen > 2 * MAX_HEAD_BYTES:
                     self.refuse(*HEAD_TOO_LARGE)
+        finally:
+            waiting = self.unlaunched
+            if waiting is not None:  # its body is still on the way: the app call reads it as it comes
+                self.unlaunched = None
+                self.launch(waiting)
 
     def eof_received(self) -> bool | None:
         return None  # close: a half-closed caller gets no more replies
@@ -165,6 +176,9 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         wake_all(self.drain_waiters)
+        active = self.active
+        if active is not None and active.on_writable is not None:
+            active.on_writable()
 
     # --- httptools callbacks ------------------------------------------------------------------
 
@@ -224,7 +238,9 @@ class Connection(asyncio.Protocol):
         cycle = self.parsing = Cycle(self, scope, keep_alive, self.expect_continue)
         scope["dockyard.notify_lost"] = cycle.notify_lost
         if self.active is None and not self.queue:
-            self.start(cycle)
+            # Launched when its body is in (on_message_complete) or this read ends, whichever
+            # comes first: a small request's body nearly always comes with its head.
+            self.active = self.unlaunched = cycle
         else:
             self.queue.append(cycle)
             self.update_reading()
@@ -245,11 +261,31 @@ class Connection(asyncio.Protocol):
             cycle.message_complete = True
             cycle.wake()
             self.parsing = None
+            if cycle is self.unlaunched:
+                self.unlaunched = None
+                self.launch(cycle)
 
     # --- requests -----------------------------------------------------------------------------
 
-    def start(self, cycle: Cycle) -> None:
-        self.active = cycle
+    def launch(self, cycle: Cycle) -> None:
+        """Serve the active request: directly when the app takes it (its whole body is in), else
+        by the app call in a task of its own."""
+        direct = self.server.direct
+        if direct is not None and cycle.message_complete and not self.broken and not self.closed:
+            try:
+                taken = direct(cycle)
+            except Exception:
+                scope = cycle.scope
+                log.exception("the application failed on %s %s", scope["method"], scope["path"])
+                self.fail(cycle, "the server failed on this request")
+                self.finished()
+                return
+            if taken:
+                return
+        self.call_app(cycle)
+
+    def call_app(self, cycle: Cycle) -> None:
+        """The ASGI call of the active request, in a task (also for one a direct reply hands back)."""
         self.task = self.loop.create_task(self.run(cycle))
 
     async def run(self, cycle: Cycle) -> None:
@@ -288,7 +324,8 @@ class Connection(asyncio.Protocol):
         elif self.server.stopping:
             self.close()
         elif self.queue:
-            self.start(self.queue.popleft())
+            self.active = self.queue.popleft()
+            self.launch(self.active)
             self.update_reading()
         else:
             self.update_reading()
@@ -362,6 +399,8 @@ class HttpServer:
 
     def __init__(self, app: Any, *, keep_alive_s: float = 75.0) -> None:
         self.app = app
+        # Serves a request from callbacks, without a task, when it can (see the module docstring).
+        self.direct = getattr(app, "direct", None)
         self.keep_alive_s = keep_alive_s
         self.connections: set[Connection] = set()
         self.stopping = False

@@ -86,7 +86,7 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         key = (host, port)
         connection = await self._checkout(key, timeouts)
         reply = connection.start(method)
-        reply._on_close = self._checkin  # noqa: SLF001
+        reply._on_close = self.checkin  # noqa: SLF001
         try:
             if body is None or isinstance(body, bytes):
                 connection.send_whole(head, body, chunked)
@@ -147,6 +147,27 @@ class UpstreamPool(httpx.AsyncBaseTransport):
 
     # --- checkout and checkin -------------------------------------------------------------------
 
+    def take_idle(self, host: str, port: int) -> UpstreamConnection | None:
+        """An idle keep-alive connection to host:port, checked out, when there is one (no
+        waiting); give it back by closing the reply of the exchange started on it."""
+        if self._closed:
+            return None
+        now = time.monotonic()
+        if now - self._last_sweep > 1.0:
+            self._sweep(now)
+        origin = self._origins.get((host, port))
+        return None if origin is None else self._pop_idle(origin, now)
+
+    def _pop_idle(self, origin: _Origin, now: float) -> UpstreamConnection | None:
+        idle = origin.idle
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and now - connection.idle_since < self.keepalive_expiry_s:
+                return connection
+            origin.count -= 1
+            connection.close()
+        return None
+
     async def _checkout(self, key: Key, timeouts: Timeouts) -> UpstreamConnection:
         # No await until a connection (or a slot for a new one) is chosen: the bookkeeping
         # below is never interleaved.
@@ -156,13 +177,9 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         origin = self._origins.get(key)
         if origin is None:
             origin = self._origins[key] = _Origin()
-        idle = origin.idle
-        while idle:
-            connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < self.keepalive_expiry_s:
-                return connection
-            origin.count -= 1
-            connection.close()
+        connection = self._pop_idle(origin, now)
+        if connection is not None:
+            return connection
         if origin.count < self.max_connections:
             origin.count += 1
             return await self._open(key, origin, timeouts.connect_s)
@@ -211,9 +228,9 @@ class UpstreamPool(httpx.AsyncBaseTransport):
             origin.count -= 1
             self._hand_slot(origin)
         else:
-            self._checkin(handed, True)  # type: ignore[arg-type]
+            self.checkin(handed, True)  # type: ignore[arg-type]
 
-    def _checkin(self, connection: UpstreamConnection, reusable: bool) -> None:
+    def checkin(self, connection: UpstreamConnection, reusable: bool) -> None:
         """Take a connection back once its exchange is over (done, failed or abandoned)."""
         key = connection.origin
         origin = self._origins.get(key)

@@ -165,8 +165,9 @@ class Proxy:
         self, ex: Exchange, route: Route, fwd: Forward, body: bytes | RequestBody | None, deadline: float
     ) -> tuple[Upstream, Reply]:
         """Send the request to the first instance that accepts a connection; its reply headers."""
-        refused: list[str] = []
-        unanswered: Exception | None = None  # the one retry after an unanswered close is spent
+        refused: list[str] = [ex.unanswered] if ex.unanswered else []
+        # Set: the one retry after an unanswered close is spent (maybe by a direct reply, direct.py).
+        unanswered: Exception | None = ClosedUnanswered(ex.unanswered) if ex.unanswered else None
         streamed = body if isinstance(body, RequestBody) else None  # bytes can always go again
         for upstream in self.balancer.order(route):
             if streamed is not None and streamed.started and not streamed.replayable:

@@ -39,5 +39,10 @@ async def send_json(
     return len(body)
 
 
+def error_document(error: DockyardError) -> bytes:
+    """The body of an error reply."""
+    return json.dumps({"code": error.code, "message": error.message}, separators=(",", ":")).encode()
+
+
 async def send_error(send: Send, error: DockyardError, request_id: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
     return await send_json(send, error.status, {"code": error.code, "message": error.message}, request_id, headers)

@@ -135,6 +135,15 @@ class Reply:
             self._on_close(connection, reusable)
 
     # --- the connection's side --------------------------------------------------------------------
+    # (a subclass may relay the reply as it comes instead: gateway/direct.py)
+
+    def _headed(self) -> None:
+        """The status and headers are in."""
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def _fed(self) -> None:
+        """The connection has handed over what one read brought (or its end)."""
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -310,6 +319,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             reply._fail(httpx.RemoteProtocolError(f"the container's reply is not valid HTTP/1.1 ({exc})"))
             self.close()
+        else:
+            reply._fed()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: a half-closed upstream cannot take another request
@@ -328,6 +339,7 @@ class UpstreamConnection(asyncio.Protocol):
             reply._fail(ResetUnanswered(f"the connection to the container failed before a reply ({exc})"))
         else:
             reply._fail(ClosedUnanswered("the container closed the connection without replying"))
+        reply._fed()
 
     # --- httptools callbacks --------------------------------------------------------------------------
 
@@ -359,8 +371,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = self.parser.should_keep_alive()
         if status in _NO_BODY_STATUS:
             reply.content_length = reply.content_length or b"0"
-        if not reply._head.done():
-            reply._head.set_result(None)
+        reply._headed()
         if self._head_only:
             # Headers only, whatever Content-Length says; the parser would wait for that many
             # bytes, so this connection is not reused.

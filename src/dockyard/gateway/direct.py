@@ -1,0 +1,279 @@
+"""The commonest predict relayed from callbacks alone: no task, no coroutine, no future.
+
+A small `POST /{id}/predict` whose body came with its head, to a deployment whose route and
+caller's decision are cached, over an idle keep-alive connection to its first instance, is
+the request a busy gateway serves all day. dockyard's own server (httpserver.py) offers it to
+`Gateway.direct`, which sends it upstream in one write and hands the upstream connection a
+`DirectReply`: the connection's parser callbacks write the container's reply to the caller as
+they come (its head and body of one read in one write) and the last one ends the exchange,
+writing its access entry and metrics and letting the caller's connection read its next request.
+
+Everything the general path (`Gateway.__call__`) decides is decided the same way here, and
+everything rarer goes there instead: a request `Gateway._plain_route` does not choose, an
+instance that is ejected or has no idle connection, a head that does not build. Once the
+request is sent:
+
+- an instance that closes or resets the connection before a byte of reply is ejected and the
+  request is handed, whole and unchanged (its request id kept), to the general path, which
+  sends it to another instance; that was its one retry, as the general path allows one;
+- a reply that is not HTTP, or a close after part of the head, is a 502; no head within the
+  request timeout is a 504; both are the JSON errors the general path writes;
+- a reply that breaks off, or goes silent for the read timeout, after its head was written is
+  cut: the caller's connection closes, the entry records the error;
+- a caller that hangs up ends the exchange at once (499 when nothing was written); the
+  upstream connection closes with it;
+- while the caller's connection cannot take more, the upstream connection stops reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from dockyard.errors import DockyardError, GatewayTimeout
+from dockyard.gateway.balancer import Upstream
+from dockyard.gateway.exchange import Exchange
+from dockyard.gateway.headers import client_response_headers
+from dockyard.gateway.replies import BadGateway, error_document
+from dockyard.gateway.upstream import ClosedUnanswered, Reply, ResetUnanswered, UpstreamConnection
+
+if TYPE_CHECKING:
+    from dockyard.gateway.app import Gateway
+    from dockyard.gateway.httpcycle import Cycle
+
+log = logging.getLogger("dockyard.gateway")
+
+# The scope key that tells the general path an instance already dropped this request unanswered
+# (its one retry is spent); the value names that instance and what it did.
+UNANSWERED_KEY = "dockyard.unanswered"
+
+
+class DirectReply(Reply):
+    """One exchange relayed from the upstream connection's callbacks to the caller's cycle."""
+
+    __slots__ = ("gateway", "ex", "cycle", "upstream", "body", "_deadline", "_timer", "_last_read", "_out", "_ended")
+
+    def __init__(self, gateway: Gateway, ex: Exchange, cycle: Cycle, upstream: Upstream, connection: UpstreamConnection,
+                 body: bytes) -> None:  # fmt: skip
+        # Reply's fields, without the future a waiting coroutine would need.
+        self.status = 0
+        self.headers = []
+        self.content_type = None
+        self.content_length = None
+        self.chunked = False
+        self.connection_header = False
+        self.complete = False
+        self._connection = connection
+        self._chunks = []
+        self._buffered = 0
+        self._waiter = None
+        self._error = None
+        self._closed = False
+        self._on_close = gateway.transport.checkin
+        self.gateway = gateway
+        self.ex = ex
+        self.cycle = cycle
+        self.upstream = upstream
+        self.body = body  # kept until the reply starts, for the general path should the instance drop it
+        self._deadline = 0.0
+        self._timer: Any = None
+        self._last_read = 0.0
+        self._out: list[bytes] = []
+        self._ended = False
+
+    def send(self, head: bytes) -> None:
+        """Send the request (head and body in one write) and relay what comes back."""
+        connection = self._connection
+        connection.reply = self
+        connection._interim = False  # noqa: SLF001 (the exchange `UpstreamConnection.start` would begin)
+        connection._head_only = False  # noqa: SLF001
+        cycle = self.cycle
+        cycle.on_lost = self._caller_left
+        cycle.on_writable = self._caller_writable
+        loop = connection.loop
+        self._deadline = loop.time() + self.gateway.options.request_timeout_s
+        self._timer = connection.deadlines.add(self._deadline, self._timed_out)
+        connection.send_whole(head, self.body, False)
+
+    # --- the upstream connection's callbacks ------------------------------------------------------
+
+    def _headed(self) -> None:
+        ex = self.ex
+        upstream = self.upstream
+        if upstream.ejected:
+            self.gateway.balancer.admit(upstream)
+        try:
+            self.cycle.start_response(self.status, client_response_headers(self.headers, ex.request_id, self.connection_header))
+        except RuntimeError as exc:  # a header that would split the response: nothing was written
+            self._refuse(BadGateway(f"the model server on instance {upstream.backend.instance_id} sent a reply the gateway cannot relay ({exc})"))
+            return
+        self.body = b""
+        ex.status = self.status
+        ex.response_started = True
+
+    def _body(self, data: bytes) -> None:
+        self._out.append(data)
+        self.ex.bytes_out += len(data)
+
+    def _finish(self) -> None:
+        self.complete = True
+
+    def _fed(self) -> None:
+        """Write what this read brought: the head, the body parts, the end."""
+        if self._ended or not self.status:
+            return
+        out = self._out
+        cycle = self.cycle
+        if out or self.complete or cycle.pending_head is not None:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            try:
+                cycle.write_body(data, not self.complete)
+            except RuntimeError as exc:  # longer or shorter than the content-length the container gave
+                self._cut(f"the container's reply does not match its framing ({exc})", "aborted")
+                return
+        if self.complete:
+            self.ex.response_complete = True
+            self._end()
+            return
+        self._last_read = self._connection.loop.time()
+        if cycle.conn.write_paused:
+            self._connection.pause_reading()
+
+    def _fail(self, error: Exception) -> None:
+        if self._ended or self.complete:
+            return
+        upstream = self.upstream
+        gateway = self.gateway
+        instance = upstream.backend.instance_id
+        deployment_id = self.ex.deployment_id or "-"
+        if self.status:
+            self._cut(f"the container's reply broke off after {self.ex.bytes_out} bytes ({type(error).__name__})",
+                      "timeout" if isinstance(error, httpx.TimeoutException) else "aborted")  # fmt: skip
+            return
+        if isinstance(error, TimeoutError):
+            gateway.metrics.upstream_errors.labels(deployment_id, "timeout").inc()
+            self._refuse(GatewayTimeout(
+                f"the model took too long to answer: no reply within {gateway.options.request_timeout_s:g} s "
+                f"(instance {instance}); make the request lighter or the model faster"
+            ))  # fmt: skip
+            return
+        gateway.metrics.upstream_errors.labels(deployment_id, "aborted").inc()
+        if isinstance(error, (ClosedUnanswered, ResetUnanswered)):
+            gateway.balancer.eject(upstream)  # it dropped a connection: likely dying
+            log.warning("%s: instance %s dropped request %s unanswered (%s); sending it to another instance",
+                        deployment_id, instance, self.ex.request_id, error)  # fmt: skip
+            self._hand_over(f"{instance} ({type(error).__name__}: {error})")
+            return
+        self._refuse(BadGateway(
+            f"the model server on instance {instance} failed before replying "
+            f"({type(error).__name__}: {error or 'connection closed'}); check the container's log"
+        ))  # fmt: skip
+
+    # --- the caller's side ----------------------------------------------------------------------
+
+    def _caller_left(self) -> None:
+        if self._ended:
+            return
+        ex = self.ex
+        ex.status = ex.status if ex.response_started else 499
+        ex.error = "the caller went away before the reply was complete"
+        self._end()
+
+    def _caller_writable(self) -> None:
+        if not self._ended:
+            self._connection.resume_reading()
+
+    # --- timeouts ---------------------------------------------------------------------------------
+
+    def _timed_out(self) -> None:
+        """The one timer of the exchange: the reply's head is late, or its body went silent for
+        the read timeout (re-armed from the last read rather than set again on every one)."""
+        self._timer = None
+        if self._ended:
+            return
+        loop = self._connection.loop
+        if not self.status:
+            self._fail(TimeoutError())
+            return
+        silent_until = self._last_read + self.gateway.options.request_timeout_s
+        if loop.time() < silent_until:
+            self._timer = self._connection.deadlines.add(silent_until, self._timed_out)
+            return
+        self._fail(httpx.ReadTimeout(f"the container sent nothing for {self.gateway.options.request_timeout_s:g} s"))
+
+    # --- endings ----------------------------------------------------------------------------------
+
+    def _refuse(self, error: DockyardError) -> None:
+        """Nothing of the reply was written: the caller gets the gateway's JSON error."""
+        ex = self.ex
+        cycle = self.cycle
+        ex.status = error.status
+        ex.error = error.message
+        body = error_document(error)
+        ex.response_started = True
+        cycle.start_response(error.status, [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), (b"opc-request-id", ex.request_id.encode()),
+        ])  # fmt: skip
+        cycle.write_body(body, False)
+        ex.bytes_out = len(body)
+        ex.response_complete = True
+        self._end()
+
+    def _cut(self, error: str, kind: str) -> None:
+        """The reply started and cannot end well: the caller's connection closes under it, so
+        it sees a cut stream rather than a short one that looks whole."""
+        ex = self.ex
+        ex.error = error
+        self.gateway.metrics.upstream_errors.labels(ex.deployment_id or "-", kind).inc()
+        log.warning("request %s: %s", ex.request_id, error)
+        if self._out:  # what came before the break
+            data = b"".join(self._out)
+            self._out.clear()
+            try:
+                self.cycle.write_body(data, True)
+            except RuntimeError:
+                pass  # more than its content-length: the close below tells the caller all the same
+        self.cycle.conn.close()
+        self._end()
+
+    def _release(self) -> None:
+        """The exchange's hold on the upstream connection, the instance and the deployment."""
+        self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        cycle = self.cycle
+        cycle.on_lost = None
+        cycle.on_writable = None
+        self.close()  # the connection goes back to the pool when the reply was read whole
+        self.upstream.outstanding -= 1
+        self.ex.upstream_ended = time.perf_counter()
+        self.gateway.balancer.leave(self.ex.deployment_id)  # type: ignore[arg-type]
+
+    def _end(self) -> None:
+        self._release()
+        gateway = self.gateway
+        try:
+            entry = self.ex.entry()
+            gateway.access.write(entry)
+            gateway.metrics.observe(entry, True)
+        except Exception:
+            log.exception("request %s: could not record the access entry", self.ex.request_id)
+        self.cycle.conn.finished()
+
+    def _hand_over(self, why: str) -> None:
+        """Give the request to the general path (the ASGI call), as it came, for another instance."""
+        body = self.body
+        self._release()
+        cycle = self.cycle
+        scope = cycle.scope
+        scope[UNANSWERED_KEY] = why
+        headers = scope["headers"]
+        if not any(name == b"opc-request-id" for name, _ in headers):  # the id made for it, on the retry too
+            headers.append((b"opc-request-id", self.ex.request_id.encode()))
+        cycle.give_back_body(body)
+        cycle.conn.call_app(cycle)

@@ -1,0 +1,328 @@
+"""The commonest predict relayed without the ASGI call (gateway/direct.py), through dockyard's own
+HTTP server over real connections: what the caller, the container and the access log see, and
+every way the exchange can end (dropped, not HTTP, late, cut, abandoned, pipelined)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from dockyard.gateway import AccessEntry, create_gateway
+from dockyard.gateway.httpserver import HttpServer
+from tests.integration.test_gateway_harness import (  # noqa: F401 (fixtures)
+    Deployments,
+    Upstreams,
+    deployments,
+    store,
+    upstreams,
+)
+from tests.support.raw_server import RawServer
+
+BODY = b'{"inputs": [[1, 2, 3]]}'
+
+
+class Served:
+    """A gateway behind dockyard's own server on this loop; counts the requests that reached the
+    ASGI call (the rest were relayed directly)."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        self.direct = gateway.direct
+        self.asgi_calls = 0
+        self.server = HttpServer(self)
+        self.client: httpx.AsyncClient | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan here")  # tolerated; the test closes the gateway
+        self.asgi_calls += 1
+        await self.gateway(scope, receive, send)
+
+    async def __aenter__(self) -> Served:
+        await self.server.start(host="127.0.0.1", port=0)
+        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.server.port}", timeout=30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.client is not None
+        await self.client.aclose()
+        await self.server.stop(graceful_s=5)
+        await self.gateway.aclose()
+
+    async def predict(self, deployment_id: str, body: bytes = BODY, **kwargs: Any) -> httpx.Response:
+        assert self.client is not None
+        return await self.client.post(f"/{deployment_id}/predict", content=body, **kwargs)
+
+
+def gateway_with_log(store: Any, **options: Any) -> tuple[Any, list[AccessEntry]]:
+    entries: list[AccessEntry] = []
+    options.setdefault("route_cache_ttl_s", 60.0)  # routes stay fresh: every request may go direct
+    return create_gateway(store, access_sink=entries.append, **options), entries
+
+
+class Scripted(RawServer):
+    """A keep-alive HTTP/1.1 upstream that meets the requests it gets, in arrival order, with the
+    actions listed: `ok` (200 JSON), `drop` (close without a word), `reset`, `garbage` (bytes
+    that are not HTTP), `slow` (answers after 2 s), `cut` (Content-Length 1000, 10 bytes, close).
+    After the list, `ok`. The request heads it read are in `heads`."""
+
+    def __init__(self, *actions: str) -> None:
+        self.actions = list(actions)
+        self.heads: list[bytes] = []
+        super().__init__()
+
+    def handle(self, conn: socket.socket) -> None:
+        buffer = b""
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                more = conn.recv(65536)
+                if not more:
+                    return
+                buffer += more
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+            while len(buffer) < length:
+                buffer += conn.recv(65536)
+            buffer = buffer[length:]
+            self.heads.append(head)
+            action = self.actions.pop(0) if self.actions else "ok"
+            if action == "drop":
+                return
+            if action == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                return
+            if action == "garbage":
+                conn.sendall(b"this is not http\r\n\r\n")
+                return
+            if action == "cut":
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000\r\n\r\n0123456789")
+                return
+            if action == "slow":
+                time.sleep(2)
+            reply = json.dumps({"n": len(self.heads)}).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b" % (len(reply), reply))
+
+
+def request_id_of(head: bytes) -> str:
+    return next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n") if line.lower().startswith(b"opc-request-id:"))
+
+
+async def test_repeated_predicts_are_relayed_without_the_asgi_call(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:
+    app, entries = gateway_with_log(store)
+    deployment_id = deployments.add([upstreams.echo[0].port])
+    async with Served(app) as served:
+        replies = [await served.predict(deployment_id, BODY + b" " * n, headers={"opc-request-id": f"req-{n}", "x-model-hint": "h"})
+                   for n in range(6)]  # fmt: skip
+    # The first opens the connection (the general path); the others reuse it directly.
+    assert served.asgi_calls == 1
+    for n, reply in enumerate(replies):
+        assert reply.status_code == 200, reply.text
+        echoed = reply.json()
+        assert echoed["server"] == "A" and echoed["path"] == "/predict" and echoed["method"] == "POST"
+        assert echoed["body_len"] == len(BODY) + n
+        seen = dict(echoed["headers"])  # what the container received
+        assert seen["x-model-hint"] == "h" and seen["opc-request-id"] == f"req-{n}" and seen["x-forwarded-proto"] == "http"
+        assert "x-forwarded-for" in seen and seen["host"] == f"127.0.0.1:{upstreams.echo[0].port}"
+        assert reply.headers["opc-request-id"] == f"req-{n}"
+    assert [e.status for e in entries] == [200] * 6 and [e.request_id for e in entries] == [f"req-{n}" for n in range(6)]
+    for n, entry in enumerate(entries):
+        assert entry.deployment_id == deployment_id and entry.attempts == 1 and entry.error is None
+        assert entry.bytes_in == len(BODY) + n and entry.bytes_out == len(replies[n].content)
+        assert entry.upstream_ms is not None and entry.latency_ms >= entry.upstream_ms
+        assert entry.instance_id is not None and entry.path == f"/{deployment_id}/predict"
+
+
+async def test_a_chunked_reply_is_relayed_whole_and_in_order(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:
+    app, entries = gateway_with_log(store)
+    deployment_id = deployments.add([upstreams.echo[0].port], variables={"MODEL_DEPLOY_PREDICT_ENDPOINT": "/chunked"})
+    async with Served(app) as served:
+        replies = [await served.predict(deployment_id) for _ in range(3)]
+    assert served.asgi_calls == 1
+    for reply in replies:
+        assert reply.status_code == 200
+        assert reply.headers.get("transfer-encoding") == "chunked" and "content-length" not in reply.headers
+        assert [json.loads(line) for line in reply.text.splitlines()] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert [e.bytes_out for e in entries] == [len(replies[0].content)] * 3
+
+
+def two_instances_on(deployments: Deployments, server: RawServer) -> str:
+    """A deployment of two instances (two ids) on the same server: they share the pool's
+    connections to it, so whichever the balancer picks, a connection kept alive is at hand."""
+    deployment_id = deployments.add([server.port, server.port])
+    return deployment_id
+
+
+@pytest.mark.parametrize("action", ["drop", "reset"])
+async def test_a_kept_alive_request_dropped_unanswered_goes_to_another_instance_with_its_id(
+    store: Any, deployments: Deployments, action: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = Scripted("ok", action)
+    try:
+        app, entries = gateway_with_log(store)
+        deployment_id = two_instances_on(deployments, upstream)
+        async with Served(app) as served:
+            assert (await served.predict(deployment_id)).status_code == 200  # opens the connection
+            reply = await served.predict(deployment_id)  # relayed directly, dropped, handed over
+        assert reply.status_code == 200 and reply.json() == {"n": 3}, reply.text
+        assert served.asgi_calls == 2  # the first request, and the hand-over
+        assert [r.module for r in caplog.records if "unanswered" in r.getMessage()] == ["direct"]
+        # The same request, with the same id, reached the other instance (a new connection).
+        assert len(upstream.heads) == 3 and request_id_of(upstream.heads[1]) == request_id_of(upstream.heads[2])
+        assert reply.headers["opc-request-id"] == request_id_of(upstream.heads[1])
+        assert upstream.heads[1].split(b"\r\n")[0] == upstream.heads[2].split(b"\r\n")[0] == b"POST /predict HTTP/1.1"
+        entry = entries[1]
+        assert entry.status == 200 and entry.attempts == 2 and entry.request_id == reply.headers["opc-request-id"]
+        assert entry.bytes_in == len(BODY)
+        assert app.balancer.inflight(deployment_id) == 0
+    finally:
+        upstream.stop()
+
+
+async def test_after_a_dropped_direct_request_a_second_drop_is_a_502_not_a_third_try(store: Any, deployments: Deployments) -> None:
+    upstream = Scripted("ok", "drop", "drop")  # a third try would be answered
+    try:
+        app, entries = gateway_with_log(store)
+        deployment_id = two_instances_on(deployments, upstream)
+        async with Served(app) as served:
+            assert (await served.predict(deployment_id)).status_code == 200
+            reply = await served.predict(deployment_id)
+        assert served.asgi_calls == 2  # the first request, and the hand-over of the dropped one
+        assert reply.status_code == 502 and reply.json()["code"] == "BadGateway", reply.text
+        assert len(upstream.heads) == 3  # dropped twice, never tried a third time
+        assert entries[-1].status == 502 and entries[-1].attempts == 2
+    finally:
+        upstream.stop()
+
+
+async def test_a_reply_that_is_not_http_is_a_json_502(store: Any, deployments: Deployments) -> None:
+    upstream = Scripted("ok", "garbage")
+    try:
+        app, entries = gateway_with_log(store)
+        deployment_id = deployments.add([upstream.port])
+        async with Served(app) as served:
+            assert (await served.predict(deployment_id)).status_code == 200
+            reply = await served.predict(deployment_id, headers={"opc-request-id": "garbled"})
+            after = await served.predict(deployment_id)  # the instance is tried again (a new connection)
+        assert served.asgi_calls == 2  # the first request, and the one after the 502 (its connection was closed)
+        assert reply.status_code == 502 and reply.headers["content-type"] == "application/json"
+        assert reply.json()["code"] == "BadGateway" and "not valid HTTP/1.1" in reply.json()["message"]
+        assert reply.headers["opc-request-id"] == "garbled"
+        assert entries[1].status == 502 and entries[1].error == reply.json()["message"]
+        assert after.status_code == 200
+    finally:
+        upstream.stop()
+
+
+async def test_no_reply_within_the_timeout_is_a_json_504(store: Any, deployments: Deployments) -> None:
+    upstream = Scripted("ok", "slow")
+    try:
+        app, entries = gateway_with_log(store, request_timeout_s=0.3)
+        deployment_id = deployments.add([upstream.port])
+        async with Served(app) as served:
+            assert (await served.predict(deployment_id)).status_code == 200
+            started = time.monotonic()
+            reply = await served.predict(deployment_id)
+            waited = time.monotonic() - started
+        assert served.asgi_calls == 1
+        assert reply.status_code == 504 and reply.json()["code"] == "GatewayTimeout" and "0.3 s" in reply.json()["message"]
+        assert 0.25 < waited < 1.5
+        assert entries[1].status == 504
+    finally:
+        upstream.stop()
+
+
+async def test_a_reply_cut_after_its_head_is_cut_for_the_caller_too(store: Any, deployments: Deployments) -> None:
+    upstream = Scripted("ok", "cut")
+    try:
+        app, entries = gateway_with_log(store)
+        deployment_id = deployments.add([upstream.port])
+        async with Served(app) as served:
+            assert (await served.predict(deployment_id)).status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError):  # short of its Content-Length: the caller sees the cut
+                await served.predict(deployment_id)
+            for _ in range(100):
+                if len(entries) == 2:
+                    break
+                await asyncio.sleep(0.01)
+        assert served.asgi_calls == 1
+        assert entries[1].status == 200 and entries[1].bytes_out == 10
+        assert "broke off after 10 bytes" in (entries[1].error or "")
+    finally:
+        upstream.stop()
+
+
+async def test_a_caller_that_hangs_up_ends_the_exchange_and_its_upstream_connection(store: Any, deployments: Deployments) -> None:
+    upstream = Scripted("ok", "slow")
+    try:
+        app, entries = gateway_with_log(store)
+        deployment_id = deployments.add([upstream.port])
+        async with Served(app) as served:
+            assert (await served.predict(deployment_id)).status_code == 200
+            assert app.transport.open_connections() == 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+            writer.write(b"POST /%b/predict HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b"
+                         % (deployment_id.encode(), len(BODY), BODY))  # fmt: skip
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.close()
+            started = time.monotonic()
+            while len(entries) < 2 and time.monotonic() - started < 1.5:
+                await asyncio.sleep(0.01)
+            assert time.monotonic() - started < 0.5  # noticed at once, not when the model answers
+            await asyncio.sleep(0.05)
+            assert app.transport.open_connections() == 0  # the upstream connection closed with it
+        assert served.asgi_calls == 1
+        assert entries[1].status == 499 and entries[1].error == "the caller went away before the reply was complete"
+        assert app.balancer.inflight(deployment_id) == 0
+    finally:
+        upstream.stop()
+
+
+async def test_pipelined_predicts_are_answered_in_order(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:
+    app, entries = gateway_with_log(store)
+    deployment_id = deployments.add([upstreams.echo[0].port])
+    async with Served(app) as served:
+        assert (await served.predict(deployment_id)).status_code == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+        requests = [b"POST /%b/predict HTTP/1.1\r\nhost: x\r\nopc-request-id: p%d\r\ncontent-length: %d\r\n\r\n%b"
+                    % (deployment_id.encode(), n, len(BODY) + n, BODY + b" " * n) for n in range(3)]  # fmt: skip
+        writer.write(b"".join(requests))
+        await writer.drain()
+        replies = []
+        for _ in range(3):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+            replies.append((head, json.loads(await reader.readexactly(length))))
+        writer.close()
+    assert [body["body_len"] for _, body in replies] == [len(BODY), len(BODY) + 1, len(BODY) + 2]
+    assert [b"opc-request-id: p%d" % n in head for n, (head, _) in enumerate(replies)] == [True] * 3
+    assert served.asgi_calls == 1  # all three relayed directly, one after the other
+    assert [e.request_id for e in entries[1:]] == ["p0", "p1", "p2"]
+
+
+def test_the_gateway_role_app_offers_its_requests_to_the_direct_path() -> None:
+    """`dockyard serve --role gateway` serves the app `gateway_app` builds (the signature check
+    around the gateway, /metrics beside it): the server must find `direct` through both, else
+    every request would take the ASGI call (correct, but dearer)."""
+    from dockyard.auth.middleware import SignatureAuthMiddleware
+    from dockyard.cli.gateway_workers import _WithMetrics
+
+    offered: list[Any] = []
+
+    class Inner:
+        def direct(self, cycle: Any) -> bool:
+            offered.append(cycle)
+            return True
+
+    class Cycle:
+        scope = {"path": "/x/predict", "headers": [], "state": {}, "method": "POST"}
+
+    wrapped = _WithMetrics(SignatureAuthMiddleware(Inner(), verify=lambda *a, **k: None, allow_unsigned=True), metrics=None)
+    direct = HttpServer(wrapped).direct
+    assert direct is not None and direct(Cycle()) is True and len(offered) == 1
