@@ -40,7 +40,7 @@ async def app(scope, receive, send):
 SERVERS = {
     "uvicorn": "import uvicorn\nuvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning', access_log=False, "
                "loop='uvloop', http='httptools', backlog=4096)",
-    "dockyard": "from dockyard.gateway.httpserver import serve\nserve(app, host='127.0.0.1', port={port})",
+    "dockyard": "from dockyard.gateway.httpserve import serve\nserve(app, host='127.0.0.1', port={port})",
 }  # fmt: skip
 
 

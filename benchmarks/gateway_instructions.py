@@ -2,6 +2,7 @@
 that does not move with the machine's load, for comparing changes to the request path.
 
     python benchmarks/gateway_instructions.py [--requests 1000] [--warmup 300] [--targets server,unsigned,signed]
+                                              [--keep-dumps DIR]
 
 One gateway worker as `dockyard serve --role gateway --gateway-workers N` runs each of its
 workers (dockyard's HTTP server, the signature middleware, the gateway; access entries to a
@@ -162,6 +163,8 @@ def measure(target: str, args: argparse.Namespace, library: Path, upstream_port:
     env = load.child_env() | {"PYTHONHASHSEED": "0"}
     with (work / f"{target}.log").open("wb") as out:
         subprocess.run(command, env=env, stdout=out, stderr=out, timeout=3600, check=False)
+    if args.keep_dumps:  # for `callgrind_annotate --inclusive=yes DIR/TARGET/callgrind.*`
+        shutil.copytree(dump_dir, Path(args.keep_dumps) / target, dirs_exist_ok=True)
     return counted_instructions(dump_dir) / args.requests
 
 
@@ -170,13 +173,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--keep-dumps", metavar="DIR", help="copy the callgrind dumps there, one folder per target")
     parser.add_argument("--role", default="driver", choices=("driver", "worker"))
     parser.add_argument("--target", choices=TARGETS)
     parser.add_argument("--library")
     parser.add_argument("--upstream-port", type=int)
     args = parser.parse_args()
     if args.role == "worker":
-        from dockyard.gateway.httpserver import new_event_loop
+        from dockyard.gateway.httpserve import new_event_loop
 
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve_counted(args))

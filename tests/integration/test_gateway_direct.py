@@ -326,3 +326,44 @@ def test_the_gateway_role_app_offers_its_requests_to_the_direct_path() -> None:
     wrapped = _WithMetrics(SignatureAuthMiddleware(Inner(), verify=lambda *a, **k: None, allow_unsigned=True), metrics=None)
     direct = HttpServer(wrapped).direct
     assert direct is not None and direct(Cycle()) is True and len(offered) == 1
+
+
+async def test_signed_predicts_are_relayed_directly_once_their_key_is_known(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:
+    import oci
+    import requests
+
+    from dockyard.auth import keys
+    from dockyard.auth.identity import KeyId, Principal, RegisteredKey
+    from dockyard.auth.middleware import SignatureAuthMiddleware
+    from dockyard.auth.signing import Verifier
+
+    tenancy, user = "ocid1.tenancy.oc1..aaaaaaaatenancy", "ocid1.user.oc1..aaaaaaaauser"
+    key = keys.generate_private_key()
+    fingerprint = keys.fingerprint(key.public_key())
+    principal = Principal(user_id=user, tenancy_id=tenancy, fingerprint=fingerprint)
+    signer = oci.signer.Signer(tenancy, user, fingerprint, None, private_key_content=keys.private_pem(key).decode())
+
+    def lookup(key_id: KeyId) -> RegisteredKey | None:
+        return RegisteredKey(principal, keys.public_pem(key.public_key())) if key_id == KeyId(tenancy, user, fingerprint) else None
+
+    gateway, entries = gateway_with_log(store)
+    deployment_id = deployments.add([upstreams.echo[0].port])
+    async with Served(SignatureAuthMiddleware(gateway, verify=Verifier(lookup))) as served:
+        assert served.client is not None
+        url = f"http://127.0.0.1:{served.server.port}/{deployment_id}/predict"
+
+        def signed(body: bytes) -> dict[str, str]:
+            prepared = requests.Request("POST", url, data=body, headers={"content-type": "application/json"}).prepare()
+            signer(prepared)
+            return {name: str(value) for name, value in prepared.headers.items()}
+
+        replies = [await served.client.post(url, content=BODY, headers=signed(BODY)) for _ in range(4)]
+        tampered = await served.client.post(url, content=BODY.replace(b"1", b"7"), headers=signed(BODY))
+        unsigned = await served.client.post(url, content=BODY)
+    assert [r.status_code for r in replies] == [200] * 4 and all(r.json()["body_len"] == len(BODY) for r in replies)
+    # The first looks its key up and opens the connection; the next three go directly. A body
+    # that is not the one signed, and an unsigned request, are refused by the ASGI call.
+    assert served.asgi_calls == 3
+    assert tampered.status_code == 401 and "x-content-sha256" in tampered.json()["message"]
+    assert unsigned.status_code == 401
+    assert len(entries) == 4 and {e.caller for e in entries} == {f"{tenancy}/{user}/{fingerprint}"}

@@ -7,7 +7,8 @@ import socket
 import threading
 from typing import Any
 
-from dockyard.gateway.httpserver import HttpServer, new_event_loop
+from dockyard.gateway.httpserve import new_event_loop
+from dockyard.gateway.httpserver import HttpServer
 
 
 class Running:

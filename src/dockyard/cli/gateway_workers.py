@@ -100,7 +100,7 @@ class _WithMetrics:
 
 def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe: Any, supervisor: int) -> None:
     from dockyard.gateway.access_relay import AccessRelay
-    from dockyard.gateway.httpserver import serve
+    from dockyard.gateway.httpserve import serve
     from dockyard.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

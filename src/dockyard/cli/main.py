@@ -90,7 +90,7 @@ def serve(
         if workers > 1:
             serve_workers(overrides, workers, log_level)
         else:
-            from dockyard.gateway.httpserver import serve as serve_http
+            from dockyard.gateway.httpserve import serve as serve_http
 
             serve_http(gateway_app(settings, 1), host=settings.host, port=settings.port, keep_alive_s=settings.keep_alive_s)
         return
