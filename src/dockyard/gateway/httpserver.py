@@ -114,6 +114,9 @@ class Connection(asyncio.Protocol):
         self.head_open = False
         self.expect_continue = False
         self.parse_failure: tuple[int, str] | None = None  # why a parser callback gave up
+        # Bound once per connection: a scope entry bound to its own cycle would make each request
+        # a reference cycle (cycle, scope, method) that only the garbage collector frees.
+        self.notify_lost_of_active = self._notify_lost_of_active
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -234,7 +237,7 @@ class Connection(asyncio.Protocol):
         }
         keep_alive = parser.should_keep_alive() and not self.server.stopping
         cycle = self.parsing = Cycle(self, scope, keep_alive, self.expect_continue)
-        scope["dockyard.notify_lost"] = cycle.notify_lost
+        scope["dockyard.notify_lost"] = self.notify_lost_of_active
         if self.active is None and not self.queue:
             # Launched when its body is in (on_message_complete) or this read ends, whichever
             # comes first: a small request's body nearly always comes with its head.
@@ -262,6 +265,12 @@ class Connection(asyncio.Protocol):
             if cycle is self.unlaunched:
                 self.unlaunched = None
                 self.launch(cycle)
+
+    def _notify_lost_of_active(self, callback: Any) -> None:
+        """`scope["dockyard.notify_lost"]`: the request asking is the one whose app call runs."""
+        active = self.active
+        if active is not None:
+            active.notify_lost(callback)
 
     # --- requests -----------------------------------------------------------------------------
 
