@@ -69,7 +69,8 @@ def gateway_with_log(store: Any, **options: Any) -> tuple[Any, list[AccessEntry]
 class Scripted(RawServer):
     """A keep-alive HTTP/1.1 upstream that meets the requests it gets, in arrival order, with the
     actions listed: `ok` (200 JSON), `drop` (close without a word), `reset`, `garbage` (bytes
-    that are not HTTP), `slow` (answers after 2 s), `cut` (Content-Length 1000, 10 bytes, close).
+    that are not HTTP), `slow` (answers after 2 s), `cut` (Content-Length 1000, 10 bytes, close),
+    `stall` (Content-Length 100, 10 bytes, then 2 s of silence).
     After the list, `ok`. The request heads it read are in `heads`."""
 
     def __init__(self, *actions: str) -> None:
@@ -102,6 +103,10 @@ class Scripted(RawServer):
                 return
             if action == "cut":
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000\r\n\r\n0123456789")
+                return
+            if action == "stall":
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 100\r\n\r\n0123456789")
+                time.sleep(2)
                 return
             if action == "slow":
                 time.sleep(2)
@@ -253,6 +258,26 @@ async def test_a_reply_cut_after_its_head_is_cut_for_the_caller_too(store: Any, 
         assert served.asgi_calls == 1
         assert entries[1].status == 200 and entries[1].bytes_out == 10
         assert "broke off after 10 bytes" in (entries[1].error or "")
+    finally:
+        upstream.stop()
+
+
+async def test_a_reply_that_goes_silent_after_its_head_is_cut_at_the_read_timeout(store: Any, deployments: Deployments) -> None:
+    upstream = Scripted("ok", "stall")
+    try:
+        app, entries = gateway_with_log(store, request_timeout_s=0.3)
+        deployment_id = two_instances_on(deployments, upstream)
+        async with Served(app) as served:
+            assert (await served.predict(deployment_id)).status_code == 200
+            started = time.monotonic()
+            with pytest.raises(httpx.RemoteProtocolError):
+                await served.predict(deployment_id)
+            waited = time.monotonic() - started
+            assert app.transport.open_connections() == 0
+        assert served.asgi_calls == 1
+        assert 0.25 < waited < 1.5  # the read timeout, not the container's 2 s
+        assert entries[1].status == 200 and entries[1].bytes_out == 10
+        assert "broke off after 10 bytes (ReadTimeout)" in (entries[1].error or "")
     finally:
         upstream.stop()
 

@@ -27,13 +27,15 @@ request is sent:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from dockyard.errors import DockyardError, GatewayTimeout
+from dockyard.gateway import deadlines
 from dockyard.gateway.balancer import Upstream
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import client_response_headers
@@ -54,7 +56,7 @@ UNANSWERED_KEY = "dockyard.unanswered"
 class DirectReply(Reply):
     """One exchange relayed from the upstream connection's callbacks to the caller's cycle."""
 
-    __slots__ = ("gateway", "ex", "cycle", "upstream", "body", "_deadline", "_timer", "_last_read", "_out", "_ended")
+    __slots__ = ("gateway", "ex", "cycle", "upstream", "body", "due", "_out", "_ended")
 
     def __init__(self, gateway: Gateway, ex: Exchange, cycle: Cycle, upstream: Upstream, connection: UpstreamConnection,
                  body: bytes) -> None:  # fmt: skip
@@ -78,9 +80,7 @@ class DirectReply(Reply):
         self.cycle = cycle
         self.upstream = upstream
         self.body = body  # kept until the reply starts, for the general path should the instance drop it
-        self._deadline = 0.0
-        self._timer: Any = None
-        self._last_read = 0.0
+        self.due = 0.0  # when the reply's head, or its next bytes, are late (the loop's clock)
         self._out: list[bytes] = []
         self._ended = False
 
@@ -94,8 +94,8 @@ class DirectReply(Reply):
         cycle.on_lost = self._caller_left
         cycle.on_writable = self._caller_writable
         loop = connection.loop
-        self._deadline = loop.time() + self.gateway.options.request_timeout_s
-        self._timer = connection.deadlines.add(self._deadline, self._timed_out)
+        self.due = loop.time() + self.gateway.options.request_timeout_s
+        InFlight.of(loop).add(self)
         connection.send_whole(head, self.body, False)
 
     # --- the upstream connection's callbacks ------------------------------------------------------
@@ -139,7 +139,7 @@ class DirectReply(Reply):
             self.ex.response_complete = True
             self._end()
             return
-        self._last_read = self._connection.loop.time()
+        self.due = self._connection.loop.time() + self.gateway.options.request_timeout_s
         if cycle.conn.write_paused:
             self._connection.pause_reading()
 
@@ -189,21 +189,14 @@ class DirectReply(Reply):
 
     # --- timeouts ---------------------------------------------------------------------------------
 
-    def _timed_out(self) -> None:
-        """The one timer of the exchange: the reply's head is late, or its body went silent for
-        the read timeout (re-armed from the last read rather than set again on every one)."""
-        self._timer = None
+    def timed_out(self) -> None:
+        """`due` passed (InFlight checks): the reply's head is late, or its body went silent."""
         if self._ended:
             return
-        loop = self._connection.loop
         if not self.status:
             self._fail(TimeoutError())
-            return
-        silent_until = self._last_read + self.gateway.options.request_timeout_s
-        if loop.time() < silent_until:
-            self._timer = self._connection.deadlines.add(silent_until, self._timed_out)
-            return
-        self._fail(httpx.ReadTimeout(f"the container sent nothing for {self.gateway.options.request_timeout_s:g} s"))
+        else:
+            self._fail(httpx.ReadTimeout(f"the container sent nothing for {self.gateway.options.request_timeout_s:g} s"))
 
     # --- endings ----------------------------------------------------------------------------------
 
@@ -243,9 +236,7 @@ class DirectReply(Reply):
     def _release(self) -> None:
         """The exchange's hold on the upstream connection, the instance and the deployment."""
         self._ended = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        InFlight.of(self._connection.loop).replies.discard(self)
         cycle = self.cycle
         cycle.on_lost = None
         cycle.on_writable = None
@@ -277,3 +268,39 @@ class DirectReply(Reply):
             headers.append((b"opc-request-id", self.ex.request_id.encode()))
         cycle.give_back_body(body)
         cycle.conn.call_app(cycle)
+
+
+class InFlight:
+    """The direct replies in flight on one event loop, checked against their `due` times every
+    `TICK_S` while there are any: adding and removing a reply is a set operation, cheaper than a
+    deadline per request (deadlines.py), and a reply is late by at most a tick, as with those."""
+
+    TICK_S = deadlines.TICK_S
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.replies: set[DirectReply] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> InFlight:
+        """The loop's, made on first use (kept on the loop: the two go together)."""
+        try:
+            return loop._dockyard_direct_in_flight  # type: ignore[attr-defined,no-any-return]
+        except AttributeError:
+            made = loop._dockyard_direct_in_flight = cls(loop)  # type: ignore[attr-defined]
+            return made
+
+    def add(self, reply: DirectReply) -> None:
+        self.replies.add(reply)
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.TICK_S, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        for reply in [reply for reply in self.replies if reply.due <= now]:
+            self.replies.discard(reply)
+            reply.timed_out()
+        if self.replies:
+            self._timer = self.loop.call_later(self.TICK_S, self._check)

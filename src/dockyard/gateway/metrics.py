@@ -6,8 +6,8 @@ Total latency and upstream latency are separate histograms, and their difference
 model's. Requests for deployments that do not exist are labelled `deployment="-"`: ids taken
 from arbitrary URLs must not grow the label set without bound.
 
-The request path only adds a request to plain counters of its deployment (`observe`: a count
-per status, a count per latency bucket, sums), and the in-flight gauge reads the balancer's
+The request path only adds a request to plain counters and lists of its deployment (`observe`:
+a count per status, its latencies, byte sums), and the in-flight gauge reads the balancer's
 counts: a prometheus_client update takes a lock per value, eleven of them per request, which
 cost more than routing it. `flush()` moves what was recorded into the
 Prometheus objects; it runs every `flush_interval_s` on the event loop and before every
@@ -50,7 +50,7 @@ class GatewayMetrics:
         self.flush_interval_s = flush_interval_s
         # Added up on the request path per deployment label, moved into the Prometheus objects by flush().
         self._windows: dict[str, _Window] = {}
-        self._overhead = _Batch(_OVERHEAD_BUCKETS)
+        self._overhead: list[float] = []  # total minus upstream, in ms, of each request since the flush
         self._inflight: Mapping[str, int] = inflight if inflight is not None else {}
         self._inflight_shown: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -105,11 +105,12 @@ class GatewayMetrics:
             window = self._windows[label] = _Window()
         statuses = window.statuses
         statuses[entry.status] = statuses.get(entry.status, 0) + 1
-        window.latency.add(entry.latency_ms / 1000)
+        latency_ms = entry.latency_ms
+        window.latency.append(latency_ms)
         upstream_ms = entry.upstream_ms
         if upstream_ms is not None:
-            window.upstream.add(upstream_ms / 1000)
-            self._overhead.add(max(0.0, entry.latency_ms - upstream_ms) / 1000)
+            window.upstream.append(upstream_ms)
+            self._overhead.append(latency_ms - upstream_ms if latency_ms > upstream_ms else 0.0)
         window.bytes_in += entry.bytes_in
         window.bytes_out += entry.bytes_out
         if self._timer is None:
@@ -134,7 +135,7 @@ class GatewayMetrics:
         """Move the recorded requests and the in-flight counts into the Prometheus objects:
         summed per label first, so a flush costs one update per label and bucket, not per request."""
         windows, self._windows = self._windows, {}
-        overhead, self._overhead = self._overhead, _Batch(_OVERHEAD_BUCKETS)
+        overhead, self._overhead = self._overhead, []
         for label, window in windows.items():
             for status, n in window.statuses.items():
                 count = self._counts.get((label, status))
@@ -142,13 +143,13 @@ class GatewayMetrics:
                     count = self._counts[(label, status)] = self.requests.labels(label, str(status))
                 count.inc(n)
             children = self.children(label)
-            window.latency.into(children.latency)
-            window.upstream.into(children.upstream_latency)
+            _into(children.latency, _LATENCY_BUCKETS, window.latency)
+            _into(children.upstream_latency, _LATENCY_BUCKETS, window.upstream)
             if window.bytes_in:
                 children.bytes_in.inc(window.bytes_in)
             if window.bytes_out:
                 children.bytes_out.inc(window.bytes_out)
-        overhead.into(self.overhead)
+        _into(self.overhead, _OVERHEAD_BUCKETS, overhead)
         shown, counts = self._inflight_shown, self._inflight
         for label in [*shown, *(label for label in counts if label not in shown)]:
             value = counts.get(label, 0)
@@ -177,7 +178,7 @@ class GatewayMetrics:
 
 
 def _histogram_internals() -> bool:
-    """Whether prometheus_client's histograms keep the bucket and sum values `_Batch.into` adds to."""
+    """Whether prometheus_client's histograms keep the bucket and sum values `_into` adds to."""
     probe = Histogram("dockyard_probe", "", buckets=(1.0,), registry=None)
     buckets = getattr(probe, "_buckets", None)
     return buckets is not None and len(buckets) == 2 and getattr(probe, "_sum", None) is not None
@@ -186,40 +187,32 @@ def _histogram_internals() -> bool:
 _BATCH_INTO_INTERNALS = _histogram_internals()
 
 
-class _Batch:
-    """Observations of one histogram, summed: a count per bucket and the sum of the values.
+def _into(histogram: Any, bounds: tuple[float, ...], values_ms: list[float]) -> None:
+    """Observe `values_ms` (milliseconds) in a prometheus_client histogram (a labelled child or one
+    with no labels) with `bounds` (seconds), in one update per bucket.
 
-    `into(histogram)` adds them to a prometheus_client histogram (a labelled child or one with
-    no labels) in one update per bucket. prometheus_client has no batch API: this adds to the
-    child's bucket and sum values, as `Histogram.observe` does value by value (a value goes to
-    the first bucket whose bound is >= it; buckets are stored uncumulated). Should a release of
-    prometheus_client keep them elsewhere, the values themselves are kept and observed one by one."""
-
-    __slots__ = ("bounds", "counts", "total", "values")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last: +Inf
-        self.total = 0.0
-        self.values: list[float] | None = None if _BATCH_INTO_INTERNALS else []
-
-    def add(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        if self.values is not None:
-            self.values.append(value)
-
-    def into(self, histogram: Any) -> None:
-        if self.values is not None:
-            for value in self.values:
-                histogram.observe(value)
-            return
-        if not any(self.counts):
-            return
-        for bucket, n in zip(histogram._buckets, self.counts):
-            if n:
-                bucket.inc(n)
-        histogram._sum.inc(self.total)
+    The request path only appends each value to a list; here they are sorted once and counted
+    per bucket, all in C. prometheus_client has no batch API: this adds to the histogram's bucket
+    and sum values, as `Histogram.observe` does value by value (a value goes to the first bucket
+    whose bound is >= it; buckets are stored uncumulated). Should a release of prometheus_client
+    keep them elsewhere, the values are observed one by one."""
+    if not values_ms:
+        return
+    values = sorted([value / 1000 for value in values_ms])
+    if not _BATCH_INTO_INTERNALS:
+        for value in values:
+            histogram.observe(value)
+        return
+    buckets = histogram._buckets
+    below = 0
+    for index, bound in enumerate(bounds):
+        upto = bisect.bisect_right(values, bound)
+        if upto > below:
+            buckets[index].inc(upto - below)
+            below = upto
+    if len(values) > below:
+        buckets[len(bounds)].inc(len(values) - below)  # +Inf
+    histogram._sum.inc(sum(values))
 
 
 class _Window:
@@ -229,7 +222,7 @@ class _Window:
 
     def __init__(self) -> None:
         self.statuses: dict[int, int] = {}
-        self.latency = _Batch(_LATENCY_BUCKETS)
-        self.upstream = _Batch(_LATENCY_BUCKETS)
+        self.latency: list[float] = []  # ms, one per request
+        self.upstream: list[float] = []  # ms, one per request that reached an instance
         self.bytes_in = 0
         self.bytes_out = 0
