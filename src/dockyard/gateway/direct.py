@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from dockyard.errors import DockyardError, GatewayTimeout
+from dockyard.errors import DockyardError
 from dockyard.gateway import deadlines
 from dockyard.gateway.balancer import Upstream
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import client_response_headers
-from dockyard.gateway.replies import BadGateway, error_document
+from dockyard.gateway.replies import BadGateway, broke_off, error_document, failed_before_reply, no_reply_in_time
 from dockyard.gateway.upstream import ClosedUnanswered, Reply, ResetUnanswered, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -151,15 +151,11 @@ class DirectReply(Reply):
         instance = upstream.backend.instance_id
         deployment_id = self.ex.deployment_id or "-"
         if self.status:
-            self._cut(f"the container's reply broke off after {self.ex.bytes_out} bytes ({type(error).__name__})",
-                      "timeout" if isinstance(error, httpx.TimeoutException) else "aborted")  # fmt: skip
+            self._cut(broke_off(self.ex.bytes_out, error), "timeout" if isinstance(error, httpx.TimeoutException) else "aborted")
             return
         if isinstance(error, TimeoutError):
             gateway.metrics.upstream_errors.labels(deployment_id, "timeout").inc()
-            self._refuse(GatewayTimeout(
-                f"the model took too long to answer: no reply within {gateway.options.request_timeout_s:g} s "
-                f"(instance {instance}); make the request lighter or the model faster"
-            ))  # fmt: skip
+            self._refuse(no_reply_in_time(gateway.options.request_timeout_s, instance))
             return
         gateway.metrics.upstream_errors.labels(deployment_id, "aborted").inc()
         if isinstance(error, (ClosedUnanswered, ResetUnanswered)):
@@ -168,10 +164,7 @@ class DirectReply(Reply):
                         deployment_id, instance, self.ex.request_id, error)  # fmt: skip
             self._hand_over(f"{instance} ({type(error).__name__}: {error})")
             return
-        self._refuse(BadGateway(
-            f"the model server on instance {instance} failed before replying "
-            f"({type(error).__name__}: {error or 'connection closed'}); check the container's log"
-        ))  # fmt: skip
+        self._refuse(failed_before_reply(instance, error))
 
     # --- the caller's side ----------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from dockyard.errors import Conflict, GatewayTimeout, ServiceUnavailable
+from dockyard.errors import Conflict, ServiceUnavailable
 from dockyard.gateway import deadlines
 from dockyard.gateway.balancer import Balancer, Upstream
 from dockyard.gateway.body import RequestBody
@@ -30,7 +30,7 @@ from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import RawHeaders, client_response_headers
 from dockyard.gateway.metrics import GatewayMetrics
 from dockyard.gateway.pool import Timeouts, UpstreamPool
-from dockyard.gateway.replies import BadGateway
+from dockyard.gateway.replies import BadGateway, broke_off, failed_before_reply, no_reply_in_time
 from dockyard.gateway.routes import Route
 from dockyard.gateway.upstream import ClosedUnanswered, Reply, ResetUnanswered
 
@@ -207,19 +207,13 @@ class Proxy:
             except (TimeoutError, httpx.TimeoutException) as exc:
                 upstream.outstanding -= 1
                 self.metrics.upstream_errors.labels(route.deployment_id, "timeout").inc()
-                raise GatewayTimeout(
-                    f"the model took too long to answer: no reply within {self.request_timeout_s:g} s "
-                    f"(instance {upstream.backend.instance_id}); make the request lighter or the model faster"
-                ) from exc
+                raise no_reply_in_time(self.request_timeout_s, upstream.backend.instance_id) from exc
             except (ClosedUnanswered, ResetUnanswered) as exc:
                 upstream.outstanding -= 1
                 self.metrics.upstream_errors.labels(route.deployment_id, "aborted").inc()
                 self.balancer.eject(upstream)  # it dropped a connection: likely dying
                 if unanswered is not None or not (streamed is None or streamed.replayable):
-                    raise BadGateway(
-                        f"the model server on instance {upstream.backend.instance_id} failed before replying "
-                        f"({type(exc).__name__}: {exc}); check the container's log"
-                    ) from exc
+                    raise failed_before_reply(upstream.backend.instance_id, exc) from exc
                 unanswered = exc
                 log.warning("%s: instance %s dropped request %s unanswered (%s); sending it to another instance",
                             route.deployment_id, upstream.backend.instance_id, ex.request_id, exc)  # fmt: skip
@@ -228,10 +222,7 @@ class Proxy:
             except httpx.TransportError as exc:
                 upstream.outstanding -= 1
                 self.metrics.upstream_errors.labels(route.deployment_id, "aborted").inc()
-                raise BadGateway(
-                    f"the model server on instance {upstream.backend.instance_id} failed before replying "
-                    f"({type(exc).__name__}: {exc or 'connection closed'}); check the container's log"
-                ) from exc
+                raise failed_before_reply(upstream.backend.instance_id, exc) from exc
             except BaseException:
                 upstream.outstanding -= 1
                 raise
@@ -276,7 +267,7 @@ class Proxy:
         except httpx.HTTPError as exc:
             # Headers are gone: the only honest signal left is to end the reply incomplete, so
             # the caller sees a cut stream rather than a short one that looks whole.
-            ex.error = f"the container's reply broke off after {ex.bytes_out} bytes ({type(exc).__name__})"
+            ex.error = broke_off(ex.bytes_out, exc)
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "aborted"
             self.metrics.upstream_errors.labels(ex.deployment_id or "-", kind).inc()
             log.warning("request %s: %s", ex.request_id, ex.error)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dockyard.errors import DockyardError
+from dockyard.errors import DockyardError, GatewayTimeout
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -16,6 +16,28 @@ class BadGateway(DockyardError):
     """The container accepted the connection but failed before a complete reply header."""
 
     code, status = "BadGateway", 502
+
+
+# What the gateway says when an instance fails a request, on either of its paths (proxy.py, direct.py).
+
+
+def no_reply_in_time(timeout_s: float, instance_id: str) -> GatewayTimeout:
+    return GatewayTimeout(
+        f"the model took too long to answer: no reply within {timeout_s:g} s "
+        f"(instance {instance_id}); make the request lighter or the model faster"
+    )
+
+
+def failed_before_reply(instance_id: str, exc: Exception) -> BadGateway:
+    return BadGateway(
+        f"the model server on instance {instance_id} failed before replying "
+        f"({type(exc).__name__}: {exc or 'connection closed'}); check the container's log"
+    )
+
+
+def broke_off(bytes_out: int, exc: Exception) -> str:
+    """The access entry's error for a reply cut after its head went out."""
+    return f"the container's reply broke off after {bytes_out} bytes ({type(exc).__name__})"
 
 
 async def send_json(
