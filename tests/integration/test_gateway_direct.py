@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from dockyard.gateway import AccessEntry, create_gateway
 from dockyard.gateway.httpserver import HttpServer
 from tests.integration.test_gateway_harness import (  # noqa: F401 (fixtures)
     Deployments,
+    OwnServerClient,
     Upstreams,
     deployments,
     store,
@@ -27,32 +29,24 @@ from tests.support.raw_server import RawServer
 BODY = b'{"inputs": [[1, 2, 3]]}'
 
 
-class Served:
-    """A gateway behind dockyard's own server on this loop; counts the requests that reached the
-    ASGI call (the rest were relayed directly)."""
+class Served(OwnServerClient):
+    """A gateway behind dockyard's own server on this loop (closed on the way out), and the
+    number of requests that reached its ASGI call (the rest were relayed directly)."""
 
     def __init__(self, gateway: Any) -> None:
+        super().__init__(gateway)
         self.gateway = gateway
-        self.direct = gateway.direct
-        self.asgi_calls = 0
-        self.server = HttpServer(self)
-        self.client: httpx.AsyncClient | None = None
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            raise RuntimeError("no lifespan here")  # tolerated; the test closes the gateway
-        self.asgi_calls += 1
-        await self.gateway(scope, receive, send)
+    @property
+    def asgi_calls(self) -> int:
+        return self.app.asgi_calls
 
-    async def __aenter__(self) -> Served:
-        await self.server.start(host="127.0.0.1", port=0)
-        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.server.port}", timeout=30)
+    async def __aenter__(self) -> Served:  # type: ignore[override]
+        await super().__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self.client is not None
-        await self.client.aclose()
-        await self.server.stop(graceful_s=5)
+        await super().__aexit__(*exc)
         await self.gateway.aclose()
 
     async def predict(self, deployment_id: str, body: bytes = BODY, **kwargs: Any) -> httpx.Response:
@@ -114,6 +108,20 @@ class Scripted(RawServer):
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b" % (len(reply), reply))
 
 
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., Scripted]]:
+    """`scripted(*actions)`: a Scripted upstream, stopped after the test."""
+    made: list[Scripted] = []
+
+    def make(*actions: str) -> Scripted:
+        made.append(Scripted(*actions))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.stop()
+
+
 def request_id_of(head: bytes) -> str:
     return next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n") if line.lower().startswith(b"opc-request-id:"))
 
@@ -165,148 +173,128 @@ def two_instances_on(deployments: Deployments, server: RawServer) -> str:
 
 @pytest.mark.parametrize("action", ["drop", "reset"])
 async def test_a_kept_alive_request_dropped_unanswered_goes_to_another_instance_with_its_id(
+    scripted: Any,
     store: Any, deployments: Deployments, action: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    upstream = Scripted("ok", action)
-    try:
-        app, entries = gateway_with_log(store)
-        deployment_id = two_instances_on(deployments, upstream)
-        async with Served(app) as served:
-            assert (await served.predict(deployment_id)).status_code == 200  # opens the connection
-            reply = await served.predict(deployment_id)  # relayed directly, dropped, handed over
-        assert reply.status_code == 200 and reply.json() == {"n": 3}, reply.text
-        assert served.asgi_calls == 2  # the first request, and the hand-over
-        assert [r.module for r in caplog.records if "unanswered" in r.getMessage()] == ["direct"]
-        # The same request, with the same id, reached the other instance (a new connection).
-        assert len(upstream.heads) == 3 and request_id_of(upstream.heads[1]) == request_id_of(upstream.heads[2])
-        assert reply.headers["opc-request-id"] == request_id_of(upstream.heads[1])
-        assert upstream.heads[1].split(b"\r\n")[0] == upstream.heads[2].split(b"\r\n")[0] == b"POST /predict HTTP/1.1"
-        entry = entries[1]
-        assert entry.status == 200 and entry.attempts == 2 and entry.request_id == reply.headers["opc-request-id"]
-        assert entry.bytes_in == len(BODY)
-        assert app.balancer.inflight(deployment_id) == 0
-    finally:
-        upstream.stop()
+    upstream = scripted("ok", action)
+    app, entries = gateway_with_log(store)
+    deployment_id = two_instances_on(deployments, upstream)
+    async with Served(app) as served:
+        assert (await served.predict(deployment_id)).status_code == 200  # opens the connection
+        reply = await served.predict(deployment_id)  # relayed directly, dropped, handed over
+    assert reply.status_code == 200 and reply.json() == {"n": 3}, reply.text
+    assert served.asgi_calls == 2  # the first request, and the hand-over
+    assert [r.module for r in caplog.records if "unanswered" in r.getMessage()] == ["direct"]
+    # The same request, with the same id, reached the other instance (a new connection).
+    assert len(upstream.heads) == 3 and request_id_of(upstream.heads[1]) == request_id_of(upstream.heads[2])
+    assert reply.headers["opc-request-id"] == request_id_of(upstream.heads[1])
+    assert upstream.heads[1].split(b"\r\n")[0] == upstream.heads[2].split(b"\r\n")[0] == b"POST /predict HTTP/1.1"
+    entry = entries[1]
+    assert entry.status == 200 and entry.attempts == 2 and entry.request_id == reply.headers["opc-request-id"]
+    assert entry.bytes_in == len(BODY)
+    assert app.balancer.inflight(deployment_id) == 0
 
 
-async def test_after_a_dropped_direct_request_a_second_drop_is_a_502_not_a_third_try(store: Any, deployments: Deployments) -> None:
-    upstream = Scripted("ok", "drop", "drop")  # a third try would be answered
-    try:
-        app, entries = gateway_with_log(store)
-        deployment_id = two_instances_on(deployments, upstream)
-        async with Served(app) as served:
-            assert (await served.predict(deployment_id)).status_code == 200
-            reply = await served.predict(deployment_id)
-        assert served.asgi_calls == 2  # the first request, and the hand-over of the dropped one
-        assert reply.status_code == 502 and reply.json()["code"] == "BadGateway", reply.text
-        assert len(upstream.heads) == 3  # dropped twice, never tried a third time
-        assert entries[-1].status == 502 and entries[-1].attempts == 2
-    finally:
-        upstream.stop()
+async def test_after_a_dropped_direct_request_a_second_drop_is_a_502_not_a_third_try(scripted: Any, store: Any, deployments: Deployments) -> None:
+    upstream = scripted("ok", "drop", "drop")  # a third try would be answered
+    app, entries = gateway_with_log(store)
+    deployment_id = two_instances_on(deployments, upstream)
+    async with Served(app) as served:
+        assert (await served.predict(deployment_id)).status_code == 200
+        reply = await served.predict(deployment_id)
+    assert served.asgi_calls == 2  # the first request, and the hand-over of the dropped one
+    assert reply.status_code == 502 and reply.json()["code"] == "BadGateway", reply.text
+    assert len(upstream.heads) == 3  # dropped twice, never tried a third time
+    assert entries[-1].status == 502 and entries[-1].attempts == 2
 
 
-async def test_a_reply_that_is_not_http_is_a_json_502(store: Any, deployments: Deployments) -> None:
-    upstream = Scripted("ok", "garbage")
-    try:
-        app, entries = gateway_with_log(store)
-        deployment_id = deployments.add([upstream.port])
-        async with Served(app) as served:
-            assert (await served.predict(deployment_id)).status_code == 200
-            reply = await served.predict(deployment_id, headers={"opc-request-id": "garbled"})
-            after = await served.predict(deployment_id)  # the instance is tried again (a new connection)
-        assert served.asgi_calls == 2  # the first request, and the one after the 502 (its connection was closed)
-        assert reply.status_code == 502 and reply.headers["content-type"] == "application/json"
-        assert reply.json()["code"] == "BadGateway" and "not valid HTTP/1.1" in reply.json()["message"]
-        assert reply.headers["opc-request-id"] == "garbled"
-        assert entries[1].status == 502 and entries[1].error == reply.json()["message"]
-        assert after.status_code == 200
-    finally:
-        upstream.stop()
+async def test_a_reply_that_is_not_http_is_a_json_502(scripted: Any, store: Any, deployments: Deployments) -> None:
+    upstream = scripted("ok", "garbage")
+    app, entries = gateway_with_log(store)
+    deployment_id = deployments.add([upstream.port])
+    async with Served(app) as served:
+        assert (await served.predict(deployment_id)).status_code == 200
+        reply = await served.predict(deployment_id, headers={"opc-request-id": "garbled"})
+        after = await served.predict(deployment_id)  # the instance is tried again (a new connection)
+    assert served.asgi_calls == 2  # the first request, and the one after the 502 (its connection was closed)
+    assert reply.status_code == 502 and reply.headers["content-type"] == "application/json"
+    assert reply.json()["code"] == "BadGateway" and "not valid HTTP/1.1" in reply.json()["message"]
+    assert reply.headers["opc-request-id"] == "garbled"
+    assert entries[1].status == 502 and entries[1].error == reply.json()["message"]
+    assert after.status_code == 200
 
 
-async def test_no_reply_within_the_timeout_is_a_json_504(store: Any, deployments: Deployments) -> None:
-    upstream = Scripted("ok", "slow")
-    try:
-        app, entries = gateway_with_log(store, request_timeout_s=0.3)
-        deployment_id = deployments.add([upstream.port])
-        async with Served(app) as served:
-            assert (await served.predict(deployment_id)).status_code == 200
-            started = time.monotonic()
-            reply = await served.predict(deployment_id)
-            waited = time.monotonic() - started
-        assert served.asgi_calls == 1
-        assert reply.status_code == 504 and reply.json()["code"] == "GatewayTimeout" and "0.3 s" in reply.json()["message"]
-        assert 0.25 < waited < 1.5
-        assert entries[1].status == 504
-    finally:
-        upstream.stop()
+async def test_no_reply_within_the_timeout_is_a_json_504(scripted: Any, store: Any, deployments: Deployments) -> None:
+    upstream = scripted("ok", "slow")
+    app, entries = gateway_with_log(store, request_timeout_s=0.3)
+    deployment_id = deployments.add([upstream.port])
+    async with Served(app) as served:
+        assert (await served.predict(deployment_id)).status_code == 200
+        started = time.monotonic()
+        reply = await served.predict(deployment_id)
+        waited = time.monotonic() - started
+    assert served.asgi_calls == 1
+    assert reply.status_code == 504 and reply.json()["code"] == "GatewayTimeout" and "0.3 s" in reply.json()["message"]
+    assert 0.25 < waited < 1.5
+    assert entries[1].status == 504
 
 
-async def test_a_reply_cut_after_its_head_is_cut_for_the_caller_too(store: Any, deployments: Deployments) -> None:
-    upstream = Scripted("ok", "cut")
-    try:
-        app, entries = gateway_with_log(store)
-        deployment_id = deployments.add([upstream.port])
-        async with Served(app) as served:
-            assert (await served.predict(deployment_id)).status_code == 200
-            with pytest.raises(httpx.RemoteProtocolError):  # short of its Content-Length: the caller sees the cut
-                await served.predict(deployment_id)
-            for _ in range(100):
-                if len(entries) == 2:
-                    break
-                await asyncio.sleep(0.01)
-        assert served.asgi_calls == 1
-        assert entries[1].status == 200 and entries[1].bytes_out == 10
-        assert "broke off after 10 bytes" in (entries[1].error or "")
-    finally:
-        upstream.stop()
+async def test_a_reply_cut_after_its_head_is_cut_for_the_caller_too(scripted: Any, store: Any, deployments: Deployments) -> None:
+    upstream = scripted("ok", "cut")
+    app, entries = gateway_with_log(store)
+    deployment_id = deployments.add([upstream.port])
+    async with Served(app) as served:
+        assert (await served.predict(deployment_id)).status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):  # short of its Content-Length: the caller sees the cut
+            await served.predict(deployment_id)
+        for _ in range(100):
+            if len(entries) == 2:
+                break
+            await asyncio.sleep(0.01)
+    assert served.asgi_calls == 1
+    assert entries[1].status == 200 and entries[1].bytes_out == 10
+    assert "broke off after 10 bytes" in (entries[1].error or "")
 
 
-async def test_a_reply_that_goes_silent_after_its_head_is_cut_at_the_read_timeout(store: Any, deployments: Deployments) -> None:
-    upstream = Scripted("ok", "stall")
-    try:
-        app, entries = gateway_with_log(store, request_timeout_s=0.3)
-        deployment_id = two_instances_on(deployments, upstream)
-        async with Served(app) as served:
-            assert (await served.predict(deployment_id)).status_code == 200
-            started = time.monotonic()
-            with pytest.raises(httpx.RemoteProtocolError):
-                await served.predict(deployment_id)
-            waited = time.monotonic() - started
-            assert app.transport.open_connections() == 0
-        assert served.asgi_calls == 1
-        assert 0.25 < waited < 1.5  # the read timeout, not the container's 2 s
-        assert entries[1].status == 200 and entries[1].bytes_out == 10
-        assert "broke off after 10 bytes (ReadTimeout)" in (entries[1].error or "")
-    finally:
-        upstream.stop()
+async def test_a_reply_that_goes_silent_after_its_head_is_cut_at_the_read_timeout(scripted: Any, store: Any, deployments: Deployments) -> None:
+    upstream = scripted("ok", "stall")
+    app, entries = gateway_with_log(store, request_timeout_s=0.3)
+    deployment_id = two_instances_on(deployments, upstream)
+    async with Served(app) as served:
+        assert (await served.predict(deployment_id)).status_code == 200
+        started = time.monotonic()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await served.predict(deployment_id)
+        waited = time.monotonic() - started
+        assert app.transport.open_connections() == 0
+    assert served.asgi_calls == 1
+    assert 0.25 < waited < 1.5  # the read timeout, not the container's 2 s
+    assert entries[1].status == 200 and entries[1].bytes_out == 10
+    assert "broke off after 10 bytes (ReadTimeout)" in (entries[1].error or "")
 
 
-async def test_a_caller_that_hangs_up_ends_the_exchange_and_its_upstream_connection(store: Any, deployments: Deployments) -> None:
-    upstream = Scripted("ok", "slow")
-    try:
-        app, entries = gateway_with_log(store)
-        deployment_id = deployments.add([upstream.port])
-        async with Served(app) as served:
-            assert (await served.predict(deployment_id)).status_code == 200
-            assert app.transport.open_connections() == 1
-            reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
-            writer.write(b"POST /%b/predict HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b"
-                         % (deployment_id.encode(), len(BODY), BODY))  # fmt: skip
-            await writer.drain()
-            await asyncio.sleep(0.2)
-            writer.close()
-            started = time.monotonic()
-            while len(entries) < 2 and time.monotonic() - started < 1.5:
-                await asyncio.sleep(0.01)
-            assert time.monotonic() - started < 0.5  # noticed at once, not when the model answers
-            await asyncio.sleep(0.05)
-            assert app.transport.open_connections() == 0  # the upstream connection closed with it
-        assert served.asgi_calls == 1
-        assert entries[1].status == 499 and entries[1].error == "the caller went away before the reply was complete"
-        assert app.balancer.inflight(deployment_id) == 0
-    finally:
-        upstream.stop()
+async def test_a_caller_that_hangs_up_ends_the_exchange_and_its_upstream_connection(scripted: Any, store: Any, deployments: Deployments) -> None:
+    upstream = scripted("ok", "slow")
+    app, entries = gateway_with_log(store)
+    deployment_id = deployments.add([upstream.port])
+    async with Served(app) as served:
+        assert (await served.predict(deployment_id)).status_code == 200
+        assert app.transport.open_connections() == 1
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+        writer.write(b"POST /%b/predict HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b"
+                     % (deployment_id.encode(), len(BODY), BODY))  # fmt: skip
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+        started = time.monotonic()
+        while len(entries) < 2 and time.monotonic() - started < 1.5:
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - started < 0.5  # noticed at once, not when the model answers
+        await asyncio.sleep(0.05)
+        assert app.transport.open_connections() == 0  # the upstream connection closed with it
+    assert served.asgi_calls == 1
+    assert entries[1].status == 499 and entries[1].error == "the caller went away before the reply was complete"
+    assert app.balancer.inflight(deployment_id) == 0
 
 
 async def test_pipelined_predicts_are_answered_in_order(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:

@@ -490,14 +490,17 @@ def client_for(app: Gateway) -> Any:
 
 
 class _HttpOnly:
-    """The app for every HTTP request, without its lifespan: the fixture closes the gateway."""
+    """The app for every HTTP request, without its lifespan: the fixture closes the gateway.
+    Counts the requests that reached the ASGI call (the rest were relayed by `direct`)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.direct = getattr(app, "direct", None)
+        self.asgi_calls = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            self.asgi_calls += 1
             await self.app(scope, receive, send)
         elif scope["type"] == "lifespan":
             raise RuntimeError("no lifespan here")  # tolerated: the server goes on without one
@@ -509,7 +512,8 @@ class OwnServerClient:
     def __init__(self, app: Any) -> None:
         from dockyard.gateway.httpserver import HttpServer
 
-        self.server = HttpServer(_HttpOnly(app))
+        self.app = _HttpOnly(app)
+        self.server = HttpServer(self.app)
         self.client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> httpx.AsyncClient:
