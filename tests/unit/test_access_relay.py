@@ -27,9 +27,9 @@ class Collected:
         self.entries: list[AccessEntry] = []
         self.lock = threading.Lock()
 
-    def __call__(self, item: AccessEntry) -> None:
+    def __call__(self, values: tuple) -> None:  # type: ignore[type-arg]
         with self.lock:
-            self.entries.append(item)
+            self.entries.append(AccessEntry(*values))
 
     def wait_for(self, count: int, timeout_s: float = 5.0) -> list[AccessEntry]:
         deadline = time.monotonic() + timeout_s

@@ -323,6 +323,26 @@ def test_fields_that_cannot_be_stored_lose_their_batch_only(metadata: SqlMetadat
     assert "could not store 2 log entries" in caplog.text
 
 
+def test_an_access_entry_is_stored_as_json_dumps_would_write_it() -> None:
+    """`entry_json` formats an access entry's fields with one template; the text must be what
+    `json.dumps` of its dict gives (the store's JSON column, read back by SQLAlchemy)."""
+    import json
+
+    from dockyard.gateway.accesslog import FIELD_NAMES, entry_json, entry_message, field_values
+
+    for n in range(60):
+        entry = AccessEntry(
+            time=log_time(), request_id=f"req-{n}\"é", deployment_id=None if n % 7 == 0 else D1, caller=None if n % 2 else "t/u/fp",
+            method=("POST", "GET", "PUT")[n % 3], path=f"/{D1}/predict/ü{n}\\", status=(200, 499, 504)[n % 3], bytes_in=n * 1000,
+            bytes_out=0 if n % 4 else 10**12, latency_ms=(0, 0.001, 12.5, 60000.25, n / 7)[n % 5],
+            upstream_ms=None if n % 3 else n / 9, instance_id=None if n % 5 == 0 else f"i-{n}", attempts=n % 3,
+            error=None if n % 4 else "the model took too long to answer:\n\t✓",
+        )  # fmt: skip
+        values = field_values(entry)
+        assert entry_json(values) == json.dumps(dict(zip(FIELD_NAMES, values))) == json.dumps(entry.as_dict())
+        assert entry_message(values) == f"{entry.method} {entry.path} {entry.status}"
+
+
 def test_json_text_is_json_dumps() -> None:
     import json
 

@@ -191,7 +191,7 @@ def _access_store(settings: Any) -> tuple[Any, Any]:
     from dockyard.store.metadata import SqlMetadataStore
 
     logs = open_log_store(SqlMetadataStore(settings.resolved_database_url), settings)
-    return logs, RelayReader(logs.add_access)
+    return logs, RelayReader(logs.add_access_values)
 
 
 def enable_request_migration(path: Path = MIGRATE_REQUESTS) -> bool:

@@ -12,6 +12,9 @@ shutdown on SIGTERM), and the supervisor reads every pipe to its end before it c
 store. A worker that is killed loses what it had not sent yet (at most one flush interval's
 entries); batches already in its pipe are still read. A full queue (the supervisor not keeping
 up) drops new entries and counts them, as the log store's own queue does.
+
+The supervisor hands on each entry as it came, its field values in `AccessEntry`'s order
+(`LogStore.add_access_values`): no object is made of it there, only its row.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 
@@ -126,9 +130,10 @@ class AccessRelay:
 
 
 class RelayReader:
-    """The supervisor's end: reads every worker's batches and gives each entry to `sink`."""
+    """The supervisor's end: reads every worker's batches and gives each entry's field values
+    (a tuple in `AccessEntry`'s order) to `sink`."""
 
-    def __init__(self, sink: Callable[[AccessEntry], None], poll_s: float = 0.2) -> None:
+    def __init__(self, sink: Callable[[tuple[Any, ...]], None], poll_s: float = 0.2) -> None:
         self._sink = sink
         self._poll_s = poll_s  # how soon a new worker's pipe is read from
         self._connections: list[Connection] = []
@@ -188,7 +193,7 @@ class RelayReader:
         sink = self._sink
         for values in batch:
             try:
-                sink(AccessEntry(*values))
+                sink(values)
             except Exception:
                 log.exception("could not store an access-log entry from a gateway worker")
         self.received += len(batch)

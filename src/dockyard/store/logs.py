@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, u
 from sqlalchemy.engine import Dialect
 
 from dockyard.errors import InvalidParameter
+from dockyard.gateway.accesslog import FIELD_NAMES, AccessEntry, entry_json, entry_message, field_values
 from dockyard.store import schema as t
 from dockyard.store.json_text import json_text
 from dockyard.store.metadata import SqlMetadataStore
@@ -97,7 +98,8 @@ class LogPage:
 
 
 # One queued row: (deployment_id, category, time, instance_id, stream, message, fields, position);
-# for access entries `fields` is the gateway's AccessEntry itself, turned into a dict when written.
+# for access entries `fields` is the tuple of the entry's field values, made a message and JSON
+# when written.
 _Row = tuple[str, str, str, "str | None", "str | None", str, Any, "str | None"]
 
 # The columns `_write` fills, in the order of the tuples `_entry_rows` makes.
@@ -179,16 +181,22 @@ class LogStore:
         self._ensure_thread()
         return True
 
-    def add_access(self, entry: Any) -> None:
-        """The gateway's access-log sink (`dockyard.gateway.AccessEntry`). Only a tuple is queued
-        here; the entry becomes fields and a message in the flusher thread. Requests that named
-        no deployment are not stored (they belong to no deployment's log)."""
-        if entry.deployment_id is None:
+    def add_access(self, entry: AccessEntry) -> None:
+        """The gateway's access-log sink. Requests that named no deployment are not stored (they
+        belong to no deployment's log)."""
+        self.add_access_values(field_values(entry))
+
+    def add_access_values(self, values: tuple[Any, ...]) -> None:
+        """An access entry as its field values in `AccessEntry`'s order (what a gateway worker
+        sends its supervisor, access_relay.py). Only a tuple is queued here; the flusher thread
+        makes its message and JSON."""
+        deployment_id = values[2]
+        if deployment_id is None:
             return
         if len(self._queue) >= self.queue_max:
             self._drop()
             return
-        self._queue.append((entry.deployment_id, "access", entry.time, entry.instance_id, None, "", entry, None))
+        self._queue.append((deployment_id, "access", values[0], values[11], None, "", values, None))
         if len(self._queue) >= self.batch_max:
             self._wake.set()
         if self._thread is None:
@@ -263,10 +271,12 @@ class LogStore:
                 # probing ids): it is in no deployment's log, and must not grow the table.
                 self.unknown += 1
                 continue
-            if f is not None and not isinstance(f, dict):  # an access entry, as the gateway gave it
-                m, f = f"{f.method} {f.path} {f.status}", f.as_dict()
-            rows.append((d, c, _normalised(stamp), i, s, ids.get(c) if ids else None, m,
-                         f if encode is None else encode(f)))
+            if f.__class__ is tuple:  # an access entry's field values (`add_access_values`)
+                m = entry_message(f)
+                f = entry_json(f) if encode is not None else dict(zip(FIELD_NAMES, f))
+            elif encode is not None:
+                f = encode(f)
+            rows.append((d, c, _normalised(stamp), i, s, ids.get(c) if ids else None, m, f))
         return rows
 
     def _insert_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
