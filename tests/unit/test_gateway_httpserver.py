@@ -448,3 +448,30 @@ def test_app_without_lifespan_is_tolerated() -> None:
             assert client.get("/").status_code == 204
     finally:
         running.stop()
+
+
+def test_a_formatted_head_is_the_head_start_response_writes() -> None:
+    """A reply the gateway relays directly starts with its header lines already formatted
+    (Cycle.start_formatted): the head, framing and state must be what start_response gives."""
+    from types import SimpleNamespace
+
+    from dockyard.gateway.httpcycle import Cycle, default_head
+
+    conn = SimpleNamespace(server=SimpleNamespace(default_head=default_head()), closed=False)
+    cases = [
+        (200, [(b"content-type", b"application/json"), (b"content-length", b"12")], True),
+        (200, [(b"content-type", b"text/event-stream"), (b"x-model", b"v2")], True),  # no length: chunked
+        (404, [(b"content-length", b"0")], False),  # the caller asked to close
+        (204, [(b"x-a", b"1")], True),
+        (201, [], False),
+    ]
+    for status, headers, keep_alive in cases:
+        careful, formatted = (Cycle(conn, {"method": "POST"}, keep_alive, False) for _ in range(2))  # type: ignore[arg-type]
+        careful.start_response(status, headers)
+        length = next((int(v) for n, v in headers if n == b"content-length"), -1)
+        formatted.start_formatted(status, b"".join(b"%s: %s\r\n" % h for h in headers), len(headers), length)
+        assert formatted.pending_head == careful.pending_head
+        state = ("keep_alive", "body_allowed", "chunked", "remaining", "started")
+        assert [getattr(formatted, name) for name in state] == [getattr(careful, name) for name in state]
+    with pytest.raises(RuntimeError):
+        Cycle(conn, {"method": "POST"}, True, False).start_formatted(200, b"x-a: 1\r\nx-b: 2\r\n", 1, -1)  # type: ignore[arg-type]

@@ -11,7 +11,14 @@ import pytest
 from dockyard.errors import InvalidParameter, LengthRequired, PayloadTooLarge, ServiceUnavailable
 from dockyard.gateway.balancer import Balancer
 from dockyard.gateway.body import RequestBody, check_framing
-from dockyard.gateway.headers import caller, client_response_headers, request_id, upstream_request_headers
+from dockyard.gateway.headers import (
+    caller,
+    client_response_headers,
+    client_response_lines,
+    request_id,
+    upstream_request_headers,
+    upstream_request_lines,
+)
 from dockyard.gateway.routes import Backend, Route, RouteTable, route_from
 from dockyard.gateway.triton import model_path, requested_model
 from dockyard.store.metadata import InstanceRecord, Record
@@ -258,6 +265,34 @@ def test_the_one_pass_header_filters_give_what_the_careful_ones_give() -> None:
     ]  # fmt: skip
     for upstream in replies:
         assert client_response_headers(upstream, "RID", connection_seen=False) == client_response_headers(upstream, "RID")
+
+
+def _lines(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
+    return b"".join(b"%s: %s\r\n" % header for header in headers), len(headers)
+
+
+def test_the_formatted_header_filters_give_the_lines_of_the_careful_ones() -> None:
+    """The direct path formats what it forwards in one pass (upstream_request_lines,
+    client_response_lines): the same headers, in the same order, as the careful filters give."""
+    requests = [
+        [(b"host", b"gw"), (b"content-type", b"a/b"), (b"content-length", b"2"), (b"user-agent", b"u")],
+        [(b"host", b"gw"), (b"te", b"trailers"), (b"route", b"/x"), (b"opc-request-id", b"OLD"), (b"expect", b"100-continue")],
+        [(b"x-a", b"1"), (b"x-a", b"2"), (b"proxy-authorization", b"p"), (b"upgrade", b"h2c"), (b"keep-alive", b"5")],
+        [],
+    ]  # fmt: skip
+    for incoming in requests:
+        for client in ("192.0.2.7", None):
+            assert upstream_request_lines(incoming, dict(incoming), "RID", client) == _lines(
+                upstream_request_headers(incoming, "RID", client, "http"))  # fmt: skip
+    for named in ([(b"connection", b"x-hop"), (b"x-hop", b"1")], [(b"x-forwarded-for", b"10.0.0.1")]):
+        assert upstream_request_lines(named, dict(named), "RID", None) is None  # left to the careful filter
+    replies = [  # as the upstream connection keeps them: names lower-cased, no Connection header
+        [(b"content-type", b"text/plain"), (b"transfer-encoding", b"chunked"), (b"date", b"x"), (b"server", b"s")],
+        [(b"content-length", b"2"), (b"keep-alive", b"5"), (b"trailer", b"x"), (b"x-model", b"v2"), (b"x-model", b"v3")],
+        [(b"opc-request-id", b"theirs"), (b"proxy-authenticate", b"p"), (b"upgrade", b"x")],
+    ]  # fmt: skip
+    for upstream in replies:
+        assert client_response_lines(upstream, "RID") == _lines(client_response_headers(upstream, "RID"))
 
 
 def test_caller_is_the_signature_key_id() -> None:

@@ -41,7 +41,7 @@ from dockyard.gateway.balancer import Balancer
 from dockyard.gateway.body import KEEP_FOR_RETRY_BYTES, METHODS_WITH_BODY, ClientGone, RequestBody, check_framing, read_small
 from dockyard.gateway.direct import UNANSWERED_KEY, DirectReply
 from dockyard.gateway.exchange import Exchange
-from dockyard.gateway.headers import caller, request_id, upstream_request_headers
+from dockyard.gateway.headers import caller, request_id, upstream_request_headers, upstream_request_lines
 from dockyard.gateway.metrics import GatewayMetrics
 from dockyard.gateway.options import GatewayOptions
 from dockyard.gateway.pool import UpstreamPool
@@ -204,9 +204,13 @@ class Gateway:
             caller(headers.get(b"authorization")),
         )  # fmt: skip
         client = scope.get("client")
-        forwarded = upstream_request_headers(scope["headers"], ex.request_id, client[0] if client else None, "http", headers)
+        formatted = upstream_request_lines(scope["headers"], headers, ex.request_id, client[0] if client else None)
         try:
-            head = UpstreamConnection.head(b"POST", route.predict_path.encode("latin-1"), [(b"host", backend.authority), *forwarded])
+            if formatted is None:  # Connection or X-Forwarded-For: filtered the general way
+                forwarded = upstream_request_headers(scope["headers"], ex.request_id, client[0] if client else None, "http", headers)
+                head = UpstreamConnection.head(b"POST", route.predict_path.encode("latin-1"), [(b"host", backend.authority), *forwarded])
+            else:
+                head = UpstreamConnection.formatted_head(b"POST", route.predict_path.encode("latin-1"), backend.authority, *formatted)
         except (httpx.LocalProtocolError, UnicodeEncodeError):
             self.transport.checkin(connection, True)  # unused: the general path refuses the request
             self.balancer.unused(route)

@@ -38,7 +38,7 @@ from dockyard.errors import DockyardError
 from dockyard.gateway import deadlines
 from dockyard.gateway.balancer import Upstream
 from dockyard.gateway.exchange import Exchange
-from dockyard.gateway.headers import client_response_headers
+from dockyard.gateway.headers import client_response_headers, client_response_lines
 from dockyard.gateway.replies import BadGateway, broke_off, error_document, failed_before_reply, no_reply_in_time
 from dockyard.gateway.upstream import ClosedUnanswered, Reply, ResetUnanswered, UpstreamConnection
 
@@ -106,7 +106,12 @@ class DirectReply(Reply):
         if upstream.ejected:
             self.gateway.balancer.admit(upstream)
         try:
-            self.cycle.start_response(self.status, client_response_headers(self.headers, ex.request_id, self.connection_header))
+            if self.connection_header:  # it may name more headers to drop
+                self.cycle.start_response(self.status, client_response_headers(self.headers, ex.request_id))
+            else:
+                lines, count = client_response_lines(self.headers, ex.request_id)
+                length = self.content_length
+                self.cycle.start_formatted(self.status, lines, count, -1 if length is None else int(length))
         except RuntimeError as exc:  # a header that would split the response: nothing was written
             self._refuse(BadGateway(f"the model server on instance {upstream.backend.instance_id} sent a reply the gateway cannot relay ({exc})"))
             return

@@ -201,9 +201,16 @@ class Cycle:
         if not more:
             self._finish()
 
+    def start_formatted(self, status: int, lines: bytes, count: int, length: int) -> None:
+        """`start_response` for headers already formatted: `count` lines of `name: value\\r\\n`
+        (relayed by the gateway), none of them `connection` or `transfer-encoding`; `length` is
+        the content-length among them, or -1. Raises RuntimeError as `start_response` does."""
+        self.pending_head = self._framed(status, lines, count, length, False, self.keep_alive, False, None)
+        self.started = True
+
     def _head(self, status: int, headers: Any) -> bytes:
         """The response head; raises RuntimeError for a header that would split the response."""
-        parts = [status_line(status), self.conn.server.default_head]
+        parts = []
         keep_alive = self.keep_alive
         closing = False  # the app wrote `connection: close` itself
         length = -1
@@ -222,21 +229,27 @@ class Cycle:
             elif name == b"transfer-encoding":
                 chunked = value.lower() == b"chunked"
             parts += (name, b": ", value, b"\r\n")
-        lines = 3 + (len(parts) - 2) // 4  # status, server, date and the app's headers
+        return self._framed(status, b"".join(parts), len(parts) // 4, length, chunked, keep_alive, closing, headers)
+
+    def _framed(self, status: int, lines: bytes, count: int, length: int, chunked: bool, keep_alive: bool, closing: bool,
+                headers: Any) -> bytes:  # fmt: skip
+        """The head around the app's header lines (`count` of them): the status line, the
+        server's own headers, the framing and connection headers the app did not write."""
         body_allowed = not self.is_head and status >= 200 and status not in NO_BODY_STATUSES
+        count += 4  # the status line, server, date, and the empty line that ends the head
+        tail = b"\r\n"
         if length < 0 and not chunked and body_allowed:
             chunked = True
-            parts.append(b"transfer-encoding: chunked\r\n")
-            lines += 1
+            tail = b"transfer-encoding: chunked\r\n" + tail
+            count += 1
         if not keep_alive and not closing:
-            parts.append(b"connection: close\r\n")
-            lines += 1
-        parts.append(b"\r\n")
-        head = b"".join(parts)
+            tail = b"connection: close\r\n" + tail
+            count += 1
+        head = b"".join((status_line(status), self.conn.server.default_head, lines, tail))
         # One count over the whole head rather than a search per header: every CR and LF must
         # be one of the line ends written above, and no NUL may appear.
-        if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1 or b"\0" in head:
-            raise RuntimeError(f"response header {_offending(headers)!r} holds CR, LF or NUL")
+        if head.count(b"\n") != count or head.count(b"\r") != count or b"\0" in head:
+            raise RuntimeError(f"response header {_offending(headers) if headers is not None else lines!r} holds CR, LF or NUL")
         self.keep_alive = keep_alive
         self.body_allowed = body_allowed
         self.chunked = chunked and body_allowed

@@ -27,6 +27,8 @@ from dockyard.gateway import deadlines
 READ_HIGH_WATER = 256 * 1024
 Headers = list[tuple[bytes, bytes]]
 _NO_BODY_STATUS = frozenset({204, 304})
+# The reply headers `on_header` notes besides keeping them (most replies carry two of these).
+_NOTED = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"connection"})
 
 
 class ClosedUnanswered(httpx.RemoteProtocolError):
@@ -52,7 +54,7 @@ class Reply:
 
     def __init__(self, connection: UpstreamConnection) -> None:
         self.status = 0
-        self.headers: Headers = []
+        self.headers: Headers = []  # names lower-cased
         self.content_type: bytes | None = None
         self.content_length: bytes | None = None
         self.chunked = False
@@ -235,6 +237,15 @@ class UpstreamConnection(asyncio.Protocol):
             raise httpx.LocalProtocolError("a request header or the request target holds a line break or a space")
         return head
 
+    @staticmethod
+    def formatted_head(method: bytes, target: bytes, host: bytes, lines: bytes, count: int) -> bytes:
+        """`head` for headers already formatted (`count` lines of `name: value\\r\\n`) after
+        `host`. Raises httpx.LocalProtocolError as `head` does."""
+        head = b"%b %b HTTP/1.1\r\nhost: %b\r\n%b\r\n" % (method, target, host, lines)
+        if head.count(b"\n") != count + 3 or head.count(b"\r") != count + 3 or target.count(b" "):
+            raise httpx.LocalProtocolError("a request header or the request target holds a line break or a space")
+        return head
+
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
@@ -346,16 +357,18 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         reply = self.reply
         assert reply is not None
+        name = name.lower()  # kept lower-cased: every reader of the reply's headers compares them so
         reply.headers.append((name, value))
-        lowered = name.lower()
-        if lowered == b"content-length":
-            reply.content_length = value
-        elif lowered == b"content-type":
-            reply.content_type = value
-        elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
-            reply.chunked = True
-        elif lowered == b"connection":
-            reply.connection_header = True
+        if name in _NOTED:
+            if name == b"content-length":
+                reply.content_length = value
+            elif name == b"content-type":
+                reply.content_type = value
+            elif name == b"transfer-encoding":
+                if b"chunked" in value.lower():
+                    reply.chunked = True
+            else:
+                reply.connection_header = True
 
     def on_headers_complete(self) -> None:
         reply = self.reply
