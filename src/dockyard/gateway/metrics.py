@@ -6,10 +6,10 @@ Total latency and upstream latency are separate histograms, and their difference
 model's. Requests for deployments that do not exist are labelled `deployment="-"`: ids taken
 from arbitrary URLs must not grow the label set without bound.
 
-The request path only adds a request to plain counters and lists of its deployment (`observe`:
-a count per status, its latencies, byte sums), and the in-flight gauge reads the balancer's
-counts: a prometheus_client update takes a lock per value, eleven of them per request, which
-cost more than routing it. `flush()` moves what was recorded into the
+The request path only appends a request's figures (a tuple: status, latencies, bytes) to the
+list of its deployment (`observe`), and the in-flight gauge reads the balancer's counts: a
+prometheus_client update takes a lock per value, eleven of them per request, which cost more
+than routing it. `flush()` moves what was recorded into the
 Prometheus objects; it runs every `flush_interval_s` on the event loop and before every
 exposition from this process, so a scrape of this registry is always current, and a worker's
 figures reach the multiprocess files (`--gateway-workers N`) within `flush_interval_s`.
@@ -20,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
+import collections
+from itertools import compress, repeat
+from operator import is_not, itemgetter, sub
 from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +32,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from dockyard.gateway.accesslog import AccessEntry
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# The fields of a request `observe` keeps.
+_STATUS, _LATENCY, _UPSTREAM, _BYTES_IN, _BYTES_OUT = (itemgetter(n) for n in range(5))
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
@@ -49,8 +54,9 @@ class GatewayMetrics:
         them (it needs the count anyway, for the 429 limit); read at each flush."""
         self.flush_interval_s = flush_interval_s
         # Added up on the request path per deployment label, moved into the Prometheus objects by flush().
-        self._windows: dict[str, _Window] = {}
-        self._overhead: list[float] = []  # total minus upstream, in ms, of each request since the flush
+        # Each request since the flush, by deployment label: (status, latency ms, upstream ms or
+        # None, bytes in, bytes out).
+        self._windows: dict[str, list[tuple[int, float, float | None, int, int]]] = {}
         self._inflight: Mapping[str, int] = inflight if inflight is not None else {}
         self._inflight_shown: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -102,17 +108,9 @@ class GatewayMetrics:
         label = entry.deployment_id if known_deployment and entry.deployment_id else "-"
         window = self._windows.get(label)
         if window is None:
-            window = self._windows[label] = _Window()
-        statuses = window.statuses
-        statuses[entry.status] = statuses.get(entry.status, 0) + 1
-        latency_ms = entry.latency_ms
-        window.latency.append(latency_ms)
-        upstream_ms = entry.upstream_ms
-        if upstream_ms is not None:
-            window.upstream.append(upstream_ms)
-            self._overhead.append(latency_ms - upstream_ms if latency_ms > upstream_ms else 0.0)
-        window.bytes_in += entry.bytes_in
-        window.bytes_out += entry.bytes_out
+            window = self._windows[label] = []
+        # Only what the flush needs, in a tuple (of numbers: the garbage collector stops tracking it).
+        window.append((entry.status, entry.latency_ms, entry.upstream_ms, entry.bytes_in, entry.bytes_out))
         if self._timer is None:
             self._schedule()
 
@@ -135,20 +133,27 @@ class GatewayMetrics:
         """Move the recorded requests and the in-flight counts into the Prometheus objects:
         summed per label first, so a flush costs one update per label and bucket, not per request."""
         windows, self._windows = self._windows, {}
-        overhead, self._overhead = self._overhead, []
-        for label, window in windows.items():
-            for status, n in window.statuses.items():
+        overhead: list[float] = []
+        for label, requests in windows.items():
+            # Counted, listed and summed in C (map, compress): a flush handles a second's requests.
+            for status, n in collections.Counter(map(_STATUS, requests)).items():
                 count = self._counts.get((label, status))
                 if count is None:
                     count = self._counts[(label, status)] = self.requests.labels(label, str(status))
                 count.inc(n)
             children = self.children(label)
-            _into(children.latency, _LATENCY_BUCKETS, window.latency)
-            _into(children.upstream_latency, _LATENCY_BUCKETS, window.upstream)
-            if window.bytes_in:
-                children.bytes_in.inc(window.bytes_in)
-            if window.bytes_out:
-                children.bytes_out.inc(window.bytes_out)
+            latency = list(map(_LATENCY, requests))
+            _into(children.latency, _LATENCY_BUCKETS, latency)
+            reached = list(compress(requests, map(is_not, map(_UPSTREAM, requests), repeat(None))))  # an instance answered
+            upstream = list(map(_UPSTREAM, reached))
+            _into(children.upstream_latency, _LATENCY_BUCKETS, upstream)
+            overhead += map(max, map(sub, map(_LATENCY, reached), upstream), repeat(0.0))
+            bytes_in = sum(map(_BYTES_IN, requests))
+            if bytes_in:
+                children.bytes_in.inc(bytes_in)
+            bytes_out = sum(map(_BYTES_OUT, requests))
+            if bytes_out:
+                children.bytes_out.inc(bytes_out)
         _into(self.overhead, _OVERHEAD_BUCKETS, overhead)
         shown, counts = self._inflight_shown, self._inflight
         for label in [*shown, *(label for label in counts if label not in shown)]:
@@ -213,16 +218,3 @@ def _into(histogram: Any, bounds: tuple[float, ...], values_ms: list[float]) -> 
     if len(values) > below:
         buckets[len(bounds)].inc(len(values) - below)  # +Inf
     histogram._sum.inc(sum(values))
-
-
-class _Window:
-    """What one deployment label's requests added up to since the last flush."""
-
-    __slots__ = ("statuses", "latency", "upstream", "bytes_in", "bytes_out")
-
-    def __init__(self) -> None:
-        self.statuses: dict[int, int] = {}
-        self.latency: list[float] = []  # ms, one per request
-        self.upstream: list[float] = []  # ms, one per request that reached an instance
-        self.bytes_in = 0
-        self.bytes_out = 0
