@@ -25,9 +25,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
 from dockyard.gateway.accesslog import AccessEntry, field_values
 

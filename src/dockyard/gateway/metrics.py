@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import os
 import collections
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import is_not, itemgetter, sub
-from dataclasses import dataclass
-from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
@@ -32,9 +32,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from dockyard.gateway.accesslog import AccessEntry
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-# The fields of a request `observe` keeps.
-_STATUS, _LATENCY, _UPSTREAM, _BYTES_IN, _BYTES_OUT = (itemgetter(n) for n in range(5))
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+# The figures of a request `observe` keeps, in its tuple.
+_STATUS, _LATENCY, _UPSTREAM, _BYTES_IN, _BYTES_OUT = (itemgetter(n) for n in range(5))
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,8 @@ class GatewayMetrics:
         """`inflight`: requests being proxied now by deployment, as the gateway's balancer counts
         them (it needs the count anyway, for the 429 limit); read at each flush."""
         self.flush_interval_s = flush_interval_s
-        # Added up on the request path per deployment label, moved into the Prometheus objects by flush().
         # Each request since the flush, by deployment label: (status, latency ms, upstream ms or
-        # None, bytes in, bytes out).
+        # None, bytes in, bytes out); moved into the Prometheus objects by flush().
         self._windows: dict[str, list[tuple[int, float, float | None, int, int]]] = {}
         self._inflight: Mapping[str, int] = inflight if inflight is not None else {}
         self._inflight_shown: dict[str, int] = {}
