@@ -198,6 +198,7 @@ class Result:
     errors: int
     overhead_ms: float | None = None  # the gateway's own measure, mean per request
     cpu_us: float | None = None  # CPU time of the proxy's processes per request (user + system)
+    upstream_cpu_us: float | None = None  # the upstream's CPU time per request, behind this target
 
 
 def cpu_seconds(root: int) -> float:
@@ -300,7 +301,8 @@ def gateway_totals(port: int) -> tuple[float, float] | None:
 
 
 def measure(args: argparse.Namespace, target: str, url: str, headers: dict[str, str], workdir: Path,
-            metrics_port: int | None = None, process: subprocess.Popen[bytes] | None = None) -> Result:  # fmt: skip
+            metrics_port: int | None = None, process: subprocess.Popen[bytes] | None = None,
+            upstream: subprocess.Popen[bytes] | None = None) -> Result:  # fmt: skip
     """A 2 s warm-up (connection pools, route cache), then the measured run."""
     script = lua_script(workdir, headers)
     load = (lambda d: run_wrk(target, url, args.connections, d, args.threads, script)) if shutil.which("wrk") else (
@@ -308,9 +310,13 @@ def measure(args: argparse.Namespace, target: str, url: str, headers: dict[str, 
     load(2)
     before = gateway_totals(metrics_port) if metrics_port else None
     cpu_before = cpu_seconds(process.pid) if process else 0.0
+    upstream_before = cpu_seconds(upstream.pid) if upstream else 0.0
     result = load(args.duration)
+    requests = max(1.0, result.rps * args.duration)
     if process:
-        result.cpu_us = (cpu_seconds(process.pid) - cpu_before) / max(1.0, result.rps * args.duration) * 1e6
+        result.cpu_us = (cpu_seconds(process.pid) - cpu_before) / requests * 1e6
+    if upstream:
+        result.upstream_cpu_us = (cpu_seconds(upstream.pid) - upstream_before) / requests * 1e6
     after = gateway_totals(metrics_port) if metrics_port else None
     if before and after and after[1] > before[1]:
         result.overhead_ms = (after[0] - before[0]) / (after[1] - before[1]) * 1000
@@ -368,7 +374,7 @@ def orchestrate(args: argparse.Namespace) -> None:
         # ratios are taken within a round (targets measured seconds apart), then their median.
         rounds: list[list[Result]] = []
         for number in range(args.rounds):
-            rounds.append([measure(args, t.name, t.url, t.headers(), workdir, t.metrics_port, t.process) for t in targets])
+            rounds.append([measure(args, t.name, t.url, t.headers(), workdir, t.metrics_port, t.process, upstream) for t in targets])
             if args.rounds > 1:
                 print(f"round {number + 1}: " + ", ".join(f"{r.target} {r.rps:.0f}" for r in rounds[-1]) + " req/s", flush=True)
         report(rounds)
@@ -386,7 +392,7 @@ def report(rounds: list[list[Result]]) -> None:
     """Per target, the median over rounds of each figure, and of each round's ratios."""
     names = [r.target for r in rounds[0]]
     nginx_at = names.index("nginx") if "nginx" in names else None
-    print(f"\n{'target':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'+p50 ms':>9}{'CPU us':>8}"
+    print(f"\n{'target':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'+p50 ms':>9}{'CPU us':>8}{'up us':>7}"
           f"   vs direct (req/s, p50)   vs nginx (req/s)   gateway's own overhead")  # fmt: skip
     spreads = []
     for at, name in enumerate(names):
@@ -405,8 +411,10 @@ def report(rounds: list[list[Result]]) -> None:
         cpus = [r.cpu_us for r in mine if r.cpu_us is not None]
         overheads = [r.overhead_ms for r in mine if r.overhead_ms is not None]
         cpu = f"{median(cpus):.0f}" if cpus else "-"
+        ups = [r.upstream_cpu_us for r in mine if r.upstream_cpu_us is not None]
+        up = f"{median(ups):.0f}" if ups else "-"
         own = f"{median(overheads):.3f} ms mean" if overheads else ""
-        print(f"{name:<18}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}{sum(r.errors for r in mine):>8}{added:>9.2f}{cpu:>8}"
+        print(f"{name:<18}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}{sum(r.errors for r in mine):>8}{added:>9.2f}{cpu:>8}{up:>7}"
               f"   {vs_direct:>5.2f}x, {vs_direct_p50:>5.2f}x{versus_nginx:>19}   {own}")  # fmt: skip
     if spreads:
         print("\nvs nginx in each round: " + "; ".join(spreads))
@@ -414,6 +422,8 @@ def report(rounds: list[list[Result]]) -> None:
           "\n+p50: p50 added over direct. Goal: gateway >= 0.5x nginx's req/s, < 1 ms added p50."
           "\nCPU us: CPU time (user + system) of that server's processes per request (the upstream's for direct,"
           "\n  nginx's, the gateway's: supervisor and workers)."
+          "\nup us: the upstream's CPU time per request behind that target. It rises as the upstream is woken for"
+          "\n  fewer requests at a time (a slower proxy in front), which is part of what a proxy costs on a shared machine."
           "\nThe gateway's own overhead: total minus upstream time per request, from its metrics (measured run only).")  # fmt: skip
 
 
