@@ -172,22 +172,26 @@ def two_instances_on(deployments: Deployments, server: RawServer) -> str:
 
 
 @pytest.mark.parametrize("action", ["drop", "reset"])
+@pytest.mark.parametrize("caller_id", [None, "caller-id.1", "not a token!"])  # none, kept, replaced by one made
 async def test_a_kept_alive_request_dropped_unanswered_goes_to_another_instance_with_its_id(
     scripted: Any,
-    store: Any, deployments: Deployments, action: str, caplog: pytest.LogCaptureFixture
+    store: Any, deployments: Deployments, action: str, caller_id: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream = scripted("ok", action)
     app, entries = gateway_with_log(store)
     deployment_id = two_instances_on(deployments, upstream)
     async with Served(app) as served:
         assert (await served.predict(deployment_id)).status_code == 200  # opens the connection
-        reply = await served.predict(deployment_id)  # relayed directly, dropped, handed over
+        headers = {"opc-request-id": caller_id} if caller_id else {}
+        reply = await served.predict(deployment_id, headers=headers)  # relayed directly, dropped, handed over
     assert reply.status_code == 200 and reply.json() == {"n": 3}, reply.text
     assert served.asgi_calls == 2  # the first request, and the hand-over
     assert [r.module for r in caplog.records if "unanswered" in r.getMessage()] == ["direct"]
     # The same request, with the same id, reached the other instance (a new connection).
     assert len(upstream.heads) == 3 and request_id_of(upstream.heads[1]) == request_id_of(upstream.heads[2])
     assert reply.headers["opc-request-id"] == request_id_of(upstream.heads[1])
+    assert (reply.headers["opc-request-id"] == caller_id) is (caller_id == "caller-id.1")
+    assert upstream.heads[2].lower().count(b"opc-request-id:") == 1
     assert upstream.heads[1].split(b"\r\n")[0] == upstream.heads[2].split(b"\r\n")[0] == b"POST /predict HTTP/1.1"
     entry = entries[1]
     assert entry.status == 200 and entry.attempts == 2 and entry.request_id == reply.headers["opc-request-id"]

@@ -261,9 +261,11 @@ class DirectReply(Reply):
         cycle = self.cycle
         scope = cycle.scope
         scope[UNANSWERED_KEY] = why
+        # The retry carries this exchange's id: the caller's (a sane one is kept as it came), or the
+        # one made for it when the caller sent none or one that is not a token.
         headers = scope["headers"]
-        if not any(name == b"opc-request-id" for name, _ in headers):  # the id made for it, on the retry too
-            headers.append((b"opc-request-id", self.ex.request_id.encode()))
+        headers[:] = [header for header in headers if header[0] != b"opc-request-id"]
+        headers.append((b"opc-request-id", self.ex.request_id.encode()))
         cycle.give_back_body(body)
         cycle.conn.call_app(cycle)
 
