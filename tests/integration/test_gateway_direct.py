@@ -24,7 +24,7 @@ from tests.integration.test_gateway_harness import (  # noqa: F401 (fixtures)
     store,
     upstreams,
 )
-from tests.support.raw_server import RawServer
+from tests.support.raw_server import RawServer, read_request
 
 BODY = b'{"inputs": [[1, 2, 3]]}'
 
@@ -75,16 +75,10 @@ class Scripted(RawServer):
     def handle(self, conn: socket.socket) -> None:
         buffer = b""
         while True:
-            while b"\r\n\r\n" not in buffer:
-                more = conn.recv(65536)
-                if not more:
-                    return
-                buffer += more
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
-            while len(buffer) < length:
-                buffer += conn.recv(65536)
-            buffer = buffer[length:]
+            request = read_request(conn, buffer)
+            if request is None:
+                return
+            head, _, buffer = request
             self.heads.append(head)
             action = self.actions.pop(0) if self.actions else "ok"
             if action == "drop":

@@ -27,6 +27,7 @@ import uvicorn
 
 from dockyard.gateway import Gateway, create_gateway
 from dockyard.store.metadata import InstanceRecord, Record, SqlMetadataStore, now_iso
+from tests.support.raw_server import read_request
 
 Scope = dict[str, Any]
 
@@ -300,24 +301,10 @@ class CutServer:
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, rest = data.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(rest) < length:
-                more = conn.recv(65536)
-                if not more:
-                    break
-                rest += more
-            path = head.split(b" ")[1]
+            request = read_request(conn)
+            if request is None:
+                return
+            path = request[0].split(b" ")[1]
             if path.startswith(b"/sse"):
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
                 for i in range(2):

@@ -20,7 +20,7 @@ from tests.integration.test_gateway_harness import (  # noqa: F401 (fixtures)
     store,
     upstreams,
 )
-from tests.support.raw_server import RawServer
+from tests.support.raw_server import RawServer, read_request
 
 
 class Dropper(RawServer):
@@ -34,17 +34,7 @@ class Dropper(RawServer):
 
     def handle(self, conn: socket.socket) -> None:
         conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(65536) or b"\r\n\r\n"
-        head, _, rest = data.partition(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
-        while len(rest) < length:
-            more = conn.recv(65536)
-            if not more:
-                break
-            rest += more
+        read_request(conn)  # the whole request (or what came before the connection closed), then the misbehaviour
         self.received += 1
         if self.mode == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

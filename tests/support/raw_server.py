@@ -7,6 +7,30 @@ import socket
 import threading
 
 
+def read_request(conn: socket.socket, buffer: bytes = b"") -> tuple[bytes, bytes, bytes] | None:
+    """One HTTP/1.1 request read from `conn` (after the bytes already in `buffer`): its head
+    (request line and headers, without the blank line), its body (as long as its Content-Length,
+    or what came before the connection closed) and the bytes read past it. None when the
+    connection closes before a whole head."""
+    while b"\r\n\r\n" not in buffer:
+        more = conn.recv(65536)
+        if not more:
+            return None
+        buffer += more
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        more = conn.recv(65536)
+        if not more:
+            break
+        rest += more
+    return head, rest[:length], rest[length:]
+
+
 class RawServer:
     """Accepts connections in a thread and gives each to `handle` (override it); the connection
     is closed when `handle` returns. `port` is where it listens; `stop()` ends it."""
