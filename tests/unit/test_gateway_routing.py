@@ -111,6 +111,32 @@ async def test_route_table_answers_a_just_expired_route_while_one_read_refreshes
     assert source.reads == 2
 
 
+async def test_fresh_answers_as_get_would_without_waiting() -> None:
+    """The direct path asks `fresh` (it cannot wait): a just-expired route is answered and one
+    read refreshes it, as `get` does; a route expired longer ago, or never read, is not."""
+    now = [0.0]
+    source = CountingSource({"md1": record()})
+    table = RouteTable(source, ttl_s=0.5, clock=lambda: now[0])
+    assert table.fresh("md1") is None and source.reads == 0  # never read: the caller must `get` it
+    first = await table.get("md1")
+    now[0] = 0.4
+    assert table.fresh("md1") is first and not table._pending  # noqa: SLF001 (not expired: no read)
+    source.records["md1"] = record("INACTIVE")
+    now[0] = 0.6  # expired 0.1 s ago: within the stale window
+    assert all(table.fresh("md1") is first for _ in range(20))
+    pending = table._pending.get("md1")  # noqa: SLF001 (the one refresh the calls started)
+    assert pending is not None
+    await pending
+    assert source.reads == 2
+    refreshed = table.fresh("md1")
+    assert refreshed is not None and refreshed.state == "INACTIVE"
+    now[0] = 1.2  # the refreshed route (read at 0.6) expired 0.1 s ago: answered, read again
+    assert table.fresh("md1") is refreshed
+    await table._pending["md1"]  # noqa: SLF001
+    now[0] = 10.0
+    assert table.fresh("md1") is None and not table._pending  # noqa: SLF001 (the caller waits in `get`)
+
+
 async def test_route_table_unknown_and_deleted_are_none() -> None:
     table = RouteTable(CountingSource({"gone": record("DELETED")}), ttl_s=1)
     assert await table.get("nope") is None
