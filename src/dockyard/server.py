@@ -26,6 +26,7 @@ from dockyard.auth.principals import PrincipalStore
 from dockyard.auth.signing import Verifier
 from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
 from dockyard.gateway.accesslog import DurableAccessLog
+from dockyard.gateway.compose import Beside
 from dockyard.reconciler.loop import Reconciler
 from dockyard.reconciler.predict_logs import collect_predict_logs
 from dockyard.runtimes.base import Runtime
@@ -192,7 +193,8 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 def serve_all(control_plane: FastAPI, settings: Settings) -> Any:
     """One ASGI app for one port: /20190101/... to the control plane, /metrics to the gateway's
-    metrics, every other path (`/<deploymentId>/predict` ...) to the gateway."""
+    metrics, every other path (`/<deploymentId>/predict` ...) to the gateway, whose `direct` is
+    offered the requests on its paths first (dockyard's own server, gateway/httpserver.py)."""
     server: Server = control_plane.state.server
     gateway = gateway_for(settings, server.services.store, server.services.logs)
     metrics = gateway_metrics_app(gateway)
@@ -200,11 +202,21 @@ def serve_all(control_plane: FastAPI, settings: Settings) -> Any:
         home = AccessStore(server.services.store.engine, server.services.store.writer, realm=settings.realm).home_tenancy
         metrics = signed(HomeAdministratorsOnly(metrics, home), server.verifier, settings, max_body_bytes=0)
     both = beside(control_plane, signed(gateway, server.verifier, settings, max_body_bytes=settings.gateway_max_body_bytes))
+    return _WithMetrics(both, metrics)
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
+
+class _WithMetrics:
+    """`both`, with /metrics beside it."""
+
+    def __init__(self, both: Beside, metrics: Any) -> None:
+        self.both = both
+        self.metrics = metrics
+
+    def direct(self, cycle: Any) -> bool:
+        return cycle.scope["path"] != "/metrics" and self.both.direct(cycle)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("path") == "/metrics":
-            await metrics(scope, receive, send)
+            await self.metrics(scope, receive, send)
         else:
-            await both(scope, receive, send)
-
-    return app
+            await self.both(scope, receive, send)

@@ -339,6 +339,36 @@ def test_the_gateway_role_app_offers_its_requests_to_the_direct_path() -> None:
     assert direct is not None and direct(Cycle()) is True and len(offered) == 1
 
 
+async def test_dockyard_serve_offers_predicts_to_the_direct_path_and_nothing_else(tmp_path: Any, upstreams: Upstreams) -> None:
+    """`dockyard serve` (the control plane and the gateway on one port, `serve_all`) on
+    dockyard's own server: predicts are relayed directly as under `--role gateway`; the control
+    plane's requests, /health and /metrics take their ASGI calls."""
+    from dockyard.server import create_app, serve_all
+    from dockyard.settings import Settings
+    from tests.integration.test_gateway_harness import Deployments as Writer
+
+    settings = Settings(data_dir=tmp_path, runtime="fake", insecure_no_auth=True, gateway_route_cache_ttl_s=60.0)
+    application = create_app(settings)
+    server = application.state.server
+    deployment_id = Writer(server.services.store).add([upstreams.echo[0].port])
+    served = Served(serve_all(application, settings))
+    served.gateway = served.app.app.both.gateway  # the signature check around the gateway (closed on the way out)
+    try:
+        async with served:
+            assert served.client is not None
+            replies = [await served.predict(deployment_id) for _ in range(4)]
+            assert [r.status_code for r in replies] == [200] * 4 and all(r.json()["body_len"] == len(BODY) for r in replies)
+            assert served.asgi_calls == 1  # the first opened the connection; three went directly
+            projects = await served.client.get("/20190101/projects", params={"compartmentId": "ocid1.compartment.oc1..test"})
+            health = await served.client.get("/health")
+            metrics = await served.client.get("/metrics")
+            assert projects.status_code == 200 and health.status_code == 200, (projects.text, health.text)
+            assert metrics.status_code == 200 and "dockyard_gateway_requests_total" in metrics.text
+            assert served.asgi_calls == 4
+    finally:
+        server.services.store.close()
+
+
 async def test_signed_predicts_are_relayed_directly_once_their_key_is_known(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:
     import oci
     import requests

@@ -57,9 +57,6 @@ def serve(
     ),
 ) -> None:
     """Run the control plane, the reconciler and the gateway in one process."""
-    import uvicorn
-
-    from dockyard.heap import freeze_startup_objects
     from dockyard.server import create_app, serve_all
     from dockyard.settings import Settings
 
@@ -117,10 +114,11 @@ def serve(
         console.print("[yellow]--insecure-no-auth:[/] unsigned requests act as an anonymous administrator")
     for line in client_hints(application.state.server.admin_config):
         console.print(line, highlight=False, soft_wrap=True)
-    served = serve_all(application, settings)
-    freeze_startup_objects()
-    uvicorn.run(served, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                timeout_keep_alive=int(settings.keep_alive_s))  # fmt: skip
+    # dockyard's own HTTP server, as for --role gateway: it offers predicts to the gateway's
+    # direct path first (the control plane's requests go to its ASGI app as with any server).
+    from dockyard.gateway.httpserve import serve as serve_http
+
+    serve_http(serve_all(application, settings), host=settings.host, port=settings.port, keep_alive_s=settings.keep_alive_s)
 
 
 if __name__ == "__main__":

@@ -107,8 +107,7 @@ class Gateway:
     def flush_at_close(self, flush: Callable[[], None]) -> None:
         """Call `flush` (blocking: it runs in a thread) when the gateway closes: on the ASGI
         lifespan shutdown when it runs alone, in `aclose()` when composed beside the control
-        plane. The durable access log writes its queued entries there: the process ends right
-        after (on SIGTERM uvicorn re-raises the signal, so exit handlers never run)."""
+        plane. The durable access log writes its queued entries there, before the process ends."""
         self._at_close.append(flush)
 
     async def aclose(self) -> None:

@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 server for ASGI 3 apps, serving the gateway role.
+"""A small HTTP/1.1 server for ASGI 3 apps, serving `dockyard serve` in both roles.
 
 The gateway proxies many small requests, and a general-purpose ASGI server spends more CPU per
 request than the proxying itself: an Event and a keep-alive timer per request, a middleware
