@@ -7,6 +7,7 @@ the gateway answers itself is JSON with the right status.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -460,6 +461,34 @@ async def test_access_log_entry_per_request(
     logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "dockyard.access"]
     assert [line["status"] for line in logged] == [200, 404]
     assert logged[0]["request_id"] == "REQ-1"
+
+
+@pytest.mark.parametrize("declared", [1000, 3 * 1024 * 1024], ids=["small body", "streamed body"])
+async def test_a_caller_that_hangs_up_mid_body_is_logged_499_with_the_bytes_it_sent(
+    store: Any, deployments: Deployments, upstreams: Upstreams, declared: int
+) -> None:
+    """A small body is read whole before it goes upstream, a large one streams: either way the
+    access entry of a caller gone mid-body says 499 and counts the bytes that did come."""
+    from tests.integration.test_gateway_harness import OwnServerClient
+
+    entries: list[AccessEntry] = []
+    app = create_gateway(store, access_sink=entries.append)
+    deployment_id = deployments.add([upstreams.echo[0].port])
+    sent = 600 if declared < 1024 * 1024 else 1024 * 1024
+    served = OwnServerClient(app)
+    async with served:
+        with socket.create_connection(("127.0.0.1", served.server.port)) as sock:
+            sock.sendall(b"POST /%b/predict HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % (deployment_id.encode(), declared))
+            sock.sendall(b"x" * sent)
+            await asyncio.sleep(0.3)  # the gateway has read what came
+        for _ in range(100):
+            if entries:
+                break
+            await asyncio.sleep(0.05)
+    await app.aclose()
+    assert len(entries) == 1, entries
+    assert entries[0].status == 499 and entries[0].error and "went away" in entries[0].error
+    assert entries[0].bytes_in == sent
 
 
 async def test_metrics_count_requests_and_latencies(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:

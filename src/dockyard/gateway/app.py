@@ -144,8 +144,9 @@ class Gateway:
         except DockyardError as exc:
             allow = [(b"allow", getattr(exc, "allow", "POST").encode())] if isinstance(exc, MethodNotAllowed) else None
             await self._fail(ex, send, exc, allow)
-        except ClientGone:
+        except ClientGone as gone:
             ex.status, ex.error = 499, "the caller went away while sending its body"
+            ex.bytes_in = max(ex.bytes_in, gone.received)  # a streamed body counted its own
         except Exception as exc:  # never a stack trace or an HTML page to the caller
             log.exception("request %s failed unexpectedly", ex.request_id)
             if not ex.response_started:

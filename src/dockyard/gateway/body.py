@@ -21,7 +21,11 @@ KEEP_FOR_RETRY_BYTES = 1024 * 1024
 
 
 class ClientGone(Exception):
-    """The caller disconnected before its request body was complete."""
+    """The caller disconnected before its request body was complete, after `received` bytes of it."""
+
+    def __init__(self, message: str, received: int = 0) -> None:
+        super().__init__(message)
+        self.received = received
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -58,7 +62,7 @@ async def read_small(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientGone("the caller went away while sending its request body")
+            raise ClientGone("the caller went away while sending its request body", received)
         chunk = message.get("body", b"")
         if chunk:
             received += len(chunk)
@@ -112,7 +116,7 @@ class RequestBody:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                raise ClientGone("the caller went away while sending its request body")
+                raise ClientGone("the caller went away while sending its request body", self.received)
             chunk = message.get("body", b"")
             if chunk:
                 self.received += len(chunk)
