@@ -134,6 +134,13 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'dockyard.db'}"
 
     @property
+    def database_for_display(self) -> str:
+        """`resolved_database_url` with any password masked: for logs and the console."""
+        from dockyard.store.metadata_engine import url_for_display
+
+        return url_for_display(self.resolved_database_url)
+
+    @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(help="dockyard: self-hosted bring-your-own-container model deployments.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -59,6 +60,7 @@ def serve(
     """Run the control plane, the reconciler and the gateway in one process."""
     from dockyard.server import create_app, serve_all
     from dockyard.settings import Settings
+    from dockyard.store.metadata import SqlMetadataStore
 
     from dockyard.auth.bootstrap import client_hints, require_safe_bind
     from dockyard.errors import DockyardError
@@ -70,11 +72,18 @@ def serve(
     try:
         require_safe_bind(settings.host, settings.insecure_no_auth)
     except DockyardError as exc:
-        console.print(f"[red]refusing to start:[/] {exc.message}")
+        console.print(f"[red]refusing to start:[/] {escape(exc.message)}")
         raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.apply_access_log_lines()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
+    try:
+        # Opened once up front: a database URL that is wrong, a driver missing or a database down
+        # is one clear line here rather than a traceback from whichever process opens it first.
+        SqlMetadataStore(settings.resolved_database_url).close()
+    except DockyardError as exc:
+        console.print(f"[red]refusing to start:[/] {escape(exc.message)}")
+        raise typer.Exit(2) from None
     if role == "gateway":
         from dockyard.cli.gateway_workers import default_workers, gateway_app, serve_workers
 
@@ -83,7 +92,7 @@ def serve(
             console.print(f"[red]--gateway-workers {workers}[/]: a gateway needs at least 1 worker process")
             raise typer.Exit(2)
         console.print(f"[bold]dockyard gateway[/] on [cyan]http://{settings.host}:{settings.port}[/] "
-                      f"({workers} worker{'s' if workers > 1 else ''}, routes from {settings.resolved_database_url})")  # fmt: skip
+                      f"({workers} worker{'s' if workers > 1 else ''}, routes from {settings.database_for_display})")  # fmt: skip
         if workers > 1:
             serve_workers(overrides, workers, log_level)
         else:

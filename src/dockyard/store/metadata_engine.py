@@ -13,10 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from dockyard.errors import DockyardError
+from dockyard.errors import DockyardError, ServiceUnavailable
 from dockyard.store import schema as t
 from dockyard.store.disk_full import report_full_disk
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The metadata store cannot be opened: a URL that is not one, a missing driver, a database
+    that does not answer. Raised at startup, where the message is all the user sees."""
+
+
+def url_for_display(url: str) -> str:
+    """A database URL with any password masked: for messages, logs and the console."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL at all: nothing of it is shown, it may hold a secret
+        return "(a database URL that cannot be read)"
 
 
 class MetadataEngine:
@@ -24,11 +39,23 @@ class MetadataEngine:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        # Reads and writes use separate engines on SQLite: writes begin IMMEDIATE (one writer at a
-        # time, waiting politely), reads stay deferred so they never wait for a writer (WAL).
-        self.engine: Engine = self._make_engine(url)
-        self.writer: Engine = self._make_engine(url, immediate=True) if url.startswith("sqlite") else self.engine
-        self.migrate()
+        shown = url_for_display(url)
+        try:
+            # Reads and writes use separate engines on SQLite: writes begin IMMEDIATE (one writer at a
+            # time, waiting politely), reads stay deferred so they never wait for a writer (WAL).
+            self.engine: Engine = self._make_engine(url)
+            self.writer: Engine = self._make_engine(url, immediate=True) if url.startswith("sqlite") else self.engine
+            self.migrate()
+        except ArgumentError:
+            raise StoreUnavailable("the database URL (DOCKYARD_DATABASE_URL) is not one dockyard can read; use "
+                                   "postgresql+psycopg://user:password@host:5432/dbname, or leave it empty for SQLite in "
+                                   "the data directory") from None  # fmt: skip
+        except (ModuleNotFoundError, NoSuchModuleError) as exc:
+            raise StoreUnavailable(f"the database {shown} needs a driver that is not installed ({exc}); for PostgreSQL "
+                                   "install psycopg: pip install 'psycopg[binary]' (or dockyard's [postgres] extra)") from None  # fmt: skip
+        except OperationalError as exc:
+            raise StoreUnavailable(f"cannot open the database {shown}: {str(exc.orig).strip()[:300]}; check that it runs and "
+                                   "that the URL's host, port, user, password and database name are right") from None  # fmt: skip
 
     @staticmethod
     def _make_engine(url: str, immediate: bool = False) -> Engine:
@@ -66,7 +93,7 @@ class MetadataEngine:
                 conn.execute(insert(t.schema_info).values(id=1, version=t.SCHEMA_VERSION))
             elif version > t.SCHEMA_VERSION:
                 raise DockyardError(
-                    f"the database at {self.url} has schema version {version}, newer than this dockyard "
+                    f"the database at {url_for_display(self.url)} has schema version {version}, newer than this dockyard "
                     f"({t.SCHEMA_VERSION}); upgrade dockyard or point it at another --data-dir"
                 )
 
