@@ -3,7 +3,9 @@ bounded memory under overload, retention by age and by count, positions stored w
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from dockyard.errors import InvalidParameter
 from dockyard.gateway.accesslog import AccessEntry
 from dockyard.store.logs import LogStore, log_time, parse_log_time
 from dockyard.store.metadata import Record, SqlMetadataStore
+from tests.support.postgres import fresh_database
 
 D1 = "ocid1.datasciencemodeldeployment.oc1.local.aaaaone"
 D2 = "ocid1.datasciencemodeldeployment.oc1.local.aaaatwo"
@@ -24,18 +27,28 @@ def deployment(deployment_id: str, **body: object) -> Record:
                   body={"compartmentId": "c", "lifecycleState": "ACTIVE", "timeCreated": log_time(), **body})
 
 
-@pytest.fixture()
-def metadata(tmp_path: Path) -> SqlMetadataStore:
-    store = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
-    store.insert(deployment(D1))
-    store.insert(deployment(D2))
-    yield store
-    store.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def metadata(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SqlMetadataStore]:
+    """The store on SQLite (the embedded default) and on PostgreSQL (DOCKYARD_DATABASE_URL),
+    whose entries are inserted through SQLAlchemy rather than the SQLite fast path."""
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'dockyard.db'}" if request.param == "sqlite" else stack.enter_context(fresh_database())
+        store = SqlMetadataStore(url)
+        stack.callback(store.close)
+        stack.callback(lambda: [_opened.pop().close() for _ in range(len(_opened))])
+        store.insert(deployment(D1))
+        store.insert(deployment(D2))
+        yield store
+
+
+_opened: list[LogStore] = []  # closed by the `metadata` fixture: no flusher outlives its database
 
 
 def quiet_store(metadata: SqlMetadataStore, **options: object) -> LogStore:
     """A store whose flusher never runs on its own: the test decides when to flush."""
-    return LogStore(metadata.engine, metadata.writer, flush_interval_s=3600, **options)  # type: ignore[arg-type]
+    logs = LogStore(metadata.engine, metadata.writer, flush_interval_s=3600, **options)  # type: ignore[arg-type]
+    _opened.append(logs)
+    return logs
 
 
 def messages(page: object) -> list[str]:
@@ -288,9 +301,12 @@ def test_entries_are_stored_in_order_across_many_row_inserts_and_their_remainder
     assert messages(logs.read(D1, limit=1000)) == [f"r{n}" for n in range(250)]
 
 
-def test_fields_are_stored_as_the_json_text_sqlalchemy_stored(metadata: SqlMetadataStore, tmp_path: Path) -> None:
-    """The driver-level insert stores byte for byte what an insert through SQLAlchemy's JSON
-    type stores (which other databases still use)."""
+def test_fields_are_stored_as_the_json_text_sqlalchemy_stored(tmp_path: Path) -> None:
+    """On SQLite, the driver-level insert stores byte for byte what an insert through
+    SQLAlchemy's JSON type stores (which other databases still use)."""
+    metadata = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
+    metadata.insert(deployment(D1))
+    metadata.insert(deployment(D2))
     fast = quiet_store(metadata, batch_max=120)
     mixed_entries(fast, 333)
     fast.flush()
@@ -310,6 +326,7 @@ def test_fields_are_stored_as_the_json_text_sqlalchemy_stored(metadata: SqlMetad
     assert {row[8] for row in rows if row[2] == "predict" and row[7] == "line 3"} == {"null"}
     [first] = [e for e in fast.read(D1, "predict", limit=1000).entries if e.message == "line 0"]
     assert first.fields == {"n": 0, "nested": [1.5, None, "é"]}
+    metadata.close()
 
 
 def test_fields_that_cannot_be_stored_lose_their_batch_only(metadata: SqlMetadataStore, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,57 @@
+"""Databases of their own on the PostgreSQL server `scripts/infra/postgres.sh` starts, for tests
+that run dockyard's store on PostgreSQL as well as on SQLite.
+
+`DOCKYARD_TEST_POSTGRES_URL` names the server (scripts/test exports what postgres.sh prints);
+without it the default of that script is tried. When no server answers, the test is skipped, or
+fails under DOCKYARD_TEST_REQUIRE_INFRA=1 (CI), naming the command that starts one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+DEFAULT_URL = "postgresql+psycopg://dockyard:dockyard@127.0.0.1:5432/postgres"
+
+
+def server_url() -> str:
+    return os.environ.get("DOCKYARD_TEST_POSTGRES_URL") or DEFAULT_URL
+
+
+def _unavailable(why: str) -> None:
+    message = f"no PostgreSQL server for the tests ({why}); run `bash scripts/infra/postgres.sh` (as root) first"
+    if os.environ.get("DOCKYARD_TEST_REQUIRE_INFRA") == "1":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """The URL of a new, empty database, dropped afterwards (with any connection left to it)."""
+    try:
+        import psycopg  # noqa: F401 (the driver dockyard's PostgreSQL URLs name)
+    except ImportError:
+        _unavailable("the psycopg driver is not installed: scripts/setup-python test")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    server = make_url(server_url())
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"dockyard_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        _unavailable(f"{server.render_as_string(hide_password=True)}: {str(exc.orig).strip()[:200]}")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
