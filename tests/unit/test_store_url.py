@@ -31,12 +31,13 @@ def test_a_database_url_is_shown_without_its_password(url: str, shown: str) -> N
     ("not a url :s3cret@", "is not one dockyard can read"),
     ("mysql://dockyard:s3cret@127.0.0.1/dockyard", "needs a driver that is not installed"),
     ("postgresql+psycopg://dockyard:s3cret@127.0.0.1:1/dockyard", "cannot open the database postgresql+psycopg://dockyard:***@127.0.0.1:1/dockyard"),
+    ("sqlite:////proc/s3cret/dockyard.db", "check that the data directory can be made and written"),
 ])  # fmt: skip
 def test_a_store_that_cannot_be_opened_says_why_without_the_password(url: str, says: str) -> None:
     pytest.importorskip("psycopg")
     with pytest.raises(StoreUnavailable) as raised:
         SqlMetadataStore(url)
-    assert says in raised.value.message and "s3cret" not in raised.value.message
+    assert says in raised.value.message and ":s3cret@" not in raised.value.message
 
 
 def test_dockyard_serve_refuses_to_start_on_a_database_it_cannot_open(tmp_path: Path) -> None:

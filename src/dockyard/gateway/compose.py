@@ -57,7 +57,7 @@ class Beside:
         return bool(self._gateway_direct(cycle))
 
 
-def beside(control_plane: Any, gateway: Gateway | Any, control_prefixes: tuple[str, ...] = CONTROL_PREFIXES,
+def beside(control_plane: Any, gateway: Gateway, control_prefixes: tuple[str, ...] = CONTROL_PREFIXES,
            control_paths: frozenset[str] = CONTROL_PATHS) -> Beside:  # fmt: skip
     """`Beside(control_plane, gateway, ...)`."""
     return Beside(control_plane, gateway, control_prefixes, control_paths)

@@ -54,8 +54,11 @@ class MetadataEngine:
             raise StoreUnavailable(f"the database {shown} needs a driver that is not installed ({exc}); for PostgreSQL "
                                    "install psycopg: pip install 'psycopg[binary]' (or dockyard's [postgres] extra)") from None  # fmt: skip
         except OperationalError as exc:
-            raise StoreUnavailable(f"cannot open the database {shown}: {str(exc.orig).strip()[:300]}; check that it runs and "
-                                   "that the URL's host, port, user, password and database name are right") from None  # fmt: skip
+            check = ("that the data directory is writable and its disk not full" if url.startswith("sqlite") else
+                     "that it runs and that the URL's host, port, user, password and database name are right")  # fmt: skip
+            raise StoreUnavailable(f"cannot open the database {shown}: {str(exc.orig).strip()[:300]}; check {check}") from None
+        except OSError as exc:  # the SQLite file's directory cannot be made
+            raise StoreUnavailable(f"cannot open the database {shown}: {exc}; check that the data directory can be made and written") from None
 
     @staticmethod
     def _make_engine(url: str, immediate: bool = False) -> Engine:
