@@ -20,17 +20,18 @@ flock -w 300 9 || die "could not take /var/lock/dockyard-postgres-sh.lock"
 if ! command -v pg_lsclusters >/dev/null 2>&1; then
   start=$(date +%s)
   log "installing postgresql (apt-get)"
-  apt-get install -y -qq postgresql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+  # (9>&-: a server started on the way must not hold this script's lock)
+  { apt-get install -y -qq postgresql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }; } 9>&-
   log "installed in $(( $(date +%s) - start )) s"
 fi
 version=$(ls /usr/lib/postgresql | sort -V | tail -1)
 [ -n "$version" ] || die "no PostgreSQL server under /usr/lib/postgresql"
 if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main"' | grep -q .; then
   log "creating cluster $version/main"
-  pg_createcluster "$version" main >/dev/null
+  pg_createcluster "$version" main >/dev/null 9>&-
 fi
 if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" && $4 == "online"' | grep -q .; then
-  pg_ctlcluster "$version" main start
+  pg_ctlcluster "$version" main start 9>&-  # the server must not inherit (and hold) the lock
 fi
 port=$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $3}')
 for _ in $(seq "$WAIT"); do
