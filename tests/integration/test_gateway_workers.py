@@ -21,6 +21,7 @@ import pytest
 
 from dockyard.store.metadata import SqlMetadataStore
 from tests.integration.test_gateway_harness import Deployments, Upstreams, dead_port, upstreams  # noqa: F401 (fixtures)
+from tests.support.server import stop_process
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -74,12 +75,7 @@ def gateway_workers(tmp_path: Path, upstreams: Upstreams) -> Iterator[tuple[str,
         wait_until(lambda: len(children_of(process.pid)) >= 2, 30, "two workers running")
         yield base, deployment_id, process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
         print((tmp_path / "gateway.log").read_text()[-3000:])
 

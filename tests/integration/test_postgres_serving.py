@@ -8,18 +8,16 @@ The database password never reaches the console."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from dockyard.example import EXAMPLE_DIR, artifact_bytes, sample_request
-from tests.integration.test_deployment_logs import deploy, logs, wait_for
+from tests.integration.test_deployment_logs import _answers, deploy, logs, wait_for
 from tests.support.postgres import fresh_database
-from tests.support.server import LiveServer, free_port
+from tests.support.server import LiveServer, free_port, stop_process
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -76,22 +74,10 @@ def test_serve_and_a_gateway_of_its_own_share_one_postgresql_database(tmp_path: 
             predict(api, f"/{deployment_id}/predict", "pg-after-restart")
         finally:
             if gateway is not None:
-                gateway.send_signal(signal.SIGTERM)
-                try:
-                    gateway.wait(30)
-                except subprocess.TimeoutExpired:
-                    gateway.kill()
-                    gateway.wait()
+                stop_process(gateway)
             server.stop()
             server.stop_local_instances()
         console = gateway_log.read_text() + server.log()
         assert "postgresql+psycopg://dockyard:***@" in console, console[-2000:]
         assert f":{password}@" not in console, "the database password was printed"
 
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        time.sleep(0.1)
-        return False

@@ -133,6 +133,17 @@ class LiveServer:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM, and SIGKILL when it has not ended within `timeout_s` (a teardown that must end)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 _started: list[LiveServer] = []
 
 
