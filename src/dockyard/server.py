@@ -26,7 +26,7 @@ from dockyard.auth.principals import PrincipalStore
 from dockyard.auth.signing import Verifier
 from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
 from dockyard.gateway.accesslog import DurableAccessLog
-from dockyard.gateway.compose import Beside
+from dockyard.gateway.compose import WithMetrics
 from dockyard.reconciler.loop import Reconciler
 from dockyard.reconciler.predict_logs import collect_predict_logs
 from dockyard.runtimes.base import Runtime
@@ -202,21 +202,4 @@ def serve_all(control_plane: FastAPI, settings: Settings) -> Any:
         home = AccessStore(server.services.store.engine, server.services.store.writer, realm=settings.realm).home_tenancy
         metrics = signed(HomeAdministratorsOnly(metrics, home), server.verifier, settings, max_body_bytes=0)
     both = beside(control_plane, signed(gateway, server.verifier, settings, max_body_bytes=settings.gateway_max_body_bytes))
-    return _WithMetrics(both, metrics)
-
-
-class _WithMetrics:
-    """`both`, with /metrics beside it."""
-
-    def __init__(self, both: Beside, metrics: Any) -> None:
-        self.both = both
-        self.metrics = metrics
-
-    def direct(self, cycle: Any) -> bool:
-        return cycle.scope["path"] != "/metrics" and self.both.direct(cycle)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path") == "/metrics":
-            await self.metrics(scope, receive, send)
-        else:
-            await self.both(scope, receive, send)
+    return WithMetrics(both, metrics)

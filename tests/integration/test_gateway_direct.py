@@ -322,7 +322,7 @@ def test_the_gateway_role_app_offers_its_requests_to_the_direct_path() -> None:
     around the gateway, /metrics beside it): the server must find `direct` through both, else
     every request would take the ASGI call (correct, but dearer)."""
     from dockyard.auth.middleware import SignatureAuthMiddleware
-    from dockyard.cli.gateway_workers import _WithMetrics
+    from dockyard.gateway.compose import WithMetrics
 
     offered: list[Any] = []
 
@@ -334,7 +334,7 @@ def test_the_gateway_role_app_offers_its_requests_to_the_direct_path() -> None:
     class Cycle:
         scope = {"path": "/x/predict", "headers": [], "state": {}, "method": "POST"}
 
-    wrapped = _WithMetrics(SignatureAuthMiddleware(Inner(), verify=lambda *a, **k: None, allow_unsigned=True), metrics=None)
+    wrapped = WithMetrics(SignatureAuthMiddleware(Inner(), verify=lambda *a, **k: None, allow_unsigned=True), metrics=None)
     direct = HttpServer(wrapped).direct
     assert direct is not None and direct(Cycle()) is True and len(offered) == 1
 
@@ -352,7 +352,7 @@ async def test_dockyard_serve_offers_predicts_to_the_direct_path_and_nothing_els
     server = application.state.server
     deployment_id = Writer(server.services.store).add([upstreams.echo[0].port])
     served = Served(serve_all(application, settings))
-    served.gateway = served.app.app.both.gateway  # the signature check around the gateway (closed on the way out)
+    served.gateway = served.app.app.app.gateway  # the signature check around the gateway (closed on the way out)
     try:
         async with served:
             assert served.client is not None

@@ -9,9 +9,11 @@ fails under DOCKYARD_TEST_REQUIRE_INFRA=1 (CI), naming the command that starts o
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -52,6 +54,25 @@ def fresh_database() -> Iterator[str]:
     try:
         yield server.set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        try:
+            _drop(admin, name)
+        finally:
+            admin.dispose()
+
+
+def _drop(admin: Any, name: str) -> None:
+    """DROP DATABASE, ending the connections left to it. An autovacuum worker can be in the new
+    database right then, and only a superuser may end it ("must be a member of the role whose
+    process is being terminated"): it is done within moments, so the drop is tried again."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(50):
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError:
+            if attempt == 49:
+                raise
+            time.sleep(0.1)

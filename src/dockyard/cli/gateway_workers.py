@@ -66,6 +66,7 @@ def gateway_app(settings: Any, workers: int, access: Any = None) -> Any:
     from dockyard.auth.access_store import home_tenancy_reader
     from dockyard.auth.admin_only import HomeAdministratorsOnly
     from dockyard.gateway import gateway_metrics_app
+    from dockyard.gateway.compose import WithMetrics
     from dockyard.server import create_gateway_app, signed
 
     share = math.ceil(settings.gateway_inflight_per_instance / workers)
@@ -78,24 +79,7 @@ def gateway_app(settings: Any, workers: int, access: Any = None) -> Any:
         if verifier is not None:  # they name every tenancy's deployments: the home administrators' only
             metrics = signed(HomeAdministratorsOnly(metrics, home_tenancy_reader(settings.resolved_database_url)), verifier, settings, max_body_bytes=0)
 
-    return _WithMetrics(gateway, metrics)
-
-
-class _WithMetrics:
-    """The gateway, and /metrics beside it."""
-
-    def __init__(self, gateway: Any, metrics: Any) -> None:
-        self.gateway = gateway
-        self.metrics = metrics
-        # dockyard's server offers requests to `direct` first (gateway/httpserver.py): /metrics
-        # is never one the gateway takes that way.
-        self.direct = getattr(gateway, "direct", None)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path") == "/metrics":
-            await self.metrics(scope, receive, send)
-        else:
-            await self.gateway(scope, receive, send)
+    return WithMetrics(gateway, metrics)
 
 
 def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe: Any, supervisor: int) -> None:

@@ -45,6 +45,9 @@ class AccessEntry:
 FIELD_NAMES = tuple(f.name for f in fields(AccessEntry))
 # The values of an entry's fields, in the order AccessEntry(*values) takes them back.
 field_values = attrgetter(*FIELD_NAMES)
+# Where a field is in those values (the log store reads a relayed entry's tuple by position).
+TIME, DEPLOYMENT_ID, METHOD, PATH, STATUS, INSTANCE_ID = map(FIELD_NAMES.index, (
+    "time", "deployment_id", "method", "path", "status", "instance_id"))  # fmt: skip
 
 _JSON = ('{"time": %s, "request_id": %s, "deployment_id": %s, "caller": %s, "method": %s, "path": %s, "status": %r, '
          '"bytes_in": %r, "bytes_out": %r, "latency_ms": %r, "upstream_ms": %s, "instance_id": %s, "attempts": %r, "error": %s}')
@@ -66,7 +69,7 @@ def entry_json(values: Sequence[Any]) -> str:
 
 def entry_message(values: Sequence[Any]) -> str:
     """The stored message of an entry: `POST /{id}/predict 200`."""
-    return "%s %s %s" % (values[4], values[5], values[6])
+    return "%s %s %s" % (values[METHOD], values[PATH], values[STATUS])
 
 
 AccessSink = Callable[[AccessEntry], None]

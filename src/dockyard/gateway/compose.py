@@ -61,3 +61,25 @@ def beside(control_plane: Any, gateway: Gateway, control_prefixes: tuple[str, ..
            control_paths: frozenset[str] = CONTROL_PATHS) -> Beside:  # fmt: skip
     """`Beside(control_plane, gateway, ...)`."""
     return Beside(control_plane, gateway, control_prefixes, control_paths)
+
+
+class WithMetrics:
+    """`app` (the gateway, or `Beside`), and the gateway's /metrics beside it. Its `direct` is
+    the app's, for every path but /metrics (which the direct path never serves)."""
+
+    def __init__(self, app: Any, metrics: Any) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._app_direct = getattr(app, "direct", None)
+
+    def direct(self, cycle: Any) -> bool:
+        if self._app_direct is None or cycle.scope["path"] == "/metrics":
+            return False
+        return bool(self._app_direct(cycle))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/metrics":
+            await self.metrics(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+

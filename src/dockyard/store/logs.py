@@ -35,7 +35,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, u
 from sqlalchemy.engine import Dialect
 
 from dockyard.errors import InvalidParameter
-from dockyard.gateway.accesslog import FIELD_NAMES, AccessEntry, entry_json, entry_message, field_values
+from dockyard.gateway.accesslog import DEPLOYMENT_ID, FIELD_NAMES, INSTANCE_ID, TIME, AccessEntry, entry_json, entry_message, field_values
 from dockyard.store import schema as t
 from dockyard.store.json_text import json_text
 from dockyard.store.metadata import SqlMetadataStore
@@ -190,13 +190,13 @@ class LogStore:
         """An access entry as its field values in `AccessEntry`'s order (what a gateway worker
         sends its supervisor, access_relay.py). Only a tuple is queued here; the flusher thread
         makes its message and JSON."""
-        deployment_id = values[2]
+        deployment_id = values[DEPLOYMENT_ID]
         if deployment_id is None:
             return
         if len(self._queue) >= self.queue_max:
             self._drop()
             return
-        self._queue.append((deployment_id, "access", values[0], values[11], None, "", values, None))
+        self._queue.append((deployment_id, "access", values[TIME], values[INSTANCE_ID], None, "", values, None))
         if len(self._queue) >= self.batch_max:
             self._wake.set()
         if self._thread is None:
