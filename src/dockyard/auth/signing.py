@@ -274,7 +274,7 @@ def verify_request(
     if not authorization:
         raise NotAuthenticated(f"the request is not signed (it has no Authorization header); {_HOW_TO_SIGN}")
     params = parse_authorization(authorization)
-    key_id = KeyId.parse(params.key_id)
+    key_id = _key_id(params.key_id)
     _require_covered(params.headers, method, body_headers_required)
     _require_present(params.headers, headers)
     check_date(headers["date"], now, max_skew_s)
