@@ -36,6 +36,7 @@ from dockyard.server import create_app
 from dockyard.settings import Settings
 from tests.support.compartments import SPARE_COMPARTMENTS, register
 from tests.support.oci_config import COMPARTMENT
+from tests.support.postgres import database_url_for
 
 API = "/20190101"
 DIGEST = "sha256:a9c8468cb671929aec7ad947b9dccd6fe8e6d77f7bcecfe2e10e1c935a88c2a5"
@@ -331,11 +332,13 @@ class Catalog:
 
 def inprocess_settings(data_dir: Path) -> Settings:
     # verify_images=False: the images named by these tests live in no registry (nothing runs).
-    return Settings(data_dir=data_dir, runtime="fake", reconcile_interval_s=0.2, verify_images=False)
+    # On PostgreSQL when the test chose it (tests/api/conftest.py), else the SQLite file in data_dir.
+    database = {"database_url": url} if (url := database_url_for(data_dir)) else {}
+    return Settings(data_dir=data_dir, runtime="fake", reconcile_interval_s=0.2, verify_images=False, **database)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI]:
+async def app(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> AsyncIterator[FastAPI]:
     data_dir = tmp_path_factory.mktemp("dockyard") / "data"
     application = create_app(inprocess_settings(data_dir))
     # a signed caller acts only in compartments of their tenancy: make the tests' ones so

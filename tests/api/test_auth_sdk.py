@@ -31,6 +31,7 @@ from dockyard.auth.signing import Verifier
 from dockyard.gateway import beside, create_gateway
 from dockyard.server import create_app
 from dockyard.settings import Settings
+from tests.support.postgres import database_url_for
 from tests.support.server import free_port
 
 pytest.register_assert_rewrite("tests.api.inprocess")  # before the import below, as every user of it does
@@ -56,11 +57,13 @@ class SignedServer:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[SignedServer]:
     data_dir = tmp_path_factory.mktemp("signed") / "data"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = Settings(data_dir=data_dir, port=port, runtime="fake", verify_images=False, reconcile_interval_s=0.2)
+    # On PostgreSQL when the module runs on it (tests/api/conftest.py), else the SQLite file in data_dir.
+    database = {"database_url": database_url} if (database_url := database_url_for(data_dir)) else {}
+    settings = Settings(data_dir=data_dir, port=port, runtime="fake", verify_images=False, reconcile_interval_s=0.2, **database)
     control = create_app(settings)
     store = control.state.server.services.store
     principals = PrincipalStore(store.engine, store.writer, realm=settings.realm)

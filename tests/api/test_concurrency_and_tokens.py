@@ -207,7 +207,7 @@ async def test_a_repeated_delete_answers_202_with_the_same_work_request(api: Api
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+async def live(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> AsyncIterator[Api]:
     server = LiveServer(tmp_path_factory.mktemp("live") / "data").start()
     try:
         limits = httpx.Limits(max_connections=32)

@@ -101,7 +101,7 @@ def seed(server: LiveServer, session: requests.Session, compartment: str) -> dic
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def target(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[Target]:
     root = tmp_path_factory.mktemp("fuzz")
     server = LiveServer(root / "data").start()
     try:

@@ -135,7 +135,7 @@ class Catalog:
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
+def catalog(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[Catalog]:
     root = tmp_path_factory.mktemp("hostile")
     server = LiveServer(root / "data").start()
     try:

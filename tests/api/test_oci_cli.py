@@ -48,7 +48,7 @@ if OCI is None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[LiveServer]:
     live = LiveServer(tmp_path_factory.mktemp("ocicli") / "data").start()
     yield live
     live.stop()

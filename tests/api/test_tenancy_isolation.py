@@ -14,6 +14,7 @@ A's resources exist.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import zipfile
@@ -29,6 +30,7 @@ from oci.data_science import models as m
 
 from dockyard.auth.client import signing_from_config
 from dockyard.domain import ids
+from tests.support.postgres import database_url_for
 from tests.support.server import LiveServer
 
 NO_RETRY = oci.retry.NoneRetryStrategy()
@@ -42,9 +44,10 @@ def unknown(kind: str) -> str:
 
 
 def run_cli(data_dir: Path, *args: str) -> str:
+    database_url = database_url_for(data_dir)  # the server's store, when it is PostgreSQL
     done = subprocess.run(
         [sys.executable, "-m", "dockyard.cli.main", *args, "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=os.environ | ({"DOCKYARD_DATABASE_URL": database_url} if database_url else {}),
     )  # fmt: skip
     assert done.returncode == 0, f"dockyard {' '.join(args)} failed: {done.stdout}{done.stderr}"
     return done.stdout
@@ -106,7 +109,7 @@ def wait_for(client: oci.data_science.DataScienceClient, work_request_id: str) -
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[World]:
     root = tmp_path_factory.mktemp("tenancies")
     data = root / "data"
     server = LiveServer(data).start()

@@ -12,7 +12,8 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,3 +77,44 @@ def _drop(admin: Any, name: str) -> None:
             if attempt == 49:
                 raise
             time.sleep(0.1)
+
+
+# --- the store the API tests' servers run on ------------------------------------------------------
+#
+# tests/api runs each module twice, on SQLite and on PostgreSQL (its conftest's `store` fixture).
+# A server made for a data directory while PostgreSQL is chosen gets a database of its own, the
+# same one each time it starts there (a restart finds its data), dropped when the module ends.
+
+_kind = "sqlite"
+_databases: dict[Path, tuple[str, ExitStack]] = {}
+_made: list[str] = []
+
+
+@contextmanager
+def servers_on(kind: str) -> Iterator[list[str]]:
+    """Within this block, `database_url_for` gives servers a store of `kind` (sqlite | postgresql);
+    yields the list of the PostgreSQL databases made so far."""
+    global _kind
+    previous, _kind = _kind, kind
+    try:
+        yield _made
+    finally:
+        _made.clear()
+        _kind = previous
+        made = list(_databases.values())
+        _databases.clear()
+        for _, stack in made:
+            stack.close()
+
+
+def database_url_for(data_dir: Path) -> str | None:
+    """The DOCKYARD_DATABASE_URL of a server over `data_dir`: None (its SQLite file under the data
+    directory) unless PostgreSQL is chosen (`servers_on`)."""
+    if _kind == "sqlite":
+        return None
+    key = data_dir.resolve()
+    if key not in _databases:
+        stack = ExitStack()
+        _databases[key] = (stack.enter_context(fresh_database()), stack)
+        _made.append(_databases[key][0])
+    return _databases[key][0]

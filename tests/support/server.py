@@ -25,6 +25,7 @@ import httpx
 from dockyard.auth.client import signing_from_config
 from tests.support.compartments import register_in_database
 from tests.support.oci_config import COMPARTMENT
+from tests.support.postgres import database_url_for
 
 
 def free_port() -> int:
@@ -80,6 +81,10 @@ class LiveServer:
         env = os.environ | {"DOCKYARD_RECONCILE_INTERVAL_S": "0.5", "DOCKYARD_LABEL_PREFIX": self.label_prefix}
         if self.runtime == "fake":
             env["DOCKYARD_VERIFY_IMAGES"] = "false"  # nothing runs, so no registry is needed
+        if "DOCKYARD_DATABASE_URL" not in self.env:
+            database_url = database_url_for(self.data_dir)  # PostgreSQL when the test chose it
+            if database_url is not None:
+                self.env["DOCKYARD_DATABASE_URL"] = database_url
         env |= self.env
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dockyard.cli.main", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
