@@ -9,6 +9,9 @@ import threading
 import time
 from multiprocessing import Pipe
 
+import pytest
+
+from dockyard.gateway import access_relay
 from dockyard.gateway.access_relay import AccessRelay, RelayReader
 from dockyard.gateway.accesslog import AccessEntry
 
@@ -111,3 +114,21 @@ def test_several_workers_pipes_and_one_opened_after_the_reader_started() -> None
     second.close()
     reader.close(timeout_s=5)
     assert not reader._thread.is_alive()
+
+
+def test_an_idle_relay_is_woken_by_its_next_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While its queue is empty the thread sleeps (here: would sleep a minute); the entry that
+    ends the quiet wakes it, and leaves after one flush interval."""
+    monkeypatch.setattr(access_relay, "IDLE_WAIT_S", 60.0)
+    collected = Collected()
+    reader = RelayReader(collected, poll_s=0.05)
+    relay = AccessRelay(reader.new_pipe(), flush_interval_s=0.05)
+    relay.add_access(entry(1))
+    assert [e.request_id for e in collected.wait_for(1)] == ["req-1"]
+    time.sleep(0.3)  # the thread is back waiting for an entry
+    started = time.monotonic()
+    relay.add_access(entry(2))
+    assert [e.request_id for e in collected.wait_for(2, timeout_s=10)] == ["req-1", "req-2"]
+    assert time.monotonic() - started < 5  # woken, not the minute's timeout
+    relay.close()
+    reader.close(timeout_s=5)

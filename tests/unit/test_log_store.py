@@ -4,6 +4,7 @@ bounded memory under overload, retention by age and by count, positions stored w
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -14,7 +15,7 @@ import pytest
 from dockyard.api.logs import parse_since
 from dockyard.errors import InvalidParameter
 from dockyard.gateway.accesslog import AccessEntry
-from dockyard.store.logs import LogStore, log_time, parse_log_time
+from dockyard.store.logs import STEP_ENTRIES, LogStore, log_time, parse_log_time
 from dockyard.store.metadata import Record, SqlMetadataStore
 from tests.support.postgres import fresh_database
 
@@ -267,6 +268,24 @@ def test_a_flush_ends_even_while_entries_keep_coming(metadata: SqlMetadataStore)
     logs._write = write_and_receive_more  # type: ignore[method-assign]
     assert logs.flush() == 25
     assert len(logs._queue) == 30
+
+
+def test_a_large_batch_is_one_transaction_written_in_steps_that_give_up_the_cpu(
+    metadata: SqlMetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making and inserting thousands of rows in one go held a core for tens of milliseconds
+    while requests woke on it: the flusher yields the core every STEP_ENTRIES entries, and the
+    batch is still one transaction, stored in queue order."""
+    logs = quiet_store(metadata)
+    yields = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1))
+    count = 2 * STEP_ENTRIES + STEP_ENTRIES // 2
+    for n in range(count):
+        logs.add(D1, "access", f"r{n}")
+    assert logs.flush() == count
+    assert (logs.written, logs.batches) == (count, 1)
+    assert len(yields) >= 2 * (count // STEP_ENTRIES)  # between the steps of making rows, and of inserting them
+    assert messages(logs.read(D1, limit=1000)) == [f"r{n}" for n in range(count)]
 
 
 def stored_rows(metadata: SqlMetadataStore) -> list[tuple]:  # type: ignore[type-arg]

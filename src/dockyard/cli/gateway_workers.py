@@ -92,7 +92,7 @@ def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe
     settings = Settings(**overrides)
     settings.apply_access_log_lines()
     sock = reuseport_socket(settings.host, settings.port)
-    relay = AccessRelay(access_pipe, flush_interval_s=settings.log_flush_interval_s, queue_max=settings.log_queue_max_entries)
+    relay = AccessRelay(access_pipe, queue_max=settings.log_queue_max_entries)  # sends every 20 ms; the supervisor's store batches
     # SIGTERM from the supervisor: stop accepting, finish requests in progress (within the
     # supervisor's 15 s wait), then the app's lifespan shutdown sends the queued access entries.
     serve(gateway_app(settings, workers, relay), host=settings.host, port=settings.port, sock=sock,

@@ -7,6 +7,11 @@ queues its entries (`AccessRelay.add_access`, O(1)); a thread sends them in batc
 `marshal`led list of tuples per pipe write, to the supervisor, whose `RelayReader` hands each
 entry to the one log store there. The database also gets one writer instead of one per worker.
 
+A worker sends often (every `flush_interval_s`, 20 ms by default) and so in small batches: its
+thread holds the worker's GIL while it makes a batch, and requests arriving meanwhile wait for it
+(a batch of 0.2 s of a busy worker's entries was a millisecond of such waiting). The thread
+sleeps while the queue is empty, so an idle worker is not woken 50 times a second.
+
 What is kept: a worker sends what it has queued when its gateway closes (the ASGI lifespan
 shutdown on SIGTERM), and the supervisor reads every pipe to its end before it closes its
 store. A worker that is killed loses what it had not sent yet (at most one flush interval's
@@ -34,13 +39,14 @@ from dockyard.gateway.accesslog import AccessEntry, field_values
 log = logging.getLogger("dockyard.gateway")
 
 DROP_WARNING_EVERY_S = 10.0
+IDLE_WAIT_S = 1.0  # how often an idle relay thread looks at its queue (and whether it is closed) unwoken
 
 
 class AccessRelay:
     """A worker's access-log sink: queues entries; a thread sends them to the supervisor."""
 
     def __init__(
-        self, connection: Connection, *, flush_interval_s: float = 0.2, batch_max: int = 2_000, queue_max: int = 100_000
+        self, connection: Connection, *, flush_interval_s: float = 0.02, batch_max: int = 2_000, queue_max: int = 100_000
     ) -> None:
         self._connection = connection  # the write end of this worker's pipe
         self.flush_interval_s = flush_interval_s
@@ -62,11 +68,12 @@ class AccessRelay:
         belong to no deployment's log; the log store would not store them either)."""
         if entry.deployment_id is None:
             return
-        if len(self._queue) >= self.queue_max:
+        queued = len(self._queue)
+        if queued >= self.queue_max:
             self._lost(1, "the queue is full")
             return
         self._queue.append(entry)
-        if len(self._queue) >= self.batch_max:
+        if not queued or queued + 1 >= self.batch_max:  # the first entry wakes the thread; so does a full batch
             self._wake.set()
         if self._thread is None:
             self._start()
@@ -121,7 +128,13 @@ class AccessRelay:
 
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait(self.flush_interval_s)
+            if not self._queue:
+                self._wake.clear()
+                if not self._queue:  # checked after the clear: an entry added before it set the event in vain
+                    self._wake.wait(IDLE_WAIT_S)  # until the first entry (add_access sets it)
+                continue
+            self._wake.clear()
+            self._wake.wait(self.flush_interval_s)  # the batch gathers (a full one ends the wait)
             self._wake.clear()
             try:
                 self.flush()
