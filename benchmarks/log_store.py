@@ -24,7 +24,8 @@ from pathlib import Path
 
 from dockyard.gateway.access_relay import AccessRelay, RelayReader
 from dockyard.gateway.accesslog import AccessEntry
-from dockyard.store.logs import LogStore, log_time
+from dockyard.store.log_times import log_time
+from dockyard.store.logs import LogStore
 from dockyard.store.metadata import Record, SqlMetadataStore
 
 DEPLOYMENT = "ocid1.datasciencemodeldeployment.oc1.local.amaaaaaabenchmark"

@@ -17,7 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from dockyard.api.common import json_reply
 from dockyard.api.requests import caller, services
 from dockyard.errors import InvalidParameter
-from dockyard.store.logs import CATEGORIES, DEFAULT_PAGE, MAX_PAGE, parse_log_time
+from dockyard.store.log_times import parse_log_time
+from dockyard.store.logs import CATEGORIES, DEFAULT_PAGE, MAX_PAGE
 
 router = APIRouter()
 

@@ -44,6 +44,7 @@ from dockyard.errors import InvalidParameter
 from dockyard.gateway.accesslog import DEPLOYMENT_ID, FIELD_NAMES, INSTANCE_ID, TIME, AccessEntry, entry_json, entry_message, field_values
 from dockyard.store import schema as t
 from dockyard.store.json_text import json_text
+from dockyard.store.log_times import log_time, normalised_log_time
 from dockyard.store.metadata import SqlMetadataStore
 
 log = logging.getLogger("dockyard.logs")
@@ -52,29 +53,6 @@ CATEGORIES = ("access", "predict")
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 LOG_ID_TTL_S = 5.0  # how long a deployment's categoryLogDetails are cached by the flusher
-
-
-def log_time(moment: datetime | None = None) -> str:
-    """Fixed-width ISO-8601 UTC with microseconds, so times sort as text."""
-    moment = (moment or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_log_time(text: str) -> datetime:
-    """An RFC 3339 time (Z or an offset; any number of fraction digits) as an aware datetime;
-    ValueError when it is not one."""
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    head, dot, rest = value.partition(".")
-    if dot:  # fromisoformat takes at most 6 fraction digits on 3.11
-        count = len(rest) - len(rest.lstrip("0123456789"))
-        digits, zone = rest[:count][:9], rest[count:]
-        value = f"{head}.{(digits + '000000')[:6]}{zone}"
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone")
-    return moment.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -114,8 +92,6 @@ _ROWS_PER_INSERT = 100  # 800 parameters: within SQLite's oldest limit (999) per
 # Entries the flusher makes and inserts between two yields of its core (module docstring): one
 # many-row statement (fewer rows go one statement each, at about twice the cost per row).
 STEP_ENTRIES = _ROWS_PER_INSERT
-
-
 
 
 def _text_json_insert(dialect: Dialect) -> tuple[str, str] | None:
@@ -291,7 +267,7 @@ class LogStore:
                 f = entry_json(f) if encode is not None else dict(zip(FIELD_NAMES, f))
             elif encode is not None:
                 f = encode(f)
-            rows.append((d, c, _normalised(stamp), i, s, ids.get(c) if ids else None, m, f))
+            rows.append((d, c, normalised_log_time(stamp), i, s, ids.get(c) if ids else None, m, f))
         return rows
 
     def _insert_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -472,16 +448,6 @@ def _camel(name: str) -> str:
 def _entry(row: Any) -> LogEntry:
     return LogEntry(row.seq, row.time, row.deployment_id, row.category, row.instance_id, row.stream, row.log_id,
                     row.message, row.fields or {})
-
-
-def _normalised(text: str) -> str:
-    """`text` in the fixed-width form times are stored in (now, when it is not a time)."""
-    if len(text) == 27 and text[19] == "." and text.endswith("Z"):
-        return text  # already ours
-    try:
-        return log_time(parse_log_time(text))
-    except ValueError:
-        return log_time()
 
 
 def open_log_store(store: SqlMetadataStore, settings: Any) -> LogStore:
