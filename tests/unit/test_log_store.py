@@ -4,7 +4,6 @@ bounded memory under overload, retention by age and by count, positions stored w
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -16,6 +15,7 @@ from dockyard.api.logs import parse_since
 from dockyard.errors import InvalidParameter
 from dockyard.gateway.accesslog import AccessEntry
 from dockyard.store.log_times import log_time, parse_log_time
+from dockyard.store import logs as log_store_module
 from dockyard.store.logs import STEP_ENTRIES, LogStore
 from dockyard.store.metadata import Record, SqlMetadataStore
 from tests.support.postgres import fresh_database
@@ -271,15 +271,15 @@ def test_a_flush_ends_even_while_entries_keep_coming(metadata: SqlMetadataStore)
     assert len(logs._queue) == 30
 
 
-def test_a_large_batch_is_one_transaction_written_in_steps_that_give_up_the_cpu(
+def test_a_large_batch_is_one_transaction_written_in_steps_that_give_way(
     metadata: SqlMetadataStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Making and inserting thousands of rows in one go held a core for tens of milliseconds
-    while requests woke on it: the flusher yields the core every STEP_ENTRIES entries, and the
-    batch is still one transaction, stored in queue order."""
+    """Making and inserting thousands of rows in one go held a core (and the GIL) for tens of
+    milliseconds while requests waited: the flusher gives way every STEP_ENTRIES entries, and
+    the batch is still one transaction, stored in queue order."""
     logs = quiet_store(metadata)
     yields = []
-    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1))
+    monkeypatch.setattr(log_store_module, "_give_way", lambda: yields.append(1))
     count = 2 * STEP_ENTRIES + STEP_ENTRIES // 2
     for n in range(count):
         logs.add(D1, "access", f"r{n}")
