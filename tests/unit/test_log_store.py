@@ -14,8 +14,8 @@ import pytest
 from dockyard.api.logs import parse_since
 from dockyard.errors import InvalidParameter
 from dockyard.gateway.accesslog import AccessEntry
-from dockyard.store.log_times import log_time, parse_log_time
 from dockyard.store import logs as log_store_module
+from dockyard.store.log_times import log_time, parse_log_time
 from dockyard.store.logs import STEP_ENTRIES, LogStore
 from dockyard.store.metadata import Record, SqlMetadataStore
 from tests.support.postgres import fresh_database

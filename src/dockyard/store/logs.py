@@ -12,9 +12,8 @@ steps of `STEP_ENTRIES`, pausing briefly between steps (`_give_way`): a batch of
 entries is tens of milliseconds of CPU, and requests that woke on the same core, or needed the
 same process's GIL, used to wait behind all of it (benchmarks/gateway_overhead.py at one
 connection, two workers: p99 3.3 ms, and 1.3 ms in steps; transactions of 100 instead cost 70%
-more CPU per entry in commits and gave 1.9 ms). A full queue drops the
-new entry and counts it (`dropped`, with a warning at most every 10 s) instead of growing
-without bound.
+more CPU per entry in commits and gave 1.9 ms). A full queue drops the new entry and counts it
+(`dropped`, with a warning at most every 10 s) instead of growing without bound.
 Retention (age and entries per deployment and category) runs in the same thread every
 `retention_interval_s`.
 
@@ -89,7 +88,7 @@ _Row = tuple[str, str, str, "str | None", "str | None", str, Any, "str | None"]
 # The columns `_write` fills, in the order of the tuples `_entry_rows` makes.
 _COLUMNS = ("deployment_id", "category", "time", "instance_id", "stream", "log_id", "message", "fields")
 _ROWS_PER_INSERT = 100  # 800 parameters: within SQLite's oldest limit (999) per statement
-# Entries the flusher makes and inserts between two yields of its core (module docstring): one
+# Entries the flusher makes and inserts between two pauses (`_give_way`, module docstring): one
 # many-row statement (fewer rows go one statement each, at about twice the cost per row).
 STEP_ENTRIES = _ROWS_PER_INSERT
 STEP_PAUSE_S = 0.0002
