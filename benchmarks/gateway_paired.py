@@ -45,6 +45,16 @@ def base_source(base: str, work: Path) -> Path:
     return tree / "src"
 
 
+def write_store(source: Path, data_dir: Path, upstream_port: int, port: int) -> Path:
+    """gateway_overhead.py's store, written by `source`'s own dockyard: a database made by a
+    newer one has a schema version an older gateway refuses."""
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import gateway_overhead as g; "
+            "print(g.write_store(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(data_dir), str(upstream_port), str(port)],
+                         env=os.environ | {"PYTHONPATH": str(source)}, check=True, capture_output=True, text=True).stdout  # fmt: skip
+    return Path(out.strip().splitlines()[-1])
+
+
 def start_gateway(source: Path, data_dir: Path, port: int, workers: int, signed: bool) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "dockyard.cli.main", "serve", "--role", "gateway", "--host", "127.0.0.1",
                "--port", str(port), "--data-dir", str(data_dir), "--gateway-workers", str(workers), "--log-level", "warning"]  # fmt: skip
@@ -81,7 +91,7 @@ def main() -> None:
             data_dir = work / f"data-{name}"
             data_dir.mkdir()
             port = load.free_port()
-            config = load.write_store(data_dir, upstream_port, port)
+            config = write_store(source, data_dir, upstream_port, port)
             process = start_gateway(source, data_dir, port, args.workers, args.signed)
             url = f"http://127.0.0.1:{port}/{load.DEPLOYMENT_ID}/predict"
             load.wait_for(port)

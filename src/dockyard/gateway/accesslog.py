@@ -11,7 +11,6 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from json.encoder import encode_basestring_ascii as _json_str
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -48,24 +47,6 @@ field_values = attrgetter(*FIELD_NAMES)
 # Where a field is in those values (the log store reads a relayed entry's tuple by position).
 TIME, DEPLOYMENT_ID, METHOD, PATH, STATUS, INSTANCE_ID = map(FIELD_NAMES.index, (
     "time", "deployment_id", "method", "path", "status", "instance_id"))  # fmt: skip
-
-_JSON = ('{"time": %s, "request_id": %s, "deployment_id": %s, "caller": %s, "method": %s, "path": %s, "status": %r, '
-         '"bytes_in": %r, "bytes_out": %r, "latency_ms": %r, "upstream_ms": %s, "instance_id": %s, "attempts": %r, "error": %s}')
-
-
-def entry_json(values: Sequence[Any]) -> str:
-    """The JSON text `json.dumps(dict(zip(FIELD_NAMES, values)))` gives, in less than half its
-    time: the fields and their types are known (numbers, and strings that may be None), so the
-    text is one format. Storing entries is the log store's largest cost per request."""
-    time_, request_id, deployment_id, caller, method, path, status, bytes_in, bytes_out, latency_ms, upstream_ms, \
-        instance_id, attempts, error = values
-    return _JSON % (
-        _json_str(time_), _json_str(request_id), "null" if deployment_id is None else _json_str(deployment_id),
-        "null" if caller is None else _json_str(caller), _json_str(method), _json_str(path), status, bytes_in, bytes_out,
-        latency_ms, "null" if upstream_ms is None else repr(upstream_ms), "null" if instance_id is None else _json_str(instance_id),
-        attempts, "null" if error is None else _json_str(error),
-    )  # fmt: skip
-
 
 def entry_message(values: Sequence[Any]) -> str:
     """The stored message of an entry: `POST /{id}/predict 200`."""

@@ -7,7 +7,8 @@ since SQLite has one writer), works unchanged on PostgreSQL, and makes retention
 
 Volume: the gateway's request path only appends to an in-memory queue (`add_access`, O(1), no
 lock, no I/O). A flusher thread writes the queue in batches, one transaction per batch, every
-`flush_interval_s` or as soon as `batch_max` entries wait. It makes and inserts a batch's rows in
+`flush_interval_s` or as soon as `batch_max` entries wait; on SQLite, a step's access entries of
+one deployment go into one row (a block: log_rows.py). It makes and inserts a batch's rows in
 steps of `STEP_ENTRIES`, pausing briefly between steps (`_give_way`): a batch of thousands of
 entries is tens of milliseconds of CPU, and requests that woke on the same core, or needed the
 same process's GIL, used to wait behind all of it (benchmarks/gateway_overhead.py at one
@@ -31,7 +32,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import chain
 from typing import Any
@@ -40,9 +41,10 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, u
 from sqlalchemy.engine import Dialect
 
 from dockyard.errors import InvalidParameter
-from dockyard.gateway.accesslog import DEPLOYMENT_ID, FIELD_NAMES, INSTANCE_ID, TIME, AccessEntry, entry_json, entry_message, field_values
+from dockyard.gateway.accesslog import DEPLOYMENT_ID, FIELD_NAMES, INSTANCE_ID, TIME, AccessEntry, entry_message, field_values
 from dockyard.store import schema as t
 from dockyard.store.json_text import json_text
+from dockyard.store.log_rows import LogEntry, block_time, read_entries
 from dockyard.store.log_times import log_time, normalised_log_time
 from dockyard.store.metadata import SqlMetadataStore
 
@@ -52,26 +54,6 @@ CATEGORIES = ("access", "predict")
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 LOG_ID_TTL_S = 5.0  # how long a deployment's categoryLogDetails are cached by the flusher
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    seq: int
-    time: str
-    deployment_id: str
-    category: str
-    instance_id: str | None
-    stream: str | None
-    log_id: str | None
-    message: str
-    fields: dict[str, Any] = field(default_factory=dict)
-
-    def wire(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq, "time": self.time, "deploymentId": self.deployment_id, "category": self.category,
-            "instanceId": self.instance_id, "stream": self.stream, "logId": self.log_id, "message": self.message,
-            "fields": {_camel(name): value for name, value in self.fields.items()},
-        }  # fmt: skip
 
 
 @dataclass
@@ -87,11 +69,16 @@ _Row = tuple[str, str, str, "str | None", "str | None", str, Any, "str | None"]
 
 # The columns `_write` fills, in the order of the tuples `_entry_rows` makes.
 _COLUMNS = ("deployment_id", "category", "time", "instance_id", "stream", "log_id", "message", "fields")
+# A block row of access entries (log_rows.py): its seq is given, its `entries` is how many.
+_BLOCK_COLUMNS = ("seq", *_COLUMNS, "entries")
 _ROWS_PER_INSERT = 100  # 800 parameters: within SQLite's oldest limit (999) per statement
 # Entries the flusher makes and inserts between two pauses (`_give_way`, module docstring): one
-# many-row statement (fewer rows go one statement each, at about twice the cost per row).
+# many-row statement (fewer rows go one statement each, at about twice the cost per row), or a
+# block row of each deployment's access entries (log_rows.py), so a block holds at most this many.
 STEP_ENTRIES = _ROWS_PER_INSERT
 STEP_PAUSE_S = 0.0002
+# How many entries a row holds: a block row says (log_rows.py), any other holds one.
+_ENTRIES_OF_ROW = func.coalesce(t.log_entries.c.entries, 1)
 
 
 def _give_way() -> None:
@@ -102,12 +89,13 @@ def _give_way() -> None:
     time.sleep(STEP_PAUSE_S)
 
 
-def _text_json_insert(dialect: Dialect) -> tuple[str, str] | None:
-    """The INSERT of one entry row (parameters in `_COLUMNS` order) and of `_ROWS_PER_INSERT` rows,
-    for a dialect whose JSON column takes the JSON text itself: `_write` binds `fields` encoded
-    once by the C encoder and hands the driver plain tuples, bypassing SQLAlchemy's per-row
-    parameter processing (most of the flusher's CPU). None for other dialects (PostgreSQL binds
-    JSON through the driver's own adapter): they insert through SQLAlchemy as before."""
+def _text_json_insert(dialect: Dialect) -> tuple[str, str, str] | None:
+    """The INSERT of one entry row (parameters in `_COLUMNS` order), of `_ROWS_PER_INSERT` rows,
+    and of one block row (`_BLOCK_COLUMNS` order), for a dialect whose JSON column takes the JSON
+    text itself: `_write` binds `fields` encoded once by the C encoder and hands the driver plain
+    tuples, bypassing SQLAlchemy's per-row parameter processing (most of the flusher's CPU). None
+    for other dialects (PostgreSQL binds JSON through the driver's own adapter): they insert
+    through SQLAlchemy, a row per entry."""
     if dialect.name != "sqlite" or dialect.paramstyle != "qmark":
         return None
     compiled = insert(t.log_entries).compile(dialect=dialect, column_keys=list(_COLUMNS))
@@ -115,9 +103,12 @@ def _text_json_insert(dialect: Dialect) -> tuple[str, str] | None:
     head, values = single.split(" VALUES ", 1)
     if tuple(compiled.positiontup or ()) != _COLUMNS or values.count("?") != len(_COLUMNS):
         return None
+    block = insert(t.log_entries).compile(dialect=dialect, column_keys=list(_BLOCK_COLUMNS))
+    if tuple(block.positiontup or ()) != _BLOCK_COLUMNS:
+        return None
     # One statement of many rows costs SQLite less per row than one statement per row (the
     # AUTOINCREMENT bookkeeping and the statement's setup run once); rows go in VALUES order.
-    return single, f"{head} VALUES {', '.join([values] * _ROWS_PER_INSERT)}"
+    return single, f"{head} VALUES {', '.join([values] * _ROWS_PER_INSERT)}", str(block)
 
 
 class LogStore:
@@ -233,14 +224,18 @@ class LogStore:
             # Rows (and their JSON) are made before the transaction: on SQLite it holds the one
             # write lock the control plane's writes wait for.
             rows: list[tuple[Any, ...]] = []
+            blocks: list[tuple[Any, ...]] = []
             for start in range(0, len(batch), STEP_ENTRIES):
                 if start:
                     _give_way()
-                rows += self._entry_rows(batch[start:start + STEP_ENTRIES], log_ids)
+                rows += self._entry_rows(batch[start:start + STEP_ENTRIES], log_ids, blocks)
             with self.writer.begin() as conn:
                 for start in range(0, len(rows), STEP_ENTRIES):
                     _give_way()
                     self._insert_rows(conn, rows[start:start + STEP_ENTRIES])
+                if blocks:
+                    _give_way()
+                    self._insert_blocks(conn, blocks)
                 now = log_time()
                 for instance_id, (deployment_id, position) in positions.items():
                     changed = conn.execute(
@@ -255,14 +250,18 @@ class LogStore:
             self.dropped += len(batch)
             log.exception("could not store %d log entries", len(batch))
             return
-        self.written += len(rows)
+        self.written += len(rows) + sum(block[-1] for block in blocks)
         self.batches += 1
 
-    def _entry_rows(self, batch: list[_Row], log_ids: dict[str, dict[str, str] | None]) -> list[tuple[Any, ...]]:
+    def _entry_rows(self, batch: list[_Row], log_ids: dict[str, dict[str, str] | None],
+                    blocks: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:  # fmt: skip
         """The batch's entries as rows in `_COLUMNS` order; `fields` already JSON text where the
-        store inserts through the driver (`_insert_sql`)."""
+        store inserts through the driver (`_insert_sql`). There, access entries are not made rows:
+        they go to `blocks`, a block row per deployment (`_BLOCK_COLUMNS` order, seq still 0),
+        so a batch should be a step (`STEP_ENTRIES`)."""
         encode = json_text if self._insert_sql is not None else None
         rows = []
+        access: dict[str, list[tuple[Any, ...]]] = {}
         for d, c, stamp, i, s, m, f, _ in batch:
             ids = log_ids.get(d)
             if ids is None and c == "access":
@@ -271,12 +270,32 @@ class LogStore:
                 self.unknown += 1
                 continue
             if f.__class__ is tuple:  # an access entry's field values (`add_access_values`)
+                if encode is not None:
+                    access.setdefault(d, []).append(f)
+                    continue
                 m = entry_message(f)
-                f = entry_json(f) if encode is not None else dict(zip(FIELD_NAMES, f))
+                f = dict(zip(FIELD_NAMES, f))
             elif encode is not None:
                 f = encode(f)
             rows.append((d, c, normalised_log_time(stamp), i, s, ids.get(c) if ids else None, m, f))
+        for d, entries in access.items():
+            ids = log_ids.get(d) or {}
+            blocks.append((0, d, "access", block_time(entries), None, None, ids.get("access"), "", json_text(entries), len(entries)))
         return rows
+
+    def _insert_blocks(self, conn: Connection, blocks: list[tuple[Any, ...]]) -> None:
+        """Block rows of access entries, each given the seq of its last entry: the seqs after
+        the highest one the table has handed out (or holds), in the order of `blocks`."""
+        assert self._insert_sql is not None
+        last = conn.exec_driver_sql(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log_entries'), 0), "
+            "coalesce((SELECT max(seq) FROM log_entries), 0))"
+        ).scalar() or 0
+        rows = []
+        for block in blocks:
+            last += block[-1]
+            rows.append((last, *block[1:]))
+        conn.exec_driver_sql(self._insert_sql[2], rows)
 
     def _insert_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -284,7 +303,7 @@ class LogStore:
         if self._insert_sql is None:
             conn.execute(insert(t.log_entries), [dict(zip(_COLUMNS, row)) for row in rows])
             return
-        single, multiple = self._insert_sql
+        single, multiple, _ = self._insert_sql
         whole = len(rows) - len(rows) % _ROWS_PER_INSERT
         if whole:
             flat = chain.from_iterable
@@ -370,16 +389,21 @@ class LogStore:
                 t.log_positions.c.time_updated < cutoff,
                 t.log_positions.c.instance_id.not_in(select(t.instances.c.instance_id)),
             ))
+        held = func.sum(_ENTRIES_OF_ROW)
         with self.engine.connect() as conn:
             crowded = conn.execute(
                 select(e.c.deployment_id, e.c.category).group_by(e.c.deployment_id, e.c.category)
-                .having(func.count() > self.max_entries_per_deployment)
+                .having(held > self.max_entries_per_deployment)
             ).all()
         for deployment_id, category in crowded:
             where = and_(e.c.deployment_id == deployment_id, e.c.category == category)
+            # The newest row at which the entries counted from the newest reach the limit: it and
+            # every newer row stay (a block there is kept whole), every older row goes.
+            newest_first = select(e.c.seq, held.over(order_by=e.c.seq.desc()).label("held")).where(where).subquery()
             with self.engine.connect() as conn:
                 oldest_kept = conn.execute(
-                    select(e.c.seq).where(where).order_by(e.c.seq.desc()).offset(self.max_entries_per_deployment - 1).limit(1)
+                    select(newest_first.c.seq).where(newest_first.c.held >= self.max_entries_per_deployment)
+                    .order_by(newest_first.c.seq.desc()).limit(1)
                 ).scalar()
             if oldest_kept is not None:
                 deleted += self._delete_in_chunks(and_(where, e.c.seq < oldest_kept))
@@ -395,8 +419,8 @@ class LogStore:
         while True:
             with self.writer.begin() as conn:
                 batch = select(e.c.seq).where(condition).order_by(e.c.seq).limit(chunk).scalar_subquery()
+                deleted += conn.execute(select(func.coalesce(func.sum(_ENTRIES_OF_ROW), 0)).where(e.c.seq.in_(batch))).scalar() or 0
                 count = conn.execute(delete(e).where(e.c.seq.in_(batch))).rowcount or 0
-            deleted += count
             if count < chunk:
                 return deleted
 
@@ -429,12 +453,8 @@ class LogStore:
                 # start there rather than filter the deployment's whole log by time.
                 first = conn.execute(select(func.min(e.c.seq + 0)).where(e.c.time >= log_time(since))).scalar()
                 conditions.append(e.c.seq >= (first if first is not None else top + 1))
-            if tail is not None:
-                rows = list(reversed(conn.execute(
-                    select(e).where(*conditions).order_by(e.c.seq.desc()).limit(max(0, min(tail, MAX_PAGE)))).all()))
-            else:
-                rows = conn.execute(select(e).where(*conditions).order_by(e.c.seq).limit(limit)).all()
-        entries = [_entry(row) for row in rows]
+            wanted = limit if tail is None else max(0, min(tail, MAX_PAGE))
+            entries = read_entries(conn, conditions, wanted, tail is not None, after_seq, log_time(since) if since else None)
         full_page = tail is None and len(entries) == limit
         cursor = entries[-1].seq if full_page else max(top, after_seq or 0)
         return LogPage(entries, cursor)
@@ -445,17 +465,6 @@ class LogStore:
             return conn.execute(
                 select(t.log_positions.c.position).where(t.log_positions.c.instance_id == instance_id)
             ).scalar()
-
-
-def _camel(name: str) -> str:
-    """bytes_in -> bytesIn: the wire format's spelling of a stored field name."""
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def _entry(row: Any) -> LogEntry:
-    return LogEntry(row.seq, row.time, row.deployment_id, row.category, row.instance_id, row.stream, row.log_id,
-                    row.message, row.fields or {})
 
 
 def open_log_store(store: SqlMetadataStore, settings: Any) -> LogStore:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
@@ -32,6 +32,18 @@ def url_for_display(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:  # not a URL at all: nothing of it is shown, it may hold a secret
         return "(a database URL that cannot be read)"
+
+
+def _add_columns(conn: Connection, version: int) -> None:
+    """Adds the columns of the schema versions after `version` (`schema.ADDED_COLUMNS`), within the
+    migration's write transaction (another process migrating waits for it, then finds the new
+    version). A column already there is left as it is."""
+    for added in range(version + 1, t.SCHEMA_VERSION + 1):
+        for table, name in t.ADDED_COLUMNS.get(added, []):
+            if name in {column["name"] for column in inspect(conn).get_columns(table.name)}:
+                continue
+            column_type = table.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {column_type}")
 
 
 class MetadataEngine:
@@ -99,6 +111,9 @@ class MetadataEngine:
                     f"the database at {url_for_display(self.url)} has schema version {version}, newer than this dockyard "
                     f"({t.SCHEMA_VERSION}); upgrade dockyard or point it at another --data-dir"
                 )
+            elif version < t.SCHEMA_VERSION:
+                _add_columns(conn, version)
+                conn.execute(update(t.schema_info).where(t.schema_info.c.id == 1).values(version=t.SCHEMA_VERSION))
 
     def close(self) -> None:
         self.engine.dispose()

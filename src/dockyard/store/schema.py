@@ -5,7 +5,8 @@ and sort on. Keeping the document whole means a field added to the wire format n
 migration; the indexed columns are the only schema that matters to queries.
 
 `SCHEMA_VERSION` is recorded in the database; `migrate()` brings an older database forward
-(today: create what is missing) and refuses a newer one.
+(it creates what is missing, then adds the columns each later version added: `ADDED_COLUMNS`)
+and refuses a newer one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -153,6 +154,10 @@ log_entries = Table(
     Column("log_id", String(255)),  # categoryLogDetails.<category>.logId when the deployment names one
     Column("message", Text, nullable=False),
     Column("fields", JSON),  # access: the whole AccessEntry; predict: nothing more
+    # Set on a row holding a block of access entries (store/log_rows.py): how many. The row's seq
+    # is its last entry's, the entries before it have the seqs just below; `fields` is the list of
+    # their field values. Empty on a row of one entry.
+    Column("entries", Integer),
     Index("ix_log_entries_read", "deployment_id", "category", "seq"),
     Index("ix_log_entries_deployment", "deployment_id", "seq"),
     Index("ix_log_entries_time", "time"),
@@ -170,3 +175,10 @@ log_positions = Table(
     Column("position", String(64), nullable=False),
     Column("time_updated", String(40), nullable=False),
 )
+
+
+# The columns each schema version added to a table that already existed, by version: `migrate()`
+# adds them to an older database (a new one gets them from `create_all`).
+ADDED_COLUMNS: dict[int, list[tuple[Table, str]]] = {
+    2: [(log_entries, "entries")],
+}

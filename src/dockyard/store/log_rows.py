@@ -1,0 +1,93 @@
+"""Log entries as the rows of `log_entries` hold them: one entry per row, or a block of access
+entries in one row.
+
+Why blocks: a busy gateway stores an access entry per request, and a row per entry cost the
+log store about 12 µs of CPU each (its message, its JSON, and an insert into the table and
+its three indexes), a tenth of what the gateway spends per request. A block row holds up to
+a flusher step's access entries of one deployment (`logs.STEP_ENTRIES`, 100): their field values as one JSON list, one
+insert, one set of index entries (benchmarks/log_store.py has the figures).
+
+What a reader sees does not change: every entry keeps a seq of its own. A block of n entries
+takes the n seqs up to the row's own (`seq`), so the first entry's seq is `seq - n + 1`; no other
+row can get one of them (they are taken in the block's write transaction, under SQLite's one
+write lock). The row's `time` is its newest entry's, so retention by age deletes a block once
+every entry in it is too old, and a reader asking for entries since a time finds it. Blocks are
+written on SQLite, whose AUTOINCREMENT takes explicit seqs in its stride; PostgreSQL rows hold
+one entry each (its sequence hands out one value at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from dockyard.gateway.accesslog import FIELD_NAMES, INSTANCE_ID, TIME, entry_message
+from dockyard.store import schema as t
+from dockyard.store.log_times import normalised_log_time
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    seq: int
+    time: str
+    deployment_id: str
+    category: str
+    instance_id: str | None
+    stream: str | None
+    log_id: str | None
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "time": self.time, "deploymentId": self.deployment_id, "category": self.category,
+            "instanceId": self.instance_id, "stream": self.stream, "logId": self.log_id, "message": self.message,
+            "fields": {_camel(name): value for name, value in self.fields.items()},
+        }  # fmt: skip
+
+
+def _camel(name: str) -> str:
+    """bytes_in -> bytesIn: the wire format's spelling of a stored field name."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def row_entries(row: Any) -> list[LogEntry]:
+    """The entries a `log_entries` row holds, oldest first."""
+    count = row.entries
+    if count is None:
+        return [LogEntry(row.seq, row.time, row.deployment_id, row.category, row.instance_id, row.stream, row.log_id,
+                         row.message, row.fields or {})]  # fmt: skip
+    first = row.seq - count + 1
+    return [
+        LogEntry(first + index, normalised_log_time(values[TIME]), row.deployment_id, row.category, values[INSTANCE_ID],
+                 None, row.log_id, entry_message(values), dict(zip(FIELD_NAMES, values)))  # fmt: skip
+        for index, values in enumerate(row.fields)
+    ]
+
+
+def block_time(entries: Sequence[Sequence[Any]]) -> str:
+    """The `time` of a block row: its newest entry's, in the stored form."""
+    return max(normalised_log_time(values[TIME]) for values in entries)
+
+
+def read_entries(conn: Connection, conditions: list[Any], wanted: int, newest: bool, after_seq: int | None,
+                 since: str | None) -> list[LogEntry]:  # fmt: skip
+    """The first `wanted` entries (the last, when `newest`) of the rows `conditions` select,
+    oldest first. A block row may hold entries before `after_seq` or `since`, which are left out;
+    but its seq and time are its last entry's, so every row selected holds at least one entry
+    wanted, and `wanted` rows are enough. Rows are unpacked as they come, until enough entries
+    are found (a block holds up to `logs.STEP_ENTRIES`: a page rarely needs more than two)."""
+    e = t.log_entries
+    rows = conn.execute(select(e).where(*conditions).order_by(e.c.seq.desc() if newest else e.c.seq).limit(wanted))
+    found: list[LogEntry] = []
+    for row in rows:
+        if len(found) >= wanted:
+            break
+        held = [x for x in row_entries(row) if (after_seq is None or x.seq > after_seq) and (since is None or x.time >= since)]
+        found += reversed(held) if newest else held
+    found = found[:wanted]
+    return found[::-1] if newest else found
