@@ -154,7 +154,7 @@ def main() -> None:
         # 3. Through a worker's relay to its supervisor's store, paced at 5,000 entries/s.
         logs = LogStore(metadata.engine, metadata.writer, queue_max=args.queue_max)
         flusher = FlusherCpu(logs)
-        reader = RelayReader(logs.add_access_values)
+        reader = RelayReader(logs.add_access_block)
         reading = ThreadCpu(reader, "_read")
         relay = AccessRelay(reader.new_pipe(), queue_max=args.queue_max)
         sending = ThreadCpu(relay, "flush")

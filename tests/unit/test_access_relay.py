@@ -4,6 +4,7 @@ worker processes is tests/integration/test_gateway_workers.py."""
 
 from __future__ import annotations
 
+import json
 import marshal
 import threading
 import time
@@ -30,9 +31,15 @@ class Collected:
         self.entries: list[AccessEntry] = []
         self.lock = threading.Lock()
 
-    def __call__(self, values: tuple) -> None:  # type: ignore[type-arg]
+    def __call__(self, block: tuple) -> None:  # type: ignore[type-arg]
+        """A block (deployment id, count, newest time, the entries' field values as JSON)."""
+        deployment_id, count, newest, text = block
+        entries = [AccessEntry(*values) for values in json.loads(text)]
+        assert len(entries) == count <= 100
+        assert {e.deployment_id for e in entries} == {deployment_id}
+        assert newest == max(e.time for e in entries)
         with self.lock:
-            self.entries.append(AccessEntry(*values))
+            self.entries += entries
 
     def wait_for(self, count: int, timeout_s: float = 5.0) -> list[AccessEntry]:
         deadline = time.monotonic() + timeout_s
@@ -84,7 +91,8 @@ def test_a_full_queue_drops_new_entries_and_counts_them() -> None:
         relay.add_access(entry(n))
     assert relay.dropped == 5
     relay.close()
-    assert [values[1] for values in marshal.loads(reader_end.recv_bytes())] == [f"req-{n}" for n in range(1, 11)]
+    [(_, count, _, text)] = marshal.loads(reader_end.recv_bytes())
+    assert [values[1] for values in json.loads(text)] == [f"req-{n}" for n in range(1, 11)]
 
 
 def test_a_supervisor_that_is_gone_costs_the_entries_not_the_request() -> None:
@@ -132,3 +140,24 @@ def test_an_idle_relay_is_woken_by_its_next_entry(monkeypatch: pytest.MonkeyPatc
     assert time.monotonic() - started < 5  # woken, not the minute's timeout
     relay.close()
     reader.close(timeout_s=5)
+
+
+def test_a_batch_leaves_as_blocks_of_one_deployment_and_at_most_100_entries_in_order() -> None:
+    reader_end, writer_end = Pipe(duplex=False)
+    relay = AccessRelay(writer_end, flush_interval_s=60, batch_max=10_000)
+    sent = [entry(n, deployment_id=f"d{n % 3}") for n in range(250)]
+    for item in sent:
+        relay.add_access(item)
+    relay.flush()
+    blocks = marshal.loads(reader_end.recv_bytes())
+    # d0: 84 entries, d1 and d2: 83 each; all of a deployment in one block, in the order sent.
+    assert [(d, count) for d, count, _, _ in blocks] == [("d0", 84), ("d1", 83), ("d2", 83)]
+    for d, count, newest, text in blocks:
+        mine = [e for e in sent if e.deployment_id == d]
+        assert [AccessEntry(*values) for values in json.loads(text)] == mine
+        assert newest == max(e.time for e in mine)
+    for n in range(250, 500):
+        relay.add_access(entry(n))
+    relay.flush()
+    assert [count for _, count, _, _ in marshal.loads(reader_end.recv_bytes())] == [100, 100, 50]
+    relay.close()

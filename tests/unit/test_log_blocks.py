@@ -5,10 +5,14 @@ PostgreSQL (a row per entry), and must read the same on both."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from dockyard.gateway.accesslog import AccessEntry
+import pytest
+
+from dockyard.gateway.accesslog import AccessEntry, field_values
+from dockyard.store import log_rows
 from dockyard.store.log_times import log_time
 from dockyard.store.logs import STEP_ENTRIES, LogStore
 from dockyard.store.metadata import SqlMetadataStore
@@ -175,3 +179,47 @@ def test_a_database_of_the_previous_schema_is_upgraded_and_its_entries_still_rea
     finally:
         store.close()
     SqlMetadataStore(url).close()  # opened again: nothing left to upgrade
+
+
+def test_a_workers_blocks_are_stored_as_they_came_and_read_back_entry_by_entry(metadata: SqlMetadataStore) -> None:
+    logs = quiet_store(metadata)
+    made = [access(n, D1 if n % 3 else D2) for n in range(300)]
+    unknown = [access(n, "ocid1.datasciencemodeldeployment.oc1.local.nosuchthing") for n in range(7)]
+    for block in log_rows.access_blocks([field_values(e) for e in made + unknown]):
+        logs.add_access_block(block)
+    logs.add(D1, "predict", "a line")
+    assert logs.flush() == 308
+    assert (logs.written, logs.unknown) == (301, 7)
+    for d in (D1, D2):
+        read = logs.read(d, "access", limit=1000).entries
+        assert [e.fields for e in read] == [m.as_dict() for m in made if m.deployment_id == d]
+        assert [e.message for e in read] == [f"POST /{d}/predict {200 + int(e.fields['request_id'][4:]) % 3}" for e in read]
+    # SQLite: D1's 200 entries in 2 rows, D2's 100 in 1, the predict line in 1.
+    assert row_count(metadata) == (4 if is_sqlite(metadata) else 301)
+
+
+def test_entries_in_queued_blocks_count_towards_the_queue_bound(metadata: SqlMetadataStore) -> None:
+    logs = quiet_store(metadata, queue_max=250)
+    [first, second, third] = log_rows.access_blocks([field_values(access(n)) for n in range(300)])
+    logs.add_access_block(first)
+    logs.add_access_block(second)
+    assert not logs.full
+    logs.add_access_block(third)  # 100 more than the bound allows: the whole block goes
+    assert logs.dropped == (100 if is_sqlite(metadata) else 50)
+    assert logs.flush() == (200 if is_sqlite(metadata) else 250)
+    assert not logs.full
+    assert logs._in_blocks == 0
+
+
+def test_block_json_reads_back_as_the_values_were_with_or_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
+    """orjson writes most blocks; what it refuses (an integer beyond 64 bits), and everything
+    where it is not installed, the standard library writes: json.loads reads back the same."""
+    plain = [field_values(access(n)) for n in range(5)]
+    huge = plain + [field_values(AccessEntry(time=log_time(), request_id="r\"é\u2028", deployment_id=D1, caller=None, method="POST",
+                                             path="/p", status=200, bytes_in=10**20, bytes_out=0, latency_ms=0.1,
+                                             upstream_ms=None))]  # fmt: skip
+    for values in (plain, huge):
+        assert json.loads(log_rows.block_json(values)) == [list(v) for v in values]
+    monkeypatch.setattr(log_rows, "_orjson_dumps", None)
+    for values in (plain, huge):
+        assert json.loads(log_rows.block_json(values)) == [list(v) for v in values]

@@ -175,7 +175,7 @@ def _access_store(settings: Any) -> tuple[Any, Any]:
     from dockyard.store.metadata import SqlMetadataStore
 
     logs = open_log_store(SqlMetadataStore(settings.resolved_database_url), settings)
-    return logs, RelayReader(logs.add_access_values)
+    return logs, RelayReader(logs.add_access_block)
 
 
 def enable_request_migration(path: Path = MIGRATE_REQUESTS) -> bool:

@@ -18,8 +18,10 @@ store. A worker that is killed loses what it had not sent yet (at most one flush
 entries); batches already in its pipe are still read. A full queue (the supervisor not keeping
 up) drops new entries and counts them, as the log store's own queue does.
 
-The supervisor hands on each entry as it came, its field values in `AccessEntry`'s order
-(`LogStore.add_access_values`): no object is made of it there, only its row.
+The thread sends a worker's entries as blocks (`log_rows.access_blocks`): up to 100 entries of
+one deployment, their field values as JSON text, the form the log store keeps them in on SQLite.
+The supervisor hands on each block as it came (`LogStore.add_access_block`) and inserts its text
+as it is: no entry of it is decoded or made anything there.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
-from typing import Any
 
 from dockyard.gateway.accesslog import AccessEntry, field_values
+from dockyard.store.log_rows import AccessBlock, access_blocks
 
 log = logging.getLogger("dockyard.gateway")
 
@@ -86,9 +88,9 @@ class AccessRelay:
             take = self._queue.popleft
             while total < waiting:
                 # Only a flush (under this lock) takes from the queue: it holds at least this many.
-                batch = [field_values(take()) for _ in range(min(self.batch_max, waiting - total))]
-                total += len(batch)
-                self._send(batch)
+                count = min(self.batch_max, waiting - total)
+                total += count
+                self._send(access_blocks([field_values(take()) for _ in range(count)]), count)
         return total
 
     def close(self) -> None:
@@ -101,17 +103,17 @@ class AccessRelay:
             thread.join(5)
         self._connection.close()
 
-    def _send(self, batch: list[tuple[object, ...]]) -> None:
+    def _send(self, blocks: list[AccessBlock], count: int) -> None:
         if self._broken:
-            self._lost(len(batch), "the supervisor's end of the pipe is closed")
+            self._lost(count, "the supervisor's end of the pipe is closed")
             return
         try:
-            self._connection.send_bytes(marshal.dumps(batch))
+            self._connection.send_bytes(marshal.dumps(blocks))
         except (OSError, ValueError) as exc:  # EPIPE: the supervisor is gone; ValueError: closed here
             self._broken = True
-            self._lost(len(batch), f"the supervisor's end of the pipe is closed ({exc})")
+            self._lost(count, f"the supervisor's end of the pipe is closed ({exc})")
             return
-        self.sent += len(batch)
+        self.sent += count
 
     def _lost(self, count: int, why: str) -> None:
         self.dropped += count
@@ -143,10 +145,10 @@ class AccessRelay:
 
 
 class RelayReader:
-    """The supervisor's end: reads every worker's batches and gives each entry's field values
-    (a tuple in `AccessEntry`'s order) to `sink`."""
+    """The supervisor's end: reads every worker's batches and gives each block of entries
+    (`log_rows.AccessBlock`) to `sink`."""
 
-    def __init__(self, sink: Callable[[tuple[Any, ...]], None], poll_s: float = 0.2) -> None:
+    def __init__(self, sink: Callable[[AccessBlock], None], poll_s: float = 0.2) -> None:
         self._sink = sink
         self._poll_s = poll_s  # how soon a new worker's pipe is read from
         self._connections: list[Connection] = []
@@ -196,7 +198,7 @@ class RelayReader:
 
     def _read(self, connection: Connection) -> None:
         try:
-            batch = marshal.loads(connection.recv_bytes())
+            blocks = marshal.loads(connection.recv_bytes())
         except (EOFError, OSError):  # the worker exited and everything it sent has been read
             with self._lock:
                 if connection in self._connections:
@@ -204,9 +206,9 @@ class RelayReader:
             connection.close()
             return
         sink = self._sink
-        for values in batch:
+        for block in blocks:
             try:
-                sink(values)
+                sink(block)
             except Exception:
-                log.exception("could not store an access-log entry from a gateway worker")
-        self.received += len(batch)
+                log.exception("could not store %d access-log entries from a gateway worker", block[1])
+            self.received += block[1]

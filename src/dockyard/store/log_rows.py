@@ -4,7 +4,7 @@ entries in one row.
 Why blocks: a busy gateway stores an access entry per request, and a row per entry cost the
 log store about 12 µs of CPU each (its message, its JSON, and an insert into the table and
 its three indexes), a tenth of what the gateway spends per request. A block row holds up to
-a flusher step's access entries of one deployment (`logs.STEP_ENTRIES`, 100): their field values as one JSON list, one
+`BLOCK_ENTRIES` (100) access entries of one deployment: their field values as one JSON list, one
 insert, one set of index entries (benchmarks/log_store.py has the figures).
 
 What a reader sees does not change: every entry keeps a seq of its own. A block of n entries
@@ -20,13 +20,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, select
 
-from dockyard.gateway.accesslog import FIELD_NAMES, INSTANCE_ID, TIME, entry_message
+from dockyard.gateway.accesslog import DEPLOYMENT_ID, FIELD_NAMES, INSTANCE_ID, TIME, entry_message
 from dockyard.store import schema as t
+from dockyard.store.json_text import json_text
 from dockyard.store.log_times import normalised_log_time
+
+_TIME = itemgetter(TIME)
+_DEPLOYMENT_ID = itemgetter(DEPLOYMENT_ID)
+
+try:
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # an interpreter orjson has no wheel for: the standard library's encoder
+    _orjson_dumps = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,45 @@ def row_entries(row: Any) -> list[LogEntry]:
 def block_time(entries: Sequence[Sequence[Any]]) -> str:
     """The `time` of a block row: its newest entry's, in the stored form."""
     return max(normalised_log_time(values[TIME]) for values in entries)
+
+
+# A block of access entries as a gateway worker hands it to its supervisor (access_relay.py):
+# (deployment id, how many entries, the newest entry's time, their field values as JSON text).
+AccessBlock = tuple[str, int, str, str]
+BLOCK_ENTRIES = 100  # the most entries a block is made of (the log store's step: `logs.STEP_ENTRIES`)
+
+
+def access_blocks(entries: Sequence[Sequence[Any]]) -> list[AccessBlock]:
+    """Access entries' field values (all naming a deployment) as blocks: a deployment's entries
+    in order, `BLOCK_ENTRIES` at most to a block. Made where the entries are, so whoever stores
+    them inserts the text as it is, touching no entry (times are a gateway's own, already in
+    the stored form)."""
+    deployments = dict.fromkeys(map(_DEPLOYMENT_ID, entries))  # in the order they first come
+    if len(deployments) == 1:  # the common case: nothing to sort out
+        by_deployment = {next(iter(deployments)): entries}
+    else:
+        by_deployment = {d: [] for d in deployments}
+        for values in entries:
+            by_deployment[values[DEPLOYMENT_ID]].append(values)
+    blocks = []
+    for deployment_id, held in by_deployment.items():
+        for start in range(0, len(held), BLOCK_ENTRIES):
+            part = held[start:start + BLOCK_ENTRIES]
+            blocks.append((deployment_id, len(part), max(map(_TIME, part)), block_json(part)))
+    return blocks
+
+
+def block_json(entries: Sequence[Sequence[Any]]) -> str:
+    """The JSON text of a block's entries (a list of their field values): by orjson, at a tenth
+    of the standard library's cost (0.25 against 2.5 µs an entry, the largest part of storing
+    one); by the standard library where orjson is missing or refuses a value (an integer beyond
+    64 bits, a string with lone surrogates), as it writes what json.loads reads back the same."""
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(entries).decode()
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return json_text(entries)
 
 
 def read_entries(conn: Connection, conditions: list[Any], wanted: int, newest: bool, after_seq: int | None,

@@ -26,6 +26,7 @@ the last stored line: nothing is stored twice, and nothing read but not yet writ
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import threading
 import time
@@ -34,17 +35,16 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from itertools import chain
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
 
 from dockyard.errors import InvalidParameter
 from dockyard.gateway.accesslog import DEPLOYMENT_ID, FIELD_NAMES, INSTANCE_ID, TIME, AccessEntry, entry_message, field_values
 from dockyard.store import schema as t
 from dockyard.store.json_text import json_text
-from dockyard.store.log_rows import LogEntry, block_time, read_entries
+from dockyard.store.log_inserts import ROWS_PER_INSERT, driver_inserts, insert_blocks, insert_rows
+from dockyard.store.log_rows import AccessBlock, LogEntry, block_json, block_time, read_entries
 from dockyard.store.log_times import log_time, normalised_log_time
 from dockyard.store.metadata import SqlMetadataStore
 
@@ -63,19 +63,24 @@ class LogPage:
 
 
 # One queued row: (deployment_id, category, time, instance_id, stream, message, fields, position);
-# for access entries `fields` is the tuple of the entry's field values, made a message and JSON
-# when written.
+# for an access entry `fields` is the tuple of its field values, made a message and JSON when
+# written; for a worker's block of them a `_Block`, and `time` its newest entry's.
 _Row = tuple[str, str, str, "str | None", "str | None", str, Any, "str | None"]
 
-# The columns `_write` fills, in the order of the tuples `_entry_rows` makes.
-_COLUMNS = ("deployment_id", "category", "time", "instance_id", "stream", "log_id", "message", "fields")
-# A block row of access entries (log_rows.py): its seq is given, its `entries` is how many.
-_BLOCK_COLUMNS = ("seq", *_COLUMNS, "entries")
-_ROWS_PER_INSERT = 100  # 800 parameters: within SQLite's oldest limit (999) per statement
+class _Block:
+    """A worker's block of access entries in the queue (its JSON text inserted as it is)."""
+
+    __slots__ = ("count", "text")
+
+    def __init__(self, count: int, text: str) -> None:
+        self.count = count
+        self.text = text
+
+
 # Entries the flusher makes and inserts between two pauses (`_give_way`, module docstring): one
 # many-row statement (fewer rows go one statement each, at about twice the cost per row), or a
 # block row of each deployment's access entries (log_rows.py), so a block holds at most this many.
-STEP_ENTRIES = _ROWS_PER_INSERT
+STEP_ENTRIES = ROWS_PER_INSERT
 STEP_PAUSE_S = 0.0002
 # How many entries a row holds: a block row says (log_rows.py), any other holds one.
 _ENTRIES_OF_ROW = func.coalesce(t.log_entries.c.entries, 1)
@@ -87,28 +92,6 @@ def _give_way() -> None:
     straight back, and a gateway served by the same process (one worker, or `dockyard serve`)
     waited for the 5 ms switch interval instead (p99 at one connection 5.2 ms; 1.5 ms so)."""
     time.sleep(STEP_PAUSE_S)
-
-
-def _text_json_insert(dialect: Dialect) -> tuple[str, str, str] | None:
-    """The INSERT of one entry row (parameters in `_COLUMNS` order), of `_ROWS_PER_INSERT` rows,
-    and of one block row (`_BLOCK_COLUMNS` order), for a dialect whose JSON column takes the JSON
-    text itself: `_write` binds `fields` encoded once by the C encoder and hands the driver plain
-    tuples, bypassing SQLAlchemy's per-row parameter processing (most of the flusher's CPU). None
-    for other dialects (PostgreSQL binds JSON through the driver's own adapter): they insert
-    through SQLAlchemy, a row per entry."""
-    if dialect.name != "sqlite" or dialect.paramstyle != "qmark":
-        return None
-    compiled = insert(t.log_entries).compile(dialect=dialect, column_keys=list(_COLUMNS))
-    single = str(compiled)
-    head, values = single.split(" VALUES ", 1)
-    if tuple(compiled.positiontup or ()) != _COLUMNS or values.count("?") != len(_COLUMNS):
-        return None
-    block = insert(t.log_entries).compile(dialect=dialect, column_keys=list(_BLOCK_COLUMNS))
-    if tuple(block.positiontup or ()) != _BLOCK_COLUMNS:
-        return None
-    # One statement of many rows costs SQLite less per row than one statement per row (the
-    # AUTOINCREMENT bookkeeping and the statement's setup run once); rows go in VALUES order.
-    return single, f"{head} VALUES {', '.join([values] * _ROWS_PER_INSERT)}", str(block)
 
 
 class LogStore:
@@ -147,7 +130,9 @@ class LogStore:
         self._last_retention = time.monotonic()
         self._log_ids: dict[str, tuple[float, dict[str, str] | None]] = {}
         self.unknown = 0  # access entries of ids that name no deployment, not stored
-        self._insert_sql = _text_json_insert(self.writer.dialect)
+        self._insert_sql = driver_inserts(self.writer.dialect)
+        self._in_blocks = 0  # entries queued in blocks beyond one per block: the queue holds len + this
+        self._in_blocks_lock = threading.Lock()  # updated by the adding and the flushing thread
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -155,7 +140,7 @@ class LogStore:
             instance_id: str | None = None, stream: str | None = None, fields: dict[str, Any] | None = None,
             position: str | None = None) -> bool:
         """Queue one entry; never blocks. False when the queue is full and the entry was dropped."""
-        if len(self._queue) >= self.queue_max:
+        if len(self._queue) + self._in_blocks >= self.queue_max:
             self._drop()
             return False
         stamp = time_ if isinstance(time_, str) else log_time(time_)
@@ -177,7 +162,7 @@ class LogStore:
         deployment_id = values[DEPLOYMENT_ID]
         if deployment_id is None:
             return
-        if len(self._queue) >= self.queue_max:
+        if len(self._queue) + self._in_blocks >= self.queue_max:
             self._drop()
             return
         self._queue.append((deployment_id, "access", values[TIME], values[INSTANCE_ID], None, "", values, None))
@@ -186,33 +171,58 @@ class LogStore:
         if self._thread is None:
             self._ensure_thread()
 
+    def add_access_block(self, block: AccessBlock) -> None:
+        """Access entries a gateway worker made a block of (access_relay.py): queued as they
+        came, and on SQLite inserted as they are (the flusher touches no entry of theirs);
+        elsewhere made a row per entry. A full queue drops the whole block."""
+        deployment_id, count, newest, text = block
+        if self._insert_sql is None:
+            for values in json.loads(text):
+                self.add_access_values(tuple(values))
+            return
+        if len(self._queue) + self._in_blocks + count > self.queue_max:
+            self._drop(count)
+            return
+        with self._in_blocks_lock:
+            self._in_blocks += count - 1
+        self._queue.append((deployment_id, "access", newest, None, None, "", _Block(count, text), None))
+        if len(self._queue) >= self.batch_max:
+            self._wake.set()
+        if self._thread is None:
+            self._ensure_thread()
+
     @property
     def full(self) -> bool:
         """True while the queue has no room: `add` would drop."""
-        return len(self._queue) >= self.queue_max
+        return len(self._queue) + self._in_blocks >= self.queue_max
 
-    def _drop(self) -> None:
-        self.dropped += 1
+    def _drop(self, count: int = 1) -> None:
+        self.dropped += count
         now = time.monotonic()
         if now - self._last_drop_warning >= 10.0:
             self._last_drop_warning = now
             log.warning("log queue full (%d entries waiting): dropped %d entries so far; the database cannot keep up",
-                        len(self._queue), self.dropped)
+                        len(self._queue) + self._in_blocks, self.dropped)
 
     def flush(self) -> int:
         """Write what is queued now (in batches; entries queued meanwhile wait for the next
         flush, so this ends under any load); the number of entries taken from the queue."""
-        total = 0
+        taken = entries = 0
         with self._flush_lock:
             waiting = len(self._queue)
             take = self._queue.popleft
-            while total < waiting:
+            while taken < waiting:
                 # Only a flush (under this lock) takes from the queue, so it holds at least
-                # `waiting - total` entries; adds meanwhile only append behind them.
-                batch: list[_Row] = [take() for _ in range(max(1, min(self.batch_max, waiting - total)))]
+                # `waiting - taken` items; adds meanwhile only append behind them.
+                batch: list[_Row] = [take() for _ in range(max(1, min(self.batch_max, waiting - taken)))]
+                in_blocks = sum(row[6].count - 1 for row in batch if row[6].__class__ is _Block)
+                if in_blocks:
+                    with self._in_blocks_lock:
+                        self._in_blocks -= in_blocks
                 self._write(batch)
-                total += len(batch)
-        return total
+                taken += len(batch)
+                entries += len(batch) + in_blocks
+        return entries
 
     def _write(self, batch: list[_Row]) -> None:
         log_ids = self._log_ids_of({row[0] for row in batch})
@@ -232,10 +242,10 @@ class LogStore:
             with self.writer.begin() as conn:
                 for start in range(0, len(rows), STEP_ENTRIES):
                     _give_way()
-                    self._insert_rows(conn, rows[start:start + STEP_ENTRIES])
-                if blocks:
+                    insert_rows(conn, self._insert_sql, rows[start:start + STEP_ENTRIES])
+                if blocks and self._insert_sql is not None:
                     _give_way()
-                    self._insert_blocks(conn, blocks)
+                    insert_blocks(conn, self._insert_sql, blocks)
                 now = log_time()
                 for instance_id, (deployment_id, position) in positions.items():
                     changed = conn.execute(
@@ -255,9 +265,9 @@ class LogStore:
 
     def _entry_rows(self, batch: list[_Row], log_ids: dict[str, dict[str, str] | None],
                     blocks: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:  # fmt: skip
-        """The batch's entries as rows in `_COLUMNS` order; `fields` already JSON text where the
+        """The batch's entries as rows in `log_inserts.COLUMNS` order; `fields` already JSON text where the
         store inserts through the driver (`_insert_sql`). There, access entries are not made rows:
-        they go to `blocks`, a block row per deployment (`_BLOCK_COLUMNS` order, seq still 0),
+        they go to `blocks`, a block row per deployment (`log_inserts.BLOCK_COLUMNS` order, seq still 0),
         so a batch should be a step (`STEP_ENTRIES`)."""
         encode = json_text if self._insert_sql is not None else None
         rows = []
@@ -267,7 +277,10 @@ class LogStore:
             if ids is None and c == "access":
                 # A request to a deployment id that names no deployment (a typo, or someone
                 # probing ids): it is in no deployment's log, and must not grow the table.
-                self.unknown += 1
+                self.unknown += f.count if f.__class__ is _Block else 1
+                continue
+            if f.__class__ is _Block:  # a worker's block (`add_access_block`): on SQLite only
+                blocks.append((0, d, "access", normalised_log_time(stamp), None, None, ids.get("access") if ids else None, "", f.text, f.count))
                 continue
             if f.__class__ is tuple:  # an access entry's field values (`add_access_values`)
                 if encode is not None:
@@ -280,37 +293,8 @@ class LogStore:
             rows.append((d, c, normalised_log_time(stamp), i, s, ids.get(c) if ids else None, m, f))
         for d, entries in access.items():
             ids = log_ids.get(d) or {}
-            blocks.append((0, d, "access", block_time(entries), None, None, ids.get("access"), "", json_text(entries), len(entries)))
+            blocks.append((0, d, "access", block_time(entries), None, None, ids.get("access"), "", block_json(entries), len(entries)))
         return rows
-
-    def _insert_blocks(self, conn: Connection, blocks: list[tuple[Any, ...]]) -> None:
-        """Block rows of access entries, each given the seq of its last entry: the seqs after
-        the highest one the table has handed out (or holds), in the order of `blocks`."""
-        assert self._insert_sql is not None
-        last = conn.exec_driver_sql(
-            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log_entries'), 0), "
-            "coalesce((SELECT max(seq) FROM log_entries), 0))"
-        ).scalar() or 0
-        rows = []
-        for block in blocks:
-            last += block[-1]
-            rows.append((last, *block[1:]))
-        conn.exec_driver_sql(self._insert_sql[2], rows)
-
-    def _insert_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        if self._insert_sql is None:
-            conn.execute(insert(t.log_entries), [dict(zip(_COLUMNS, row)) for row in rows])
-            return
-        single, multiple, _ = self._insert_sql
-        whole = len(rows) - len(rows) % _ROWS_PER_INSERT
-        if whole:
-            flat = chain.from_iterable
-            conn.exec_driver_sql(multiple, [tuple(flat(rows[start:start + _ROWS_PER_INSERT]))
-                                            for start in range(0, whole, _ROWS_PER_INSERT)])
-        if whole < len(rows):
-            conn.exec_driver_sql(single, rows[whole:])
 
     def _log_ids_of(self, deployment_ids: Iterable[str]) -> dict[str, dict[str, str] | None]:
         """categoryLogDetails of each deployment as {category: logId}, None for an id that names
