@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from dockyard.store import log_rows
 from dockyard.store.log_times import log_time
 from dockyard.store.logs import STEP_ENTRIES, LogStore
 from dockyard.store.metadata import SqlMetadataStore
-from tests.unit.test_log_store import D1, D2, deployment, metadata, messages, quiet_store  # noqa: F401 (the fixture)
+from tests.unit.test_log_store import D1, D2, metadata, messages, quiet_store  # noqa: F401 (metadata: the fixture)
 
 
 def access(n: int, deployment_id: str = D1, at: datetime | None = None) -> AccessEntry:
@@ -156,17 +155,13 @@ def test_seqs_go_on_after_retention_deleted_every_block(metadata: SqlMetadataSto
     assert min(e.seq for e in page.entries) > cursor
 
 
-def test_a_database_of_the_previous_schema_is_upgraded_and_its_entries_still_read(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'dockyard.db'}"
-    store = SqlMetadataStore(url)
-    store.insert(deployment(D1))
-    with store.writer.begin() as conn:  # as version 1 left it
+def test_a_database_of_the_previous_schema_is_upgraded_and_its_entries_still_read(metadata: SqlMetadataStore) -> None:
+    with metadata.writer.begin() as conn:  # as version 1 left it
         conn.exec_driver_sql("ALTER TABLE log_entries DROP COLUMN entries")
         conn.exec_driver_sql("UPDATE schema_info SET version = 1")
         conn.exec_driver_sql("INSERT INTO log_entries (deployment_id, category, time, message, fields) "
                              f"VALUES ('{D1}', 'access', '{log_time()}', 'GET /old 200', '{{\"status\": 200}}')")  # fmt: skip
-    store.close()
-    store = SqlMetadataStore(url)
+    store = SqlMetadataStore(metadata.url)
     try:
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT version FROM schema_info").scalar() == 2
@@ -178,7 +173,7 @@ def test_a_database_of_the_previous_schema_is_upgraded_and_its_entries_still_rea
         logs.close()
     finally:
         store.close()
-    SqlMetadataStore(url).close()  # opened again: nothing left to upgrade
+    SqlMetadataStore(metadata.url).close()  # opened again: nothing left to upgrade
 
 
 def test_a_workers_blocks_are_stored_as_they_came_and_read_back_entry_by_entry(metadata: SqlMetadataStore) -> None:
@@ -223,3 +218,21 @@ def test_block_json_reads_back_as_the_values_were_with_or_without_orjson(monkeyp
     monkeypatch.setattr(log_rows, "_orjson_dumps", None)
     for values in (plain, huge):
         assert json.loads(log_rows.block_json(values)) == [list(v) for v in values]
+
+
+def test_a_batch_the_database_refuses_counts_every_entry_of_its_blocks_as_dropped(
+    metadata: SqlMetadataStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dockyard.store import logs as log_store_module
+
+    def refused(*_: object) -> None:
+        raise OSError("disk full")
+
+    logs = quiet_store(metadata)
+    for block in log_rows.access_blocks([field_values(access(n)) for n in range(150)]):
+        logs.add_access_block(block)
+    monkeypatch.setattr(log_store_module, "insert_blocks", refused)
+    monkeypatch.setattr(log_store_module, "insert_rows", refused)
+    assert logs.flush() == 150
+    assert (logs.dropped, logs.written) == (150, 0)
+    assert "could not store 150 log entries" in caplog.text

@@ -67,6 +67,7 @@ class LogPage:
 # written; for a worker's block of them a `_Block`, and `time` its newest entry's.
 _Row = tuple[str, str, str, "str | None", "str | None", str, Any, "str | None"]
 
+
 class _Block:
     """A worker's block of access entries in the queue (its JSON text inserted as it is)."""
 
@@ -219,12 +220,12 @@ class LogStore:
                 if in_blocks:
                     with self._in_blocks_lock:
                         self._in_blocks -= in_blocks
-                self._write(batch)
+                self._write(batch, len(batch) + in_blocks)
                 taken += len(batch)
                 entries += len(batch) + in_blocks
         return entries
 
-    def _write(self, batch: list[_Row]) -> None:
+    def _write(self, batch: list[_Row], entries: int) -> None:
         log_ids = self._log_ids_of({row[0] for row in batch})
         positions: dict[str, tuple[str, str]] = {}
         for d, _, _, i, _, _, _, p in batch:
@@ -257,8 +258,8 @@ class LogStore:
                             instance_id=instance_id, deployment_id=deployment_id, position=position, time_updated=now))
         except Exception:
             # The database refused (full disk, gone): these entries are lost, the next batch tries again.
-            self.dropped += len(batch)
-            log.exception("could not store %d log entries", len(batch))
+            self.dropped += entries
+            log.exception("could not store %d log entries", entries)
             return
         self.written += len(rows) + sum(block[-1] for block in blocks)
         self.batches += 1
