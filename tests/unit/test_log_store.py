@@ -261,8 +261,8 @@ def test_a_flush_ends_even_while_entries_keep_coming(metadata: SqlMetadataStore)
         logs.add(D1, "access", f"r{n}")
     original = logs._write
 
-    def write_and_receive_more(batch: list) -> None:  # type: ignore[type-arg]
-        original(batch)
+    def write_and_receive_more(batch: list, entries: int) -> None:  # type: ignore[type-arg]
+        original(batch, entries)
         for n in range(10):
             logs.add(D1, "access", "arrived during the flush")
 
