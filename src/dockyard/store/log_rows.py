@@ -87,7 +87,7 @@ def block_time(entries: Sequence[Sequence[Any]]) -> str:
 # A block of access entries as a gateway worker hands it to its supervisor (access_relay.py):
 # (deployment id, how many entries, the newest entry's time, their field values as JSON text).
 AccessBlock = tuple[str, int, str, str]
-BLOCK_ENTRIES = 100  # the most entries a block is made of (the log store's step: `logs.STEP_ENTRIES`)
+BLOCK_ENTRIES = 100  # the most entries in a block (the flusher's own blocks are a step's: `logs.STEP_ENTRIES`, 100 too)
 
 
 def access_blocks(entries: Sequence[Sequence[Any]]) -> list[AccessBlock]:
@@ -129,7 +129,7 @@ def read_entries(conn: Connection, conditions: list[Any], wanted: int, newest: b
     oldest first. A block row may hold entries before `after_seq` or `since`, which are left out;
     but its seq and time are its last entry's, so every row selected holds at least one entry
     wanted, and `wanted` rows are enough. Rows are unpacked as they come, until enough entries
-    are found (a block holds up to `logs.STEP_ENTRIES`: a page rarely needs more than two)."""
+    are found (a block holds up to `BLOCK_ENTRIES`: a page rarely needs more than a few rows)."""
     e = t.log_entries
     rows = conn.execute(select(e).where(*conditions).order_by(e.c.seq.desc() if newest else e.c.seq).limit(wanted))
     found: list[LogEntry] = []
