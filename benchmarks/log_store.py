@@ -83,10 +83,10 @@ class FlusherCpu:
         self._write = logs._write
         logs._write = self.write  # type: ignore[method-assign]
 
-    def write(self, batch: list) -> None:  # type: ignore[type-arg]
+    def write(self, *batch_and_count: object) -> None:
         started = time.thread_time()
         try:
-            self._write(batch)
+            self._write(*batch_and_count)
         finally:
             self.seconds += time.thread_time() - started
 
