@@ -79,11 +79,6 @@ def row_entries(row: Any) -> list[LogEntry]:
     ]
 
 
-def block_time(entries: Sequence[Sequence[Any]]) -> str:
-    """The `time` of a block row: its newest entry's, in the stored form."""
-    return max(normalised_log_time(values[TIME]) for values in entries)
-
-
 # A block of access entries as a gateway worker hands it to its supervisor (access_relay.py):
 # (deployment id, how many entries, the newest entry's time, their field values as JSON text).
 AccessBlock = tuple[str, int, str, str]
@@ -92,9 +87,10 @@ BLOCK_ENTRIES = 100  # the most entries in a block (the flusher's own blocks are
 
 def access_blocks(entries: Sequence[Sequence[Any]]) -> list[AccessBlock]:
     """Access entries' field values (all naming a deployment) as blocks: a deployment's entries
-    in order, `BLOCK_ENTRIES` at most to a block. Made where the entries are, so whoever stores
-    them inserts the text as it is, touching no entry (times are a gateway's own, already in
-    the stored form)."""
+    in order, `BLOCK_ENTRIES` at most to a block, with the newest entry's time (entries' times
+    are a gateway's own, all in the stored form, so the text that sorts last is the newest).
+    Made where the entries are (a gateway worker), so whoever stores them inserts the text as
+    it is, touching no entry; the log store makes its own blocks of what it was handed loose."""
     deployments = dict.fromkeys(map(_DEPLOYMENT_ID, entries))  # in the order they first come
     if len(deployments) == 1:  # the common case: nothing to sort out
         by_deployment = {next(iter(deployments)): entries}

@@ -44,7 +44,7 @@ from dockyard.gateway.accesslog import DEPLOYMENT_ID, FIELD_NAMES, INSTANCE_ID, 
 from dockyard.store import schema as t
 from dockyard.store.json_text import json_text
 from dockyard.store.log_inserts import ROWS_PER_INSERT, driver_inserts, insert_blocks, insert_rows
-from dockyard.store.log_rows import AccessBlock, LogEntry, block_json, block_time, read_entries
+from dockyard.store.log_rows import AccessBlock, LogEntry, access_blocks, read_entries
 from dockyard.store.log_times import log_time, normalised_log_time
 from dockyard.store.metadata import SqlMetadataStore
 
@@ -272,7 +272,8 @@ class LogStore:
         so a batch should be a step (`STEP_ENTRIES`)."""
         encode = json_text if self._insert_sql is not None else None
         rows = []
-        access: dict[str, list[tuple[Any, ...]]] = {}
+        made: list[AccessBlock] = []  # blocks of access entries, as a worker makes them or made here
+        loose: list[tuple[Any, ...]] = []  # access entries to make blocks of (SQLite only)
         for d, c, stamp, i, s, m, f, _ in batch:
             ids = log_ids.get(d)
             if ids is None and c == "access":
@@ -281,20 +282,20 @@ class LogStore:
                 self.unknown += f.count if f.__class__ is _Block else 1
                 continue
             if f.__class__ is _Block:  # a worker's block (`add_access_block`): on SQLite only
-                blocks.append((0, d, "access", normalised_log_time(stamp), None, None, ids.get("access") if ids else None, "", f.text, f.count))
+                made.append((d, f.count, stamp, f.text))
                 continue
             if f.__class__ is tuple:  # an access entry's field values (`add_access_values`)
                 if encode is not None:
-                    access.setdefault(d, []).append(f)
+                    loose.append(f)
                     continue
                 m = entry_message(f)
                 f = dict(zip(FIELD_NAMES, f))
             elif encode is not None:
                 f = encode(f)
             rows.append((d, c, normalised_log_time(stamp), i, s, ids.get(c) if ids else None, m, f))
-        for d, entries in access.items():
-            ids = log_ids.get(d) or {}
-            blocks.append((0, d, "access", block_time(entries), None, None, ids.get("access"), "", block_json(entries), len(entries)))
+        for d, count, newest, text in made + access_blocks(loose):
+            log_id = (log_ids.get(d) or {}).get("access")
+            blocks.append((0, d, "access", normalised_log_time(newest), None, None, log_id, "", text, count))
         return rows
 
     def _log_ids_of(self, deployment_ids: Iterable[str]) -> dict[str, dict[str, str] | None]:
