@@ -11,7 +11,9 @@ What a reader sees does not change: every entry keeps a seq of its own. A block 
 takes the n seqs up to the row's own (`seq`), so the first entry's seq is `seq - n + 1`; no other
 row can get one of them (they are taken in the block's write transaction, under SQLite's one
 write lock). The row's `time` is its newest entry's, so retention by age deletes a block once
-every entry in it is too old, and a reader asking for entries since a time finds it. Blocks are
+every entry in it is too old, and a reader asking for entries since a time finds it. Within one
+flush, blocks take their seqs after the batch's single rows (predict lines), so an access entry
+may follow predict lines that were queued after it. Blocks are
 written on SQLite, whose AUTOINCREMENT takes explicit seqs in its stride; PostgreSQL rows hold
 one entry each (its sequence hands out one value at a time).
 """
