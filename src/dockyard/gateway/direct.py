@@ -56,7 +56,7 @@ UNANSWERED_KEY = "dockyard.unanswered"
 class DirectReply(Reply):
     """One exchange relayed from the upstream connection's callbacks to the caller's cycle."""
 
-    __slots__ = ("gateway", "ex", "cycle", "upstream", "body", "due", "_out", "_ended")
+    __slots__ = ("gateway", "ex", "cycle", "upstream", "body", "due", "_out", "_ended", "_in_flight")
 
     def __init__(self, gateway: Gateway, ex: Exchange, cycle: Cycle, upstream: Upstream, connection: UpstreamConnection,
                  body: bytes) -> None:  # fmt: skip
@@ -95,7 +95,8 @@ class DirectReply(Reply):
         cycle.on_writable = self._caller_writable
         loop = connection.loop
         self.due = loop.time() + self.gateway.options.request_timeout_s
-        InFlight.of(loop).add(self)
+        self._in_flight = InFlight.of(loop)
+        self._in_flight.add(self)
         connection.send_whole(head, self.body, False)
 
     # --- the upstream connection's callbacks ------------------------------------------------------
@@ -136,7 +137,10 @@ class DirectReply(Reply):
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             try:
-                cycle.write_body(data, not self.complete)
+                if self.complete:
+                    cycle.write_last(data)
+                else:
+                    cycle.write_body(data, True)
             except RuntimeError as exc:  # longer or shorter than the content-length the container gave
                 self._cut(f"the container's reply does not match its framing ({exc})", "aborted")
                 return
@@ -234,7 +238,7 @@ class DirectReply(Reply):
     def _release(self) -> None:
         """The exchange's hold on the upstream connection, the instance and the deployment."""
         self._ended = True
-        InFlight.of(self._connection.loop).replies.discard(self)
+        self._in_flight.replies.discard(self)
         cycle = self.cycle
         cycle.on_lost = None
         cycle.on_writable = None

@@ -23,6 +23,9 @@ READ_HIGH_WATER = 64 * 1024  # unread request body bytes past which reading paus
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus}
 NO_BODY_STATUSES = frozenset({204, 304})
+# A byte's value: `0 in data` finds a NUL at once, where `b"\0" in data` first fails to read its
+# operand as an integer (raising and clearing a TypeError inside bytes.__contains__).
+NUL = 0
 
 
 def status_line(status: int) -> bytes:
@@ -201,6 +204,20 @@ class Cycle:
         if not more:
             self._finish()
 
+    def write_last(self, body: bytes) -> None:
+        """`write_body(body, False)` for the whole body at once, the commonest reply a proxy
+        relays: under a content-length it matches, it goes out in one write behind the head."""
+        if self.conn.closed:
+            return
+        head = self.pending_head
+        if head is not None and self.remaining == len(body) < 65536 and self.body_allowed and not self.chunked:
+            self.pending_head = None
+            self.remaining = 0
+            self.conn.transport.write(head + body)
+        else:  # the general framing, and its errors
+            self._write_body(body, False)
+        self._finish()
+
     def start_formatted(self, status: int, lines: bytes, count: int, length: int) -> None:
         """`start_response` for headers already formatted: `count` lines of `name: value\\r\\n`
         (relayed by the gateway), none of them `connection` or `transfer-encoding`; `length` is
@@ -248,7 +265,7 @@ class Cycle:
         head = b"".join((status_line(status), self.conn.server.default_head, lines, tail))
         # One count over the whole head rather than a search per header: every CR and LF must
         # be one of the line ends written above, and no NUL may appear.
-        if head.count(b"\n") != count or head.count(b"\r") != count or b"\0" in head:
+        if head.count(b"\n") != count or head.count(b"\r") != count or NUL in head:
             raise RuntimeError(f"response header {_offending(headers) if headers is not None else lines!r} holds CR, LF or NUL")
         self.keep_alive = keep_alive
         self.body_allowed = body_allowed
@@ -298,7 +315,8 @@ class Cycle:
             self.buffered = 0
             self.conn.update_reading()
         self.buffered = 0
-        self.wake()  # a receive() waiting (a disconnect watch) returns http.disconnect
+        if self.waiters:  # a receive() waiting (a disconnect watch) returns http.disconnect
+            wake_all(self.waiters)
         if not self.keep_alive:
             self.conn.close()
 

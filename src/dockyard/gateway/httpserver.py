@@ -56,6 +56,11 @@ HEAD_TOO_LARGE = (431, f"the request line and headers are larger than {MAX_HEAD_
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
 
 
+def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """The request line's target and the header lines, as counted against MAX_HEAD_BYTES."""
+    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
 class _HeadTooLarge(Exception):
     pass
 
@@ -109,8 +114,8 @@ class Connection(asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future[None]] | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_bytes = 0  # of the request line and headers parsed so far
         self.head_seen = 0  # bytes received while a head was open (httptools holds partial headers)
+        self.reading = 0  # bytes of the read being parsed
         self.head_open = False
         self.expect_continue = False
         self.parse_failure: tuple[int, str] | None = None  # why a parser callback gave up
@@ -147,6 +152,7 @@ class Connection(asyncio.Protocol):
             return
         self.last_active = self.loop.time()
         head_was_open = self.head_open
+        self.reading = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -186,7 +192,6 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
-        self.head_bytes = 0
         self.head_seen = 0
         self.head_open = True
         self.expect_continue = False
@@ -194,16 +199,10 @@ class Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self.head_bytes += len(url)
-        if self.head_bytes > MAX_HEAD_BYTES:
-            self.parse_failure = HEAD_TOO_LARGE
-            raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > MAX_HEAD_BYTES:
-            self.parse_failure = HEAD_TOO_LARGE
-            raise _HeadTooLarge
+        # The head's size is checked once it is whole (on_headers_complete); until then what
+        # data_received counts while it is open bounds it.
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
@@ -211,6 +210,9 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_open = False
+        if self.head_seen + self.reading > MAX_HEAD_BYTES and _head_size(self.url, self.headers) > MAX_HEAD_BYTES:
+            self.parse_failure = HEAD_TOO_LARGE
+            raise _HeadTooLarge
         parser = self.parser
         if parser.should_upgrade():
             return  # feed_data raises HttpParserUpgrade once the head is parsed: refused there
@@ -254,13 +256,15 @@ class Connection(asyncio.Protocol):
         cycle.buffered += len(body)
         if cycle.buffered > READ_HIGH_WATER and not self.read_paused:
             self.update_reading()
-        cycle.wake()
+        if cycle.waiters:  # a receive() waiting (checked here: this runs for every body part)
+            cycle.wake()
 
     def on_message_complete(self) -> None:
         cycle = self.parsing
         if cycle is not None:
             cycle.message_complete = True
-            cycle.wake()
+            if cycle.waiters:
+                cycle.wake()
             self.parsing = None
             if cycle is self.unlaunched:
                 self.unlaunched = None
@@ -334,8 +338,9 @@ class Connection(asyncio.Protocol):
             self.active = self.queue.popleft()
             self.launch(self.active)
             self.update_reading()
-        else:
+        elif self.read_paused or self.parsing is not None:
             self.update_reading()
+        # else: reading goes on, and nothing queued or half-parsed could pause it
 
     def update_reading(self) -> None:
         """Reads while nothing waits in the pipeline and no body piles up unread."""

@@ -202,18 +202,29 @@ def _into(histogram: Any, bounds: tuple[float, ...], values_ms: list[float]) -> 
     keep them elsewhere, the values are observed one by one."""
     if not values_ms:
         return
-    values = sorted([value / 1000 for value in values_ms])
     if not _BATCH_INTO_INTERNALS:
-        for value in values:
-            histogram.observe(value)
+        for value in values_ms:
+            histogram.observe(value / 1000)
         return
+    # Sorted and counted in milliseconds against the bounds in milliseconds: no division per value.
+    values = sorted(values_ms)
     buckets = histogram._buckets
     below = 0
-    for index, bound in enumerate(bounds):
+    for index, bound in enumerate(_in_ms(bounds)):
         upto = bisect.bisect_right(values, bound)
         if upto > below:
             buckets[index].inc(upto - below)
             below = upto
     if len(values) > below:
         buckets[len(bounds)].inc(len(values) - below)  # +Inf
-    histogram._sum.inc(sum(values))
+    histogram._sum.inc(sum(values) / 1000)
+
+
+_BOUNDS_MS: dict[tuple[float, ...], tuple[float, ...]] = {}
+
+
+def _in_ms(bounds: tuple[float, ...]) -> tuple[float, ...]:
+    found = _BOUNDS_MS.get(bounds)
+    if found is None:
+        found = _BOUNDS_MS[bounds] = tuple(bound * 1000 for bound in bounds)
+    return found

@@ -29,6 +29,8 @@ Headers = list[tuple[bytes, bytes]]
 _NO_BODY_STATUS = frozenset({204, 304})
 # The reply headers `on_header` notes besides keeping them (most replies carry two of these).
 _NOTED = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"connection"})
+# A byte value, found by `in` without the failed integer conversion `b" " in target` starts with.
+SPACE = 0x20
 
 
 class ClosedUnanswered(httpx.RemoteProtocolError):
@@ -233,7 +235,7 @@ class UpstreamConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         head = b"".join(lines)
         # Counting is cheaper than validating each header, and catches every injected CR or LF.
-        if head.count(b"\n") != len(headers) + 2 or head.count(b"\r") != len(headers) + 2 or target.count(b" "):
+        if head.count(b"\n") != len(headers) + 2 or head.count(b"\r") != len(headers) + 2 or SPACE in target:
             raise httpx.LocalProtocolError("a request header or the request target holds a line break or a space")
         return head
 
@@ -242,7 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
         """`head` for headers already formatted (`count` lines of `name: value\\r\\n`) after
         `host`. Raises httpx.LocalProtocolError as `head` does."""
         head = b"%b %b HTTP/1.1\r\nhost: %b\r\n%b\r\n" % (method, target, host, lines)
-        if head.count(b"\n") != count + 3 or head.count(b"\r") != count + 3 or target.count(b" "):
+        if head.count(b"\n") != count + 3 or head.count(b"\r") != count + 3 or SPACE in target:
             raise httpx.LocalProtocolError("a request header or the request target holds a line break or a space")
         return head
 
@@ -355,9 +357,9 @@ class UpstreamConnection(asyncio.Protocol):
     # --- httptools callbacks --------------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        reply = self.reply
-        assert reply is not None
+        # (data_received parses only while there is a reply)
         name = name.lower()  # kept lower-cased: every reader of the reply's headers compares them so
+        reply: Reply = self.reply  # type: ignore[assignment]
         reply.headers.append((name, value))
         if name in _NOTED:
             if name == b"content-length":
