@@ -33,6 +33,8 @@ from dockyard.gateway.accesslog import AccessEntry
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+# The same bounds in milliseconds, the unit requests are recorded in (`_into` counts in it).
+_BOUNDS_MS = {bounds: tuple(bound * 1000 for bound in bounds) for bounds in (_LATENCY_BUCKETS, _OVERHEAD_BUCKETS)}
 # The figures of a request `observe` keeps, in its tuple.
 _STATUS, _LATENCY, _UPSTREAM, _BYTES_IN, _BYTES_OUT = (itemgetter(n) for n in range(5))
 
@@ -210,7 +212,7 @@ def _into(histogram: Any, bounds: tuple[float, ...], values_ms: list[float]) -> 
     values = sorted(values_ms)
     buckets = histogram._buckets
     below = 0
-    for index, bound in enumerate(_in_ms(bounds)):
+    for index, bound in enumerate(_BOUNDS_MS[bounds]):
         upto = bisect.bisect_right(values, bound)
         if upto > below:
             buckets[index].inc(upto - below)
@@ -219,12 +221,3 @@ def _into(histogram: Any, bounds: tuple[float, ...], values_ms: list[float]) -> 
         buckets[len(bounds)].inc(len(values) - below)  # +Inf
     histogram._sum.inc(sum(values) / 1000)
 
-
-_BOUNDS_MS: dict[tuple[float, ...], tuple[float, ...]] = {}
-
-
-def _in_ms(bounds: tuple[float, ...]) -> tuple[float, ...]:
-    found = _BOUNDS_MS.get(bounds)
-    if found is None:
-        found = _BOUNDS_MS[bounds] = tuple(bound * 1000 for bound in bounds)
-    return found
