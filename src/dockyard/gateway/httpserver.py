@@ -115,6 +115,7 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_seen = 0  # bytes received while a head was open (httptools holds partial headers)
+        self.head_begun = 0  # bytes of the read an unfinished head began in
         self.reading = 0  # bytes of the read being parsed
         self.head_open = False
         self.expect_continue = False
@@ -164,10 +165,13 @@ class Connection(asyncio.Protocol):
         else:
             # httptools keeps a header's parts until it is whole: a head that never ends is
             # bounded here, by what arrived while it was open.
-            if head_was_open and self.head_open:
-                self.head_seen += len(data)
-                if self.head_seen > 2 * MAX_HEAD_BYTES:
-                    self.refuse(*HEAD_TOO_LARGE)
+            if self.head_open:
+                if head_was_open:
+                    self.head_seen += len(data)
+                    if self.head_seen > 2 * MAX_HEAD_BYTES:
+                        self.refuse(*HEAD_TOO_LARGE)
+                else:  # the read it began in (its part of the head is at most this)
+                    self.head_begun = len(data)
         finally:
             waiting = self.unlaunched
             if waiting is not None:  # its body is still on the way: the app call reads it as it comes
@@ -193,6 +197,7 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.head_seen = 0
+        self.head_begun = 0
         self.head_open = True
         self.expect_continue = False
         self.parsing = None
@@ -210,7 +215,9 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_open = False
-        if self.head_seen + self.reading > MAX_HEAD_BYTES and _head_size(self.url, self.headers) > MAX_HEAD_BYTES:
+        # Every byte of the head came in the reads counted here: only a head that may be too
+        # large is measured.
+        if self.head_begun + self.head_seen + self.reading > MAX_HEAD_BYTES and _head_size(self.url, self.headers) > MAX_HEAD_BYTES:
             self.parse_failure = HEAD_TOO_LARGE
             raise _HeadTooLarge
         parser = self.parser
