@@ -310,8 +310,10 @@ def test_oversized_head_is_431(serving: Any) -> None:
         status, _, body, _ = read_reply(sock)
         assert status == 431 and json.loads(body)["code"] == "InvalidParameter"
         assert closed_by_peer(sock)
-    for split in (1000, 40_000, 64_000, 70_000):  # the same head arriving in two reads, each under the limit
-        head = b"POST / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (n, b"p" * 1000) for n in range(70)) + b"\r\n"
+    # The same size of head in two reads, split before, at and after the limit: its size is the
+    # sum of both reads, the one it began in included.
+    head = b"POST / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (n, b"p" * 1000) for n in range(70)) + b"\r\n"
+    for split in (1000, 40_000, 64_000, 70_000):
         with running.connect() as sock:
             sock.sendall(head[:split])
             time.sleep(0.05)
