@@ -100,7 +100,7 @@ class WorkRequests:
         """Add a progress line, unless the work request has finished: its last line is the
         outcome clients show, and a late progress line must not replace it."""
         with self.store.transaction() if tx is None else contextlib.nullcontext(tx) as conn:
-            wr = self.store.get_work_request(work_request_id, conn)
+            wr = self.store.get_work_request(work_request_id, conn, for_update=True)
             if wr is None or WorkRequestStatus(wr.status).finished:
                 return
             now = now_iso()
@@ -124,7 +124,7 @@ class WorkRequests:
             self._finish(work_request_id, succeeded, message, error_code, conn)
 
     def _finish(self, work_request_id: str, succeeded: bool, message: str, error_code: str, tx: Connection) -> None:
-        wr = self.store.get_work_request(work_request_id, tx)
+        wr = self.store.get_work_request(work_request_id, tx, for_update=True)
         if wr is None or WorkRequestStatus(wr.status).finished:
             return
         now = now_iso()

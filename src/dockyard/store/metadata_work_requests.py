@@ -34,9 +34,15 @@ class WorkRequestStore(MetadataEngine):
             conn.execute(insert(t.work_requests).values(**wr.__dict__))
         return wr
 
-    def get_work_request(self, work_request_id: str, tx: Connection | None = None) -> WorkRequestRecord | None:
+    def get_work_request(
+        self, work_request_id: str, tx: Connection | None = None, for_update: bool = False
+    ) -> WorkRequestRecord | None:
+        """With `for_update` (inside `tx`), the row stays locked until `tx` ends, so the writers
+        of one work request take turns: their lines get times and seqs in the same order, and a
+        percentage never moves back. SQLite needs no row lock: its write transactions take turns."""
+        query = select(t.work_requests).where(t.work_requests.c.id == work_request_id)
         with self._read(tx) as conn:
-            row = conn.execute(select(t.work_requests).where(t.work_requests.c.id == work_request_id)).first()
+            row = conn.execute(query.with_for_update() if for_update else query).first()
         return _work_request(row) if row else None
 
     def update_work_request(self, work_request_id: str, tx: Connection | None = None, **values: Any) -> None:
