@@ -5,6 +5,7 @@ every way the exchange can end (dropped, not HTTP, late, cut, abandoned, pipelin
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import socket
 import time
@@ -400,11 +401,16 @@ async def test_signed_predicts_are_relayed_directly_once_their_key_is_known(stor
 
         replies = [await served.client.post(url, content=BODY, headers=signed(BODY)) for _ in range(4)]
         tampered = await served.client.post(url, content=BODY.replace(b"1", b"7"), headers=signed(BODY))
+        # Remembered signatures are recognised by their raw bytes: a signed header changed under
+        # one is not.
+        redated = signed(BODY) | {"date": email.utils.formatdate(time.time() - 3600, usegmt=True)}
+        tampered_date = await served.client.post(url, content=BODY, headers=redated)
         unsigned = await served.client.post(url, content=BODY)
     assert [r.status_code for r in replies] == [200] * 4 and all(r.json()["body_len"] == len(BODY) for r in replies)
     # The first looks its key up and opens the connection; the next three go directly. A body
     # that is not the one signed, and an unsigned request, are refused by the ASGI call.
-    assert served.asgi_calls == 3
+    assert served.asgi_calls == 4
     assert tampered.status_code == 401 and "x-content-sha256" in tampered.json()["message"]
+    assert tampered_date.status_code == 401 and "off the server's clock" in tampered_date.json()["message"]
     assert unsigned.status_code == 401
     assert len(entries) == 4 and {e.caller for e in entries} == {f"{tenancy}/{user}/{fingerprint}"}

@@ -101,3 +101,79 @@ def test_a_deleted_key_stops_working_when_its_cached_key_expires(monkeypatch: py
     ticks[0] += 1.5
     with pytest.raises(NotAuthenticated, match="is not registered"):
         call(verifier, request)
+
+
+# --- the memo by raw header bytes (the data plane's signed predict, served from callbacks) ----------
+
+
+def raw_of(headers: dict[str, str]) -> dict[bytes, bytes]:
+    return {name.encode("latin-1"): value.encode("latin-1") for name, value in headers.items()}
+
+
+def verified_and_remembered(verifier: Verifier, request: object) -> tuple[str, str, dict[bytes, bytes], bytes]:
+    """Verified the usual way, then remembered, as the middleware does on a first sight."""
+    method, target, headers, body = received(request)  # type: ignore[arg-type]
+    principal = verifier(method, target, headers, body_sha256_b64=body_sha256(body), body_length=len(body), body_headers_required=True)
+    raw = raw_of(headers)
+    verifier.remember(method, target, raw, True, principal)
+    return method, target, raw, body
+
+
+def test_a_remembered_signature_is_known_again_by_its_raw_bytes_without_rsa(monkeypatch: pytest.MonkeyPatch) -> None:
+    rsa = CountingRsa(monkeypatch)
+    verifier = Verifier(REGISTERED.get, clock=Clock())
+    request = signed("POST", "/dep/predict", BODY)
+    method, target, headers, body = received(request)
+    assert verifier.remembered(method, target, raw_of(headers), body, True) is None  # never verified: the usual way
+    method, target, raw, body = verified_and_remembered(verifier, request)
+    assert [verifier.remembered(method, target, dict(raw), body, True) for _ in range(3)] == [PRINCIPAL] * 3
+    assert rsa.calls == 1
+
+
+@pytest.mark.parametrize("change", [
+    "another body", "another target", "another method", "another signed header", "a signed header missing", "another body rule",
+    "another authorization",
+])  # fmt: skip
+def test_a_request_that_differs_from_the_remembered_one_in_anything_signed_is_not_known(change: str) -> None:
+    verifier = Verifier(REGISTERED.get, clock=Clock())
+    method, target, raw, body = verified_and_remembered(verifier, signed("POST", "/dep/predict", BODY))
+    rule = True
+    if change == "another body":
+        body = b'{"inputs": [6, 6, 6]}'
+    elif change == "another target":
+        target = "/other/predict"
+    elif change == "another method":
+        method = "PUT"
+    elif change == "another signed header":
+        raw[b"host"] = b"evil:1"
+    elif change == "a signed header missing":
+        del raw[b"x-content-sha256"]
+    elif change == "another body rule":
+        rule = False
+    else:
+        raw[b"authorization"] = raw[b"authorization"].replace(b'version="1"', b'version="1" ')
+    assert verifier.remembered(method, target, raw, body, rule) is None
+
+
+def test_a_remembered_signature_is_not_known_past_its_date_window_or_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = [1000.0]
+    monkeypatch.setattr("dockyard.auth.signing.time.monotonic", lambda: ticks[0])
+    clock = Clock()
+    verifier = Verifier(REGISTERED.get, clock=clock, cache_ttl_s=5)
+    method, target, raw, body = verified_and_remembered(verifier, signed("POST", "/dep/predict", BODY))
+    clock.now += timedelta(minutes=4, seconds=59)
+    assert verifier.remembered(method, target, raw, body, True) == PRINCIPAL
+    clock.now += timedelta(seconds=2)  # past the 5-minute skew window
+    assert verifier.remembered(method, target, raw, body, True) is None
+    clock.now -= timedelta(minutes=5)
+    ticks[0] += 5  # the cached key it was verified with expired
+    assert verifier.remembered(method, target, raw, body, True) is None
+    ticks[0] = 1000.0
+    verifier.forget()  # keys deleted in this process
+    assert verifier.remembered(method, target, raw, body, True) is None
+
+
+def test_nothing_is_remembered_when_signatures_are_not_cached() -> None:
+    verifier = Verifier(REGISTERED.get, clock=Clock(), cache_ttl_s=0)
+    method, target, raw, body = verified_and_remembered(verifier, signed("POST", "/dep/predict", BODY))
+    assert verifier.remembered(method, target, raw, body, True) is None

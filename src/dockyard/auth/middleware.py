@@ -181,13 +181,25 @@ class SignatureAuthMiddleware:
         method: str = scope["method"]
         if would_block is None or self.streamed(method, scope["path"]):
             return False
+        target = request_target(scope)
+        body_rule = method in BODY_METHODS
+        # A signature this verifier knows already is recognised from the raw header bytes; a
+        # repeated header (joined before it is signed) goes the usual way.
+        by_name = dict(raw)
+        remembered = getattr(verify, "remembered", None) if len(by_name) == len(raw) else None
+        if remembered is not None:
+            body = cycle.whole_body()
+            if len(body) > self.max_body_bytes:
+                return False
+            principal = remembered(method, target, by_name, body, body_rule)
+            if principal is not None:
+                scope["state"]["caller"] = principal
+                return bool(app_direct(cycle))
         headers = header_map(raw)
         if would_block(headers):
             return False
         try:
-            principal = verify(
-                method, request_target(scope), headers, body_sha256_b64=None, body_length=None, body_headers_required=method in BODY_METHODS
-            )
+            principal = verify(method, target, headers, body_sha256_b64=None, body_length=None, body_headers_required=body_rule)
             signed = parse_authorization(headers["authorization"]).headers
             if "x-content-sha256" in signed or "content-length" in signed:
                 body = cycle.whole_body()
@@ -196,6 +208,8 @@ class SignatureAuthMiddleware:
                 check_body(signed, headers, body_sha256(body), len(body))
         except NotAuthenticated:
             return False
+        if remembered is not None:
+            verify.remember(method, target, by_name, body_rule, principal)  # type: ignore[attr-defined]
         scope["state"]["caller"] = principal
         return bool(app_direct(cycle))
 

@@ -152,10 +152,32 @@ def client_response_lines(headers: RawHeaders, request_id_value: str) -> tuple[b
     return b"".join(lines), len(lines)
 
 
+# Recent Authorization values and their caller: a client repeats its signature for every request
+# it sends within the same second, and searching a signature for its keyId costs more than a
+# lookup (whose hash the signature memo computed already). Bounded: values longer than any real
+# signature are not kept, and the whole is cleared when full.
+_CALLERS: dict[bytes, str | None] = {}
+_CALLERS_SIZE = 1024
+_CALLERS_MAX_BYTES = 4096
+
+
 def caller(authorization: bytes | None) -> str | None:
     """Who signed the request: the keyId of an OCI signature (session tokens are not logged)."""
     if not authorization:
         return None
+    try:
+        return _CALLERS[authorization]
+    except KeyError:
+        pass
+    found = _caller(authorization)
+    if len(authorization) <= _CALLERS_MAX_BYTES:
+        if len(_CALLERS) >= _CALLERS_SIZE:
+            _CALLERS.clear()
+        _CALLERS[authorization] = found
+    return found
+
+
+def _caller(authorization: bytes) -> str | None:
     match = _KEY_ID.search(authorization.decode("latin-1"))
     if not match:
         return None
