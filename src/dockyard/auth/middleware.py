@@ -173,7 +173,9 @@ class SignatureAuthMiddleware:
         raw = scope["headers"]
         if scope.get("path") in self.open_paths:
             return bool(app_direct(cycle))
-        if self.allow_unsigned and not _has_authorization(raw):
+        # dockyard's server lower-cases header names; the app reads this map too.
+        by_name = cycle.by_name = dict(raw)
+        if self.allow_unsigned and b"authorization" not in by_name:
             scope["state"]["caller"] = ANONYMOUS
             return bool(app_direct(cycle))
         verify = self.verify
@@ -185,7 +187,6 @@ class SignatureAuthMiddleware:
         body_rule = method in BODY_METHODS
         # A signature this verifier knows already is recognised from the raw header bytes; a
         # repeated header (joined before it is signed) goes the usual way.
-        by_name = dict(raw)
         remembered = getattr(verify, "remembered", None) if len(by_name) == len(raw) else None
         if remembered is not None:
             body = cycle.whole_body()

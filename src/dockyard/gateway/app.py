@@ -188,7 +188,9 @@ class Gateway:
         (`_plain_route`), over an idle connection to an admitted instance, is sent now and its
         reply relayed from callbacks (direct.py). False: the ASGI call serves it."""
         scope = cycle.scope
-        headers: dict[bytes, bytes] = dict(scope["headers"])
+        headers = cycle.by_name
+        if headers is None:
+            headers = cycle.by_name = dict(scope["headers"])
         path = _raw_path(scope)
         route = self._plain_route(scope["method"], path, scope, headers)
         if route is None:
