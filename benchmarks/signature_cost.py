@@ -39,7 +39,7 @@ from dockyard.auth.access_store import AccessStore, PolicyAuthorizer
 from dockyard.auth.identity import Principal
 from dockyard.auth.middleware import SignatureAuthMiddleware
 from dockyard.auth.principals import PrincipalStore
-from dockyard.auth.signing import Verifier
+from dockyard.auth.verifier import Verifier
 from dockyard.service.access import Access, PredictAuthorization
 
 HOST = "127.0.0.1:8081"

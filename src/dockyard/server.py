@@ -23,7 +23,7 @@ from dockyard.auth.admin_only import HomeAdministratorsOnly
 from dockyard.auth.bootstrap import ensure_admin
 from dockyard.auth.middleware import SignatureAuthMiddleware
 from dockyard.auth.principals import PrincipalStore
-from dockyard.auth.signing import Verifier
+from dockyard.auth.verifier import Verifier
 from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
 from dockyard.gateway.accesslog import DurableAccessLog
 from dockyard.gateway.compose import WithMetrics

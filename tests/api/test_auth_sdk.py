@@ -27,7 +27,7 @@ from dockyard.auth import keys
 from dockyard.auth.bootstrap import ensure_admin
 from dockyard.auth.middleware import SignatureAuthMiddleware
 from dockyard.auth.principals import PrincipalStore
-from dockyard.auth.signing import Verifier
+from dockyard.auth.verifier import Verifier
 from dockyard.gateway import beside, create_gateway
 from dockyard.server import create_app
 from dockyard.settings import Settings

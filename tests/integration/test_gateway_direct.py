@@ -377,7 +377,7 @@ async def test_signed_predicts_are_relayed_directly_once_their_key_is_known(stor
     from dockyard.auth import keys
     from dockyard.auth.identity import KeyId, Principal, RegisteredKey
     from dockyard.auth.middleware import SignatureAuthMiddleware
-    from dockyard.auth.signing import Verifier
+    from dockyard.auth.verifier import Verifier
 
     tenancy, user = "ocid1.tenancy.oc1..aaaaaaaatenancy", "ocid1.user.oc1..aaaaaaaauser"
     key = keys.generate_private_key()

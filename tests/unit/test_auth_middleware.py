@@ -14,7 +14,7 @@ import requests
 from dockyard.auth import keys
 from dockyard.auth.identity import KeyId, Principal, RegisteredKey
 from dockyard.auth.middleware import SignatureAuthMiddleware, request_target
-from dockyard.auth.signing import Verifier
+from dockyard.auth.verifier import Verifier
 from dockyard.service.context import ANONYMOUS
 
 pytest.register_assert_rewrite("tests.api.inprocess")  # before the import below, as every user of it does

@@ -18,7 +18,8 @@ import requests
 
 from dockyard.auth import keys
 from dockyard.auth.identity import KeyId, Principal, RegisteredKey
-from dockyard.auth.signing import EMPTY_BODY_SHA256, Verifier, body_sha256, parse_authorization, sign_request, verify_request
+from dockyard.auth.signing import EMPTY_BODY_SHA256, body_sha256, parse_authorization, sign_request, verify_request
+from dockyard.auth.verifier import Verifier
 from dockyard.errors import NotAuthenticated
 
 pytest.register_assert_rewrite("tests.api.inprocess")  # before the import below, as every user of it does

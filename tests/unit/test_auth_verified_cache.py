@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from dockyard.auth.identity import KeyId, RegisteredKey
-from dockyard.auth.signing import Verifier, body_sha256
+from dockyard.auth.signing import body_sha256
+from dockyard.auth.verifier import Verifier
 from dockyard.errors import NotAuthenticated
 from tests.unit.test_auth_signing import PRINCIPAL, REGISTERED, received, signed
 
@@ -91,7 +92,7 @@ def test_a_tampered_header_is_not_served_from_the_memo() -> None:
 def test_a_deleted_key_stops_working_when_its_cached_key_expires(monkeypatch: pytest.MonkeyPatch) -> None:
     keys: dict[KeyId, RegisteredKey] = dict(REGISTERED)
     ticks = [1000.0]
-    monkeypatch.setattr("dockyard.auth.signing.time.monotonic", lambda: ticks[0])
+    monkeypatch.setattr("dockyard.auth.verifier.time.monotonic", lambda: ticks[0])
     verifier = Verifier(keys.get, clock=Clock(), cache_ttl_s=5)
     request = signed("POST", "/dep/predict", BODY)
     call(verifier, request)
@@ -157,7 +158,7 @@ def test_a_request_that_differs_from_the_remembered_one_in_anything_signed_is_no
 
 def test_a_remembered_signature_is_not_known_past_its_date_window_or_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
     ticks = [1000.0]
-    monkeypatch.setattr("dockyard.auth.signing.time.monotonic", lambda: ticks[0])
+    monkeypatch.setattr("dockyard.auth.verifier.time.monotonic", lambda: ticks[0])
     clock = Clock()
     verifier = Verifier(REGISTERED.get, clock=clock, cache_ttl_s=5)
     method, target, raw, body = verified_and_remembered(verifier, signed("POST", "/dep/predict", BODY))

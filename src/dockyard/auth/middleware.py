@@ -28,7 +28,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from dockyard.auth.signing import BODY_METHODS, RequestVerifier, body_sha256, check_body, is_streamed_upload, parse_authorization
+from dockyard.auth.signing import BODY_METHODS, body_sha256, check_body, is_streamed_upload, parse_authorization
+from dockyard.auth.verifier import RequestVerifier
 from dockyard.errors import DockyardError, NotAuthenticated, PayloadTooLarge
 from dockyard.service.context import ANONYMOUS
 
@@ -93,7 +94,7 @@ class _Gone(Exception):
 
 
 class SignatureAuthMiddleware:
-    """See the module docstring. `verify` is a `signing.Verifier` (or anything with its call
+    """See the module docstring. `verify` is a `verifier.Verifier` (or anything with its call
     signature); it may block on the key store, so it runs in a worker thread unless it has a
     `would_block(headers)` method that says it will not (a cached key)."""
 
