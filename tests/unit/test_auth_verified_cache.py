@@ -116,7 +116,7 @@ def verified_and_remembered(verifier: Verifier, request: object) -> tuple[str, s
     method, target, headers, body = received(request)  # type: ignore[arg-type]
     principal = verifier(method, target, headers, body_sha256_b64=body_sha256(body), body_length=len(body), body_headers_required=True)
     raw = raw_of(headers)
-    verifier.remember(method, target, raw, True, principal)
+    verifier.remember(method, target, raw, True, principal, body)
     return method, target, raw, body
 
 
@@ -178,3 +178,13 @@ def test_nothing_is_remembered_when_signatures_are_not_cached() -> None:
     verifier = Verifier(REGISTERED.get, clock=Clock(), cache_ttl_s=0)
     method, target, raw, body = verified_and_remembered(verifier, signed("POST", "/dep/predict", BODY))
     assert verifier.remembered(method, target, raw, body, True) is None
+
+
+@pytest.mark.parametrize("size", [len(BODY), 10_000], ids=["kept body", "body too large to keep"])
+def test_a_remembered_signature_checks_its_body_whether_or_not_the_body_was_kept(size: int) -> None:
+    verifier = Verifier(REGISTERED.get, clock=Clock())
+    sent = ('{"inputs": "' + "x" * (size - 14) + '"}') if size > len(BODY) else BODY
+    method, target, raw, body = verified_and_remembered(verifier, signed("POST", "/dep/predict", sent))
+    assert verifier.remembered(method, target, raw, bytes(bytearray(body)), True) == PRINCIPAL  # an equal body, another object
+    changed = body[:-3] + b"y" + body[-2:]  # the same length, one byte off
+    assert verifier.remembered(method, target, raw, changed, True) is None

@@ -65,6 +65,11 @@ class _RawEntry(NamedTuple):
     latest: datetime  # ... and plus it
     digest: bytes | None  # the signed x-content-sha256, when signed
     length: int | None  # the signed content-length, when signed
+    body: bytes | None  # the body checked against `digest`, when it is small
+
+
+# The largest body a remembered signature keeps (so at most cache_size times this is held).
+_KEPT_BODY_BYTES = 4096
 
 
 class _Flight:
@@ -230,14 +235,19 @@ class Verifier:
             return None  # the usual way says how far off the date is
         if entry.length is not None and len(body) != entry.length:
             return None
-        if entry.digest is not None and not hmac.compare_digest(base64.b64encode(hashlib.sha256(body).digest()), entry.digest):
-            return None
+        digest = entry.digest
+        if digest is not None and not (entry.body is not None and hmac.compare_digest(body, entry.body)):
+            if not hmac.compare_digest(base64.b64encode(hashlib.sha256(body).digest()), digest):
+                return None
         return entry.principal
 
-    def remember(self, method: str, target: str, raw: Mapping[bytes, bytes], body_headers_required: bool, principal: Principal) -> None:
-        """After `__call__` verified this request as `principal` (and its body checked against
-        it), so that `remembered` knows it again. `raw` as `remembered` takes it. Lives no
-        longer than the cached key it was verified with, nor than `cache_ttl_s`."""
+    def remember(self, method: str, target: str, raw: Mapping[bytes, bytes], body_headers_required: bool, principal: Principal,
+                 body: bytes) -> None:  # fmt: skip
+        """After `__call__` verified this request as `principal` and `body` was checked against
+        it, so that `remembered` knows it again. `raw` as `remembered` takes it. Lives no
+        longer than the cached key it was verified with, nor than `cache_ttl_s`. A small body
+        is kept: a request that repeats it (the same signature is the same signed digest) is
+        compared with it rather than hashed again."""
         if self.cache_ttl_s <= 0:
             return
         try:
@@ -267,6 +277,7 @@ class Verifier:
             expiry = min(key_hit[0], time.monotonic() + self.cache_ttl_s)
             self._raw[raw[b"authorization"]] = _RawEntry(
                 expiry, principal, method, target, body_headers_required, names, values, signed_at - skew, signed_at + skew, digest, length,
+                body if digest is not None and len(body) <= _KEPT_BODY_BYTES else None,
             )  # fmt: skip
 
     @staticmethod
