@@ -7,7 +7,7 @@ process runtime, loaded by wrk with the example's request.
 Starts `dockyard serve --example --runtime process --insecure-no-auth` from `--src` (default this
 checkout's src; give another checkout's to compare two versions) over a throw-away data
 directory, waits for the example to be ACTIVE, then for each round prints the requests/s, the p50
-latency and the CPU time (user + system) of the dockyard process per request: the gateway's
+and p99 latency and the CPU time (user + system) of the dockyard process per request: the gateway's
 work, its access log and the predict-log collection, not the model's (the instance is a process
 of its own). The model server is the bottleneck here, so requests/s says little; the CPU per
 request is the figure to compare. Needs wrk (`apt-get install -y wrk`).
@@ -83,8 +83,9 @@ def main() -> None:
             spent = own_cpu_seconds(serve.pid) - before
             rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
             p50 = re.search(r"\s50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+            p99 = re.search(r"\s99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
             failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-            print(f"round {number + 1}: {rps:,.0f} req/s, p50 {p50}, dockyard's CPU {spent / (rps * args.duration) * 1e6:.0f} us per request"
+            print(f"round {number + 1}: {rps:,.0f} req/s, p50 {p50}, p99 {p99}, dockyard's CPU {spent / (rps * args.duration) * 1e6:.0f} us per request"
                   f"{f', {failed.group(1)} failed' if failed else ''}", flush=True)  # fmt: skip
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
