@@ -111,12 +111,14 @@ def raw_of(headers: dict[str, str]) -> dict[bytes, bytes]:
     return {name.encode("latin-1"): value.encode("latin-1") for name, value in headers.items()}
 
 
-def verified_and_remembered(verifier: Verifier, request: object) -> tuple[str, str, dict[bytes, bytes], bytes]:
-    """Verified the usual way, then remembered, as the middleware does on a first sight."""
+def verified_and_remembered(verifier: Verifier, request: object, sights: int = 2) -> tuple[str, str, dict[bytes, bytes], bytes]:
+    """Verified the usual way and handed to `remember`, `sights` times, as the middleware does
+    each time `remembered` does not know a request."""
     method, target, headers, body = received(request)  # type: ignore[arg-type]
-    principal = verifier(method, target, headers, body_sha256_b64=body_sha256(body), body_length=len(body), body_headers_required=True)
     raw = raw_of(headers)
-    verifier.remember(method, target, raw, True, principal, body)
+    for _ in range(sights):
+        principal = verifier(method, target, headers, body_sha256_b64=body_sha256(body), body_length=len(body), body_headers_required=True)
+        verifier.remember(method, target, raw, True, principal, body)
     return method, target, raw, body
 
 
@@ -129,6 +131,16 @@ def test_a_remembered_signature_is_known_again_by_its_raw_bytes_without_rsa(monk
     method, target, raw, body = verified_and_remembered(verifier, request)
     assert [verifier.remembered(method, target, dict(raw), body, True) for _ in range(3)] == [PRINCIPAL] * 3
     assert rsa.calls == 1
+
+
+def test_only_a_signature_seen_again_is_remembered() -> None:
+    """A client that signs every request anew never repeats a signature: its first sight is only noted."""
+    verifier = Verifier(REGISTERED.get, clock=Clock())
+    request = signed("POST", "/dep/predict", BODY)
+    method, target, raw, body = verified_and_remembered(verifier, request, sights=1)
+    assert verifier.remembered(method, target, raw, body, True) is None
+    verified_and_remembered(verifier, request, sights=1)
+    assert verifier.remembered(method, target, raw, body, True) == PRINCIPAL
 
 
 @pytest.mark.parametrize("change", [

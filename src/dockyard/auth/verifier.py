@@ -110,6 +110,8 @@ class Verifier:
         self._verified: dict[tuple[str, ...], tuple[float, Principal, tuple[str, ...], datetime]] = {}
         # Authorization bytes -> a signature verified over raw header bytes (`remembered`).
         self._raw: dict[bytes, _RawEntry] = {}
+        # Authorization bytes verified once and not yet remembered (see `remember`).
+        self._seen_once: set[bytes] = set()
         self._flights: dict[KeyId, _Flight] = {}
         self._lock = threading.Lock()
 
@@ -168,6 +170,7 @@ class Verifier:
             self._cache.clear()
             self._verified.clear()
             self._raw.clear()
+            self._seen_once.clear()
 
     def __call__(
         self,
@@ -247,11 +250,25 @@ class Verifier:
         it, so that `remembered` knows it again. `raw` as `remembered` takes it. Lives no
         longer than the cached key it was verified with, nor than `cache_ttl_s`. A small body
         is kept: a request that repeats it (the same signature is the same signed digest) is
-        compared with it rather than hashed again."""
+        compared with it rather than hashed again.
+
+        Only a signature seen again is remembered: the first time, its bytes are only noted. A
+        client that signs every request anew (a new body, or a new second) never repeats one,
+        and making the entry costs about a tenth of the RSA check it would save."""
         if self.cache_ttl_s <= 0:
             return
+        authorization = raw.get(b"authorization")
+        if authorization is None:
+            return
+        with self._lock:
+            if authorization not in self._seen_once:
+                if len(self._seen_once) >= self.cache_size:
+                    self._seen_once.clear()
+                self._seen_once.add(authorization)
+                return
+            self._seen_once.discard(authorization)
         try:
-            params = parse_authorization(raw[b"authorization"].decode("latin-1"))
+            params = parse_authorization(authorization.decode("latin-1"))
             names = tuple(name.encode("latin-1") for name in params.headers if name != "(request-target)")
             values = tuple(map(raw.get, names))
             signed_at = signed_date(raw[b"date"].decode("latin-1"))
@@ -275,7 +292,7 @@ class Verifier:
             if len(self._raw) >= self.cache_size:
                 self._raw.clear()
             expiry = min(key_hit[0], time.monotonic() + self.cache_ttl_s)
-            self._raw[raw[b"authorization"]] = _RawEntry(
+            self._raw[authorization] = _RawEntry(
                 expiry, principal, method, target, body_headers_required, names, values, signed_at - skew, signed_at + skew, digest, length,
                 body if digest is not None and len(body) <= _KEPT_BODY_BYTES else None,
             )  # fmt: skip
