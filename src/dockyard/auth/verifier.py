@@ -276,11 +276,10 @@ class Verifier:
             return  # it verified, so none of this fails; if it did, the usual way serves it every time
         if None in values:
             return
-        by_name = dict(zip(names, values))
-        digest = by_name[b"x-content-sha256"].strip() if b"x-content-sha256" in by_name else None
+        digest = raw[b"x-content-sha256"].strip() if b"x-content-sha256" in names else None
         length = None
-        if b"content-length" in by_name:
-            declared = by_name[b"content-length"].strip()
+        if b"content-length" in names:
+            declared = raw[b"content-length"].strip()
             if not declared.isdigit():
                 return
             length = int(declared)
