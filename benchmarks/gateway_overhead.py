@@ -12,7 +12,10 @@ holds one ACTIVE deployment with that upstream as its one HEALTHY instance and t
 administrator `dockyard serve` creates. It is measured unsigned (`--insecure-no-auth`) and
 signed: every request carries an OCI signature (fixed body, so one Authorization header
 stays valid for the 5-minute skew window), verified by the server. nginx (`apt-get install -y
-nginx`) runs one worker with upstream keep-alive.
+nginx`) runs one worker with upstream keep-alive, twice: `nginx` adds the headers the gateway adds
+to every forwarded request (X-Forwarded-For, X-Forwarded-Proto and a request id), so both proxies
+deliver the same request and the upstream does the same work behind each; `nginx bare` forwards
+the request as it came. Ratios are to `nginx`, with those to `nginx bare` beside them.
 
 Load comes from `wrk` when it is installed (`apt-get install -y wrk`), else from a Python
 load generator (which is itself slower, so its figures understate every server). Prints
@@ -115,6 +118,13 @@ def signed_headers(config: Path, url: str) -> dict[str, str]:
             "content-length", "accept", "accept-encoding", "connection", "user-agent")}  # fmt: skip
 
 
+# What the gateway adds to every request it forwards (gateway/headers.py), as nginx adds them: the
+# like-for-like nginx delivers the same request to the upstream, whose parsing of three more
+# headers (and uvicorn's trusted-proxy handling of X-Forwarded-*) costs it ~12% more CPU.
+NGINX_FORWARDING = """
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header opc-request-id $request_id;"""
 NGINX_CONF = """
 worker_processes 1;
 pid {dir}/nginx.pid;
@@ -133,7 +143,7 @@ http {{
         location / {{
             proxy_pass http://model/predict;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection "";{forwarding}
         }}
     }}
 }}
@@ -348,14 +358,16 @@ def orchestrate(args: argparse.Namespace) -> None:
         targets = [Target("direct", f"http://127.0.0.1:{upstream_port}/predict", upstream)]
         nginx = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
         if nginx:
-            nginx_port = free_port()
-            for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-                (workdir / sub).mkdir()
-            conf = workdir / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=workdir, upstream=upstream_port, port=nginx_port))
-            servers.append(subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"]))
-            wait_for(nginx_port)
-            targets.append(Target("nginx", f"http://127.0.0.1:{nginx_port}/", servers[-1]))
+            for name, forwarding in (("nginx", NGINX_FORWARDING), ("nginx bare", "")):
+                nginx_port = free_port()
+                nginx_dir = workdir / name.replace(" ", "-")
+                for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                    (nginx_dir / sub).mkdir(parents=True)
+                conf = nginx_dir / "nginx.conf"
+                conf.write_text(NGINX_CONF.format(dir=nginx_dir, upstream=upstream_port, port=nginx_port, forwarding=forwarding))
+                servers.append(subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"]))
+                wait_for(nginx_port)
+                targets.append(Target(name, f"http://127.0.0.1:{nginx_port}/", servers[-1]))
         else:
             print("nginx is not installed (apt-get install -y nginx): no nginx figures", flush=True)
         data_dir = workdir / "dockyard"
@@ -392,8 +404,9 @@ def report(rounds: list[list[Result]]) -> None:
     """Per target, the median over rounds of each figure, and of each round's ratios."""
     names = [r.target for r in rounds[0]]
     nginx_at = names.index("nginx") if "nginx" in names else None
+    bare_at = names.index("nginx bare") if "nginx bare" in names else None
     print(f"\n{'target':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'+p50 ms':>9}{'CPU us':>8}{'up us':>7}"
-          f"   vs direct (req/s, p50)   vs nginx (req/s)   gateway's own overhead")  # fmt: skip
+          f"   vs direct (req/s, p50)   vs nginx (req/s)   vs bare   gateway's own overhead")  # fmt: skip
     spreads = []
     for at, name in enumerate(names):
         mine = [round_[at] for round_ in rounds]
@@ -408,6 +421,9 @@ def report(rounds: list[list[Result]]) -> None:
             versus_nginx = f"{median(ratios):.2f}x"
             if len(rounds) > 1 and name.startswith("gw"):
                 spreads.append(f"{name}: " + ", ".join(f"{x:.2f}x" for x in ratios))
+        versus_bare = "-"
+        if bare_at is not None:
+            versus_bare = f"{median([r.rps / round_[bare_at].rps for r, round_ in zip(mine, rounds)]):.2f}x"
         cpus = [r.cpu_us for r in mine if r.cpu_us is not None]
         overheads = [r.overhead_ms for r in mine if r.overhead_ms is not None]
         cpu = f"{median(cpus):.0f}" if cpus else "-"
@@ -415,11 +431,12 @@ def report(rounds: list[list[Result]]) -> None:
         up = f"{median(ups):.0f}" if ups else "-"
         own = f"{median(overheads):.3f} ms mean" if overheads else ""
         print(f"{name:<18}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}{sum(r.errors for r in mine):>8}{added:>9.2f}{cpu:>8}{up:>7}"
-              f"   {vs_direct:>5.2f}x, {vs_direct_p50:>5.2f}x{versus_nginx:>19}   {own}")  # fmt: skip
+              f"   {vs_direct:>5.2f}x, {vs_direct_p50:>5.2f}x{versus_nginx:>19}{versus_bare:>10}   {own}")  # fmt: skip
     if spreads:
         print("\nvs nginx in each round: " + "; ".join(spreads))
     print("\nEach figure is the median over rounds; ratios are taken within each round, then their median."
           "\n+p50: p50 added over direct. Goal: gateway >= 0.5x nginx's req/s, < 1 ms added p50."
+          "\nnginx adds the gateway's forwarding headers (the same request reaches the upstream); nginx bare does not."
           "\nCPU us: CPU time (user + system) of that server's processes per request (the upstream's for direct,"
           "\n  nginx's, the gateway's: supervisor and workers)."
           "\nup us: the upstream's CPU time per request behind that target. It rises as the upstream is woken for"

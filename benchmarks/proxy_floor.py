@@ -13,7 +13,8 @@ after the other, every round:
              timeouts, no errors handled, nothing stored: an upper bound on what any redesign of
              the gateway's request path could reach, not a server to use;
 - `gateway`: `dockyard serve --role gateway --insecure-no-auth` (as gateway_overhead.py runs it);
-- `nginx`:   one worker with upstream keep-alive (when nginx is installed).
+- `nginx`:   one worker with upstream keep-alive, adding the forwarding headers the gateway adds
+             (when nginx is installed).
 
 The floor runs `--workers` processes on one port (SO_REUSEPORT), as the gateway runs its
 workers. Prints, per target and round, requests/s, the CPU time of the proxy's processes per
@@ -222,7 +223,7 @@ def main() -> None:
             if shutil.which("nginx"):
                 nginx_port = load.free_port()
                 conf = work / "nginx.conf"
-                conf.write_text(load.NGINX_CONF.format(dir=work, upstream=upstream_port, port=nginx_port))
+                conf.write_text(load.NGINX_CONF.format(dir=work, upstream=upstream_port, port=nginx_port, forwarding=load.NGINX_FORWARDING))
                 nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"], start_new_session=True)
                 processes.append(nginx)
                 load.wait_for(nginx_port)
