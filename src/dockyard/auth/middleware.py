@@ -176,12 +176,12 @@ class SignatureAuthMiddleware:
         scope = cycle.scope
         raw = scope["headers"]
         if scope.get("path") in self.open_paths:
-            return bool(app_direct(cycle))
+            return app_direct(cycle) is True
         # dockyard's server lower-cases header names; the app reads this map too.
         by_name = cycle.by_name = dict(raw)
         if self.allow_unsigned and b"authorization" not in by_name:
             scope["state"]["caller"] = ANONYMOUS
-            return bool(app_direct(cycle))
+            return app_direct(cycle) is True
         verify = self.verify
         would_block = getattr(verify, "would_block", None)
         method: str = scope["method"]
@@ -199,7 +199,7 @@ class SignatureAuthMiddleware:
             principal = remembered(method, target, by_name, body, body_rule)
             if principal is not None:
                 scope["state"]["caller"] = principal
-                return bool(app_direct(cycle))
+                return app_direct(cycle) is True
         headers = header_map(raw)
         if would_block(headers):
             return False
@@ -216,7 +216,7 @@ class SignatureAuthMiddleware:
         if remembered is not None:
             verify.remember(method, target, by_name, body_rule, principal, cycle.whole_body())  # type: ignore[attr-defined]
         scope["state"]["caller"] = principal
-        return bool(app_direct(cycle))
+        return app_direct(cycle) is True
 
     # --- bodies ----------------------------------------------------------------------------------
 

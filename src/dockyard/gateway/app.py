@@ -47,7 +47,7 @@ from dockyard.gateway.options import GatewayOptions
 from dockyard.gateway.pool import UpstreamPool
 from dockyard.gateway.proxy import DisconnectWatch, Forward, Proxy
 from dockyard.gateway.replies import send_error, send_json
-from dockyard.gateway.routes import Route, RouteSource, RouteTable
+from dockyard.gateway.routes import SERVING_STATES, Route, RouteSource, RouteTable
 from dockyard.gateway.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -191,13 +191,15 @@ class Gateway:
         headers = cycle.by_name
         if headers is None:
             headers = cycle.by_name = dict(scope["headers"])
-        path = _raw_path(scope)
+        path = scope["path"]  # dockyard's server: no root path, the query split off already
+        if 0x25 in scope["raw_path"]:  # percent-encoded: routed on the path as sent, as the general path does
+            path = _raw_path(scope)
         route = self._plain_route(scope["method"], path, scope, headers)
         if route is None:
             return False
-        upstream = self.balancer.order(route)[0]
+        upstream = self.balancer.first(route)
         backend = upstream.backend
-        connection = None if upstream.ejected else self.transport.take_idle(backend.host, backend.port)
+        connection = None if upstream.ejected_at is not None else self.transport.take_idle(backend.host, backend.port)
         if connection is None:  # the general path tries the instances in order (and opens connections)
             self.balancer.unused(route)
             return False
@@ -242,11 +244,11 @@ class Gateway:
         if not 0 < declared <= KEEP_FOR_RETRY_BYTES or declared > self.options.max_body_bytes:
             return None
         route = self.routes.fresh(path[1:-8])
-        if route is None or route.triton or not route.backends or not route.serving_state:
+        if route is None or route.triton or not route.backends or route.state not in SERVING_STATES:
             return None
         if self.authorize is not None and self.authorize.known(scope.get("state", {}).get("caller"), route.compartment_id) is not True:
             return None
-        if self.balancer.inflight(route.deployment_id) >= self.balancer.capacity(route, self.options.inflight_per_instance):
+        if not self.balancer.has_room(route, self.options.inflight_per_instance):
             return None
         return route
 

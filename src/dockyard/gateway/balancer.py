@@ -85,6 +85,23 @@ class Balancer:
         )
         return [upstreams[i] for i in ranked]
 
+    def first(self, route: Route) -> Upstream:
+        """`order(route)[0]` without the list: the instance a direct reply tries (it tries one)."""
+        backends = route.backends
+        if len(backends) != 1:
+            return self.order(route)[0]
+        upstream = self._upstreams.get(backends[0].key)
+        if upstream is None or upstream.ejected_at is not None:
+            return self._upstream(backends[0])  # made, or admitted again once its ejection ran out
+        return upstream
+
+    def has_room(self, route: Route, per_instance: int) -> bool:
+        """Fewer requests in flight to the deployment than its capacity (`capacity`)."""
+        inflight = self._inflight.get(route.deployment_id, 0)
+        if len(route.backends) == 1:  # one instance: its share, ejected or not
+            return inflight < per_instance
+        return inflight < self.capacity(route, per_instance)
+
     def unused(self, route: Route) -> None:
         """The order just given for `route` was not used (a direct reply declined the request,
         which then asks again): its turn goes to the next order, so ties still rotate evenly."""

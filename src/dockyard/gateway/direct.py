@@ -56,33 +56,23 @@ UNANSWERED_KEY = "dockyard.unanswered"
 class DirectReply(Reply):
     """One exchange relayed from the upstream connection's callbacks to the caller's cycle."""
 
-    __slots__ = ("gateway", "ex", "cycle", "upstream", "body", "due", "_out", "_ended", "_in_flight")
+    _ended = False
+    _started = False  # the caller's response has begun (its head is written, or pending in the cycle)
+    due = 0.0  # when the reply's head, or its next bytes, are late (the loop's clock)
 
     def __init__(self, gateway: Gateway, ex: Exchange, cycle: Cycle, upstream: Upstream, connection: UpstreamConnection,
                  body: bytes) -> None:  # fmt: skip
-        # Reply's fields, without the future a waiting coroutine would need.
-        self.status = 0
+        # Reply's own fields (the rest are its class defaults), without the future a waiting
+        # coroutine would need.
         self.headers = []
-        self.content_type = None
-        self.content_length = None
-        self.chunked = False
-        self.connection_header = False
-        self.complete = False
         self._connection = connection
-        self._chunks = []
-        self._buffered = 0
-        self._waiter = None
-        self._error = None
-        self._closed = False
         self._on_close = gateway.transport.checkin
         self.gateway = gateway
         self.ex = ex
         self.cycle = cycle
         self.upstream = upstream
         self.body = body  # kept until the reply starts, for the general path should the instance drop it
-        self.due = 0.0  # when the reply's head, or its next bytes, are late (the loop's clock)
         self._out: list[bytes] = []
-        self._ended = False
 
     def send(self, head: bytes) -> None:
         """Send the request (head and body in one write) and relay what comes back."""
@@ -95,17 +85,27 @@ class DirectReply(Reply):
         cycle.on_writable = self._caller_writable
         loop = connection.loop
         self.due = loop.time() + self.gateway.options.request_timeout_s
-        self._in_flight = InFlight.of(loop)
-        self._in_flight.add(self)
-        connection.send_whole(head, self.body, False)
+        in_flight = InFlight.current
+        if in_flight is None or in_flight.loop is not loop:
+            in_flight = InFlight.of(loop)
+        self._in_flight = in_flight
+        in_flight.add(self)
+        body = self.body
+        connection.transport.write(head + body if body else head)  # (an idle connection: open)
 
     # --- the upstream connection's callbacks ------------------------------------------------------
 
     def _headed(self) -> None:
-        ex = self.ex
         upstream = self.upstream
-        if upstream.ejected:
+        if upstream.ejected_at is not None:
             self.gateway.balancer.admit(upstream)
+        # The caller's response begins in `_fed`, with what this read brought: a reply that came
+        # whole is framed and written in one step.
+
+    def _start(self) -> bool:
+        """Begin the caller's response (its head waits in the cycle for the first body bytes);
+        False when the container's head cannot be relayed (the caller got a 502 instead)."""
+        ex = self.ex
         try:
             if self.connection_header:  # it may name more headers to drop
                 self.cycle.start_response(self.status, client_response_headers(self.headers, ex.request_id))
@@ -114,11 +114,21 @@ class DirectReply(Reply):
                 length = self.content_length
                 self.cycle.start_formatted(self.status, lines, count, -1 if length is None else int(length))
         except RuntimeError as exc:  # a header that would split the response: nothing was written
-            self._refuse(BadGateway(f"the model server on instance {upstream.backend.instance_id} sent a reply the gateway cannot relay ({exc})"))
-            return
+            self._refuse(self._unrelayable(exc))
+            return False
+        self._began()
+        return True
+
+    def _began(self) -> None:
+        self._started = True
         self.body = b""
+        ex = self.ex
         ex.status = self.status
         ex.response_started = True
+
+    def _unrelayable(self, exc: RuntimeError) -> BadGateway:
+        instance = self.upstream.backend.instance_id
+        return BadGateway(f"the model server on instance {instance} sent a reply the gateway cannot relay ({exc})")
 
     def _body(self, data: bytes) -> None:
         self._out.append(data)
@@ -133,6 +143,11 @@ class DirectReply(Reply):
             return
         out = self._out
         cycle = self.cycle
+        if not self._started:
+            if self.complete and not self.connection_header and self.content_length is not None and self._whole():
+                return
+            if not self._start():
+                return
         if out or self.complete or cycle.pending_head is not None:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
@@ -151,6 +166,28 @@ class DirectReply(Reply):
         self.due = self._connection.loop.time() + self.gateway.options.request_timeout_s
         if cycle.conn.write_paused:
             self._connection.pause_reading()
+
+    def _whole(self) -> bool:
+        """The commonest reply, whole in one read under its content-length: framed and written
+        in one step (`Cycle.write_whole`). False: the general framing writes it."""
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        lines, count = client_response_lines(self.headers, self.ex.request_id)
+        try:
+            written = self.cycle.write_whole(self.status, lines, count, int(self.content_length), data)  # type: ignore[arg-type]
+        except RuntimeError as exc:  # a header that would split the response: nothing was written
+            self._refuse(self._unrelayable(exc))
+            return True
+        if written:
+            out.clear()
+            self._started = True  # (`_began`, inline)
+            self.body = b""
+            ex = self.ex
+            ex.status = self.status
+            ex.response_started = True
+            ex.response_complete = True
+            self._end()
+        return written
 
     def _fail(self, error: Exception) -> None:
         if self._ended or self.complete:
@@ -221,6 +258,8 @@ class DirectReply(Reply):
     def _cut(self, error: str, kind: str) -> None:
         """The reply started and cannot end well: the caller's connection closes under it, so
         it sees a cut stream rather than a short one that looks whole."""
+        if not self._started and not self._start():  # the head came in the read that broke off
+            return
         ex = self.ex
         ex.error = error
         self.gateway.metrics.upstream_errors.labels(ex.deployment_id or "-", kind).inc()
@@ -242,7 +281,14 @@ class DirectReply(Reply):
         cycle = self.cycle
         cycle.on_lost = None
         cycle.on_writable = None
-        self.close()  # the connection goes back to the pool when the reply was read whole
+        # Reply.close, inline: the connection goes back to the pool when the reply was read whole
+        self._closed = True
+        connection = self._connection
+        connection.reply = None
+        reusable = self.complete and connection.keep_alive and not connection.closed
+        if not reusable:
+            connection.close()
+        self.gateway.transport.checkin(connection, reusable)
         self.upstream.outstanding -= 1
         self.ex.upstream_ended = time.perf_counter()
         self.gateway.balancer.leave(self.ex.deployment_id)  # type: ignore[arg-type]
@@ -286,14 +332,17 @@ class InFlight:
         self.replies: set[DirectReply] = set()
         self._timer: asyncio.TimerHandle | None = None
 
+    current: InFlight | None = None  # the last one `of` gave: nearly always the one asked for next
+
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> InFlight:
         """The loop's, made on first use (kept on the loop: the two go together)."""
         try:
-            return loop._dockyard_direct_in_flight  # type: ignore[attr-defined,no-any-return]
+            in_flight: InFlight = loop._dockyard_direct_in_flight  # type: ignore[attr-defined]
         except AttributeError:
-            made = loop._dockyard_direct_in_flight = cls(loop)  # type: ignore[attr-defined]
-            return made
+            in_flight = loop._dockyard_direct_in_flight = cls(loop)  # type: ignore[attr-defined]
+        InFlight.current = in_flight
+        return in_flight
 
     def add(self, reply: DirectReply) -> None:
         self.replies.add(reply)

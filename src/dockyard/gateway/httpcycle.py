@@ -111,7 +111,8 @@ class Cycle:
 
     def take_body(self) -> bytes:
         """The whole body, handed over: `receive()` has nothing more to give."""
-        whole = self.whole_body()
+        body = self.body
+        whole = body[0] if len(body) == 1 else b"".join(body)
         self.body = []
         self.buffered = 0
         self.delivered = True
@@ -218,6 +219,27 @@ class Cycle:
         else:  # the general framing, and its errors
             self._write_body(body, False)
         self._finish()
+
+    def write_whole(self, status: int, lines: bytes, count: int, length: int, body: bytes) -> bool:
+        """`start_formatted` then `write_last` in one step, for a relayed reply whose whole body
+        is at hand: `lines` as `start_formatted` takes them, `length` the content-length among
+        them. False (nothing done) unless it is the plain case: a small body of that length, a
+        status that has one, the connection kept open. Raises RuntimeError as `start_response`
+        does, before anything is written."""
+        conn = self.conn
+        if (length != len(body) or length >= 65536 or status < 200 or status in NO_BODY_STATUSES or self.is_head
+                or not self.keep_alive or conn.closed or self.started):  # fmt: skip
+            return False
+        line = STATUS_LINES.get(status)
+        head = b"%b%b%b\r\n" % (status_line(status) if line is None else line, conn.server.default_head, lines)
+        count += 4  # the status line, server, date and the empty line, as `_framed` counts them
+        if head.count(b"\n") != count or head.count(b"\r") != count or NUL in head:
+            raise RuntimeError(f"response header {lines!r} holds CR, LF or NUL")
+        self.started = True
+        self.remaining = 0
+        conn.transport.write(head + body)
+        self._finish()
+        return True
 
     def start_formatted(self, status: int, lines: bytes, count: int, length: int) -> None:
         """`start_response` for headers already formatted: `count` lines of `name: value\\r\\n`

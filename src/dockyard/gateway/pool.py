@@ -156,7 +156,15 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         if now - self._last_sweep > 1.0:
             self._sweep(now)
         origin = self._origins.get((host, port))
-        return None if origin is None else self._pop_idle(origin, now)
+        if origin is None:
+            return None
+        idle = origin.idle
+        if idle:  # the newest idle connection, nearly always fresh (`_pop_idle` without the call)
+            connection = idle[-1]
+            if not connection.closed and now - connection.idle_since < self.keepalive_expiry_s:
+                idle.pop()
+                return connection
+        return self._pop_idle(origin, now)
 
     def _pop_idle(self, origin: _Origin, now: float) -> UpstreamConnection | None:
         idle = origin.idle
@@ -254,7 +262,8 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         if len(origin.idle) < self.max_idle:
             connection.idle_since = time.monotonic()
             origin.idle.append(connection)
-            self._schedule_sweep()
+            if self._sweep_timer is None:
+                self._schedule_sweep()
             return
         connection.close()
         origin.count -= 1

@@ -49,27 +49,25 @@ class Reply:
     body is still on the wire, nothing else can be sent on it).
     """
 
-    __slots__ = (
-        "status", "headers", "content_type", "content_length", "chunked", "connection_header", "complete", "_connection",
-        "_chunks", "_buffered", "_waiter", "_error", "_head", "_closed", "_on_close",
-    )  # fmt: skip
+    # What most replies never change is a class attribute: an instance stores only what was set,
+    # so making one (on every request) costs a few stores rather than fifteen.
+    status = 0
+    content_type: bytes | None = None
+    content_length: bytes | None = None
+    chunked = False
+    connection_header = False  # the reply has a Connection header (which may name hop-by-hop ones)
+    complete = False
+    _buffered = 0
+    _waiter: asyncio.Future[None] | None = None
+    _error: Exception | None = None
+    _closed = False
+    _on_close: Any = None  # called with (connection, reusable) once, by close()
 
     def __init__(self, connection: UpstreamConnection) -> None:
-        self.status = 0
         self.headers: Headers = []  # names lower-cased
-        self.content_type: bytes | None = None
-        self.content_length: bytes | None = None
-        self.chunked = False
-        self.connection_header = False  # the reply has a Connection header (which may name hop-by-hop ones)
-        self.complete = False
         self._connection = connection
         self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: Exception | None = None
         self._head: asyncio.Future[None] = connection.loop.create_future()
-        self._closed = False
-        self._on_close: Any = None  # called with (connection, reusable) once, by close()
 
     @property
     def streaming(self) -> bool:
