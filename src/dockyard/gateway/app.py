@@ -203,9 +203,10 @@ class Gateway:
         if connection is None:  # the general path tries the instances in order (and opens connections)
             self.balancer.unused(route)
             return False
+        authorization = headers.get(b"authorization")
         ex = Exchange(
             request_id(headers.get(b"opc-request-id")), "POST", path, time.time(), time.perf_counter(), route.deployment_id, True,
-            caller(headers.get(b"authorization")),
+            caller(authorization) if authorization else None,
         )  # fmt: skip
         client = scope.get("client")
         formatted = upstream_request_lines(scope["headers"], headers, ex.request_id, client[0] if client else None)
@@ -214,7 +215,8 @@ class Gateway:
                 forwarded = upstream_request_headers(scope["headers"], ex.request_id, client[0] if client else None, "http", headers)
                 head = UpstreamConnection.head(b"POST", route.predict_path.encode("latin-1"), [(b"host", backend.authority), *forwarded])
             else:
-                head = UpstreamConnection.formatted_head(b"POST", route.predict_path.encode("latin-1"), backend.authority, *formatted)
+                lines, count = formatted
+                head = UpstreamConnection.formatted_head(b"POST", route.predict_path.encode("latin-1"), backend.authority, lines, count)
         except (httpx.LocalProtocolError, UnicodeEncodeError):
             self.transport.checkin(connection, True)  # unused: the general path refuses the request
             self.balancer.unused(route)

@@ -62,9 +62,14 @@ class DirectReply(Reply):
 
     def __init__(self, gateway: Gateway, ex: Exchange, cycle: Cycle, upstream: Upstream, connection: UpstreamConnection,
                  body: bytes) -> None:  # fmt: skip
-        # Reply's own fields (the rest are its class defaults), without the future a waiting
-        # coroutine would need.
+        # Reply's own fields, without the future a waiting coroutine would need: those read on
+        # every reply set here (an instance's own attribute reads quicker than a class default),
+        # the rest left to their class defaults.
         self.headers = []
+        self.complete = False
+        self.connection_header = False
+        self._ended = False
+        self._started = False
         self._connection = connection
         self._on_close = gateway.transport.checkin
         self.gateway = gateway
@@ -89,7 +94,9 @@ class DirectReply(Reply):
         if in_flight is None or in_flight.loop is not loop:
             in_flight = InFlight.of(loop)
         self._in_flight = in_flight
-        in_flight.add(self)
+        in_flight.replies.add(self)  # (`InFlight.add`, inline)
+        if in_flight.timer is None:
+            in_flight.start()
         body = self.body
         connection.transport.write(head + body if body else head)  # (an idle connection: open)
 
@@ -330,7 +337,7 @@ class InFlight:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.replies: set[DirectReply] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     current: InFlight | None = None  # the last one `of` gave: nearly always the one asked for next
 
@@ -344,16 +351,15 @@ class InFlight:
         InFlight.current = in_flight
         return in_flight
 
-    def add(self, reply: DirectReply) -> None:
-        self.replies.add(reply)
-        if self._timer is None:
-            self._timer = self.loop.call_later(self.TICK_S, self._check)
+    def start(self) -> None:
+        """Check the replies every tick from now on, while there are any."""
+        self.timer = self.loop.call_later(self.TICK_S, self._check)
 
     def _check(self) -> None:
-        self._timer = None
+        self.timer = None
         now = self.loop.time()
         for reply in [reply for reply in self.replies if reply.due <= now]:
             self.replies.discard(reply)
             reply.timed_out()
         if self.replies:
-            self._timer = self.loop.call_later(self.TICK_S, self._check)
+            self.timer = self.loop.call_later(self.TICK_S, self._check)

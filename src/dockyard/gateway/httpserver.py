@@ -251,10 +251,10 @@ class Connection(asyncio.Protocol):
             "client": self.client,
             "server": self.local,
             "state": {},
+            "dockyard.notify_lost": self.notify_lost_of_active,
         }
         keep_alive = parser.should_keep_alive() and not self.server.stopping
         cycle = self.parsing = Cycle(self, scope, keep_alive, self.expect_continue)
-        scope["dockyard.notify_lost"] = self.notify_lost_of_active
         if self.active is None and not self.queue:
             # Launched when its body is in (on_message_complete) or this read ends, whichever
             # comes first: a small request's body nearly always comes with its head.
