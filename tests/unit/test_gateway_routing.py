@@ -309,7 +309,7 @@ def test_the_formatted_header_filters_give_the_lines_of_the_careful_ones() -> No
     for incoming in requests:
         for client in ("192.0.2.7", None):
             assert upstream_request_lines(incoming, dict(incoming), "RID", client) == _lines(
-                upstream_request_headers(incoming, "RID", client, "http"))  # fmt: skip
+                upstream_request_headers(incoming, "RID", client, "http"))[0]  # fmt: skip
     for named in ([(b"connection", b"x-hop"), (b"x-hop", b"1")], [(b"x-forwarded-for", b"10.0.0.1")]):
         assert upstream_request_lines(named, dict(named), "RID", None) is None  # left to the careful filter
     replies = [  # as the upstream connection keeps them: names lower-cased, no Connection header

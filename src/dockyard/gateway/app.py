@@ -215,8 +215,7 @@ class Gateway:
                 forwarded = upstream_request_headers(scope["headers"], ex.request_id, client[0] if client else None, "http", headers)
                 head = UpstreamConnection.head(b"POST", route.predict_path.encode("latin-1"), [(b"host", backend.authority), *forwarded])
             else:
-                lines, count = formatted
-                head = UpstreamConnection.formatted_head(b"POST", route.predict_path.encode("latin-1"), backend.authority, lines, count)
+                head = UpstreamConnection.parsed_head(b"POST", route.predict_path.encode("latin-1"), backend.authority, formatted)
         except (httpx.LocalProtocolError, UnicodeEncodeError):
             self.transport.checkin(connection, True)  # unused: the general path refuses the request
             self.balancer.unused(route)

@@ -179,12 +179,9 @@ class DirectReply(Reply):
         in one step (`Cycle.write_whole`). False: the general framing writes it."""
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
-        lines, count = client_response_lines(self.headers, self.ex.request_id)
-        try:
-            written = self.cycle.write_whole(self.status, lines, count, int(self.content_length), data)  # type: ignore[arg-type]
-        except RuntimeError as exc:  # a header that would split the response: nothing was written
-            self._refuse(self._unrelayable(exc))
-            return True
+        # The container's headers, as the connection's parser gave them (see `Cycle.write_whole`).
+        lines = client_response_lines(self.headers, self.ex.request_id)[0]
+        written = self.cycle.write_whole(self.status, lines, int(self.content_length), data)  # type: ignore[arg-type]
         if written:
             out.clear()
             self._started = True  # (`_began`, inline)

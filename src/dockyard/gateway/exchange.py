@@ -10,14 +10,12 @@ _second: tuple[int, str] = (-1, "")
 _new_entry = tuple.__new__
 
 
-def wall_iso(moment: float) -> str:
-    """`moment` (time.time()) as `now_iso` writes it (RFC 3339, microseconds, `Z`), formatting
-    the calendar part once per second: per request this was the gateway's dearest line."""
+def _calendar_second(whole: int) -> tuple[int, str]:
+    """The calendar part of a time stamp for the second `whole` (time.time()), kept for the
+    entries of that second: formatting it per request was once the gateway's dearest line."""
     global _second
-    whole = int(moment)
-    if _second[0] != whole:
-        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
-    return "%s%06dZ" % (_second[1], (moment - whole) * 1_000_000)  # %d truncates, as int() did; an f-string spec costs more
+    _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
+    return _second
 
 
 class Exchange:
@@ -60,8 +58,12 @@ class Exchange:
         # Milliseconds to the microsecond: int(x + 0.5) / 1000 (round(x, 3) costs twice as much, formatting the float)
         if self.upstream_started is not None:
             upstream_ms = int(((self.upstream_ended or now) - self.upstream_started) * 1_000_000 + 0.5) / 1000
+        # The arrival as `now_iso` writes it (RFC 3339, microseconds, `Z`); %d truncates, as int() did.
+        moment = self.arrived_wall
+        whole = int(moment)
+        second = _second if _second[0] == whole else _calendar_second(whole)
         return _new_entry(AccessEntry, (  # the field order of AccessEntry; made in C, without its Python __new__
-            wall_iso(self.arrived_wall), self.request_id, self.deployment_id, self.caller, self.method, self.path,
+            "%s%06dZ" % (second[1], (moment - whole) * 1_000_000), self.request_id, self.deployment_id, self.caller, self.method, self.path,
             self.status, self.bytes_in, self.bytes_out, int((now - self.arrived) * 1_000_000 + 0.5) / 1000, upstream_ms,
             self.instance_id, self.attempts, self.error,
         ))  # fmt: skip

@@ -220,25 +220,25 @@ class Cycle:
             self._write_body(body, False)
         self._finish()
 
-    def write_whole(self, status: int, lines: bytes, count: int, length: int, body: bytes) -> bool:
+    def write_whole(self, status: int, lines: bytes, length: int, body: bytes) -> bool:
         """`start_formatted` then `write_last` in one step, for a relayed reply whose whole body
-        is at hand: `lines` as `start_formatted` takes them, `length` the content-length among
-        them. False (nothing done) unless it is the plain case: a small body of that length, a
-        status that has one, the connection kept open. Raises RuntimeError as `start_response`
-        does, before anything is written."""
+        is at hand: `lines` as `start_formatted` takes them, made from headers an HTTP parser
+        gave (llhttp, strict: no CR, LF or NUL in a name or value, so they are not searched for
+        here), `length` the content-length among them. False (nothing done) unless it is the
+        plain case: a small body of that length, a status that has one, the connection kept open."""
         conn = self.conn
         if (length != len(body) or length >= 65536 or status < 200 or status in NO_BODY_STATUSES or self.is_head
                 or not self.keep_alive or conn.closed or self.started):  # fmt: skip
             return False
         line = STATUS_LINES.get(status)
         head = b"%b%b%b\r\n" % (status_line(status) if line is None else line, conn.server.default_head, lines)
-        count += 4  # the status line, server, date and the empty line, as `_framed` counts them
-        if head.count(b"\n") != count or head.count(b"\r") != count or NUL in head:
-            raise RuntimeError(f"response header {lines!r} holds CR, LF or NUL")
         self.started = True
         self.remaining = 0
         conn.transport.write(head + body)
-        self._finish()
+        if self.buffered or self.waiters or self.body:  # (a body taken whole leaves none of these)
+            self._finish()
+        else:
+            self.complete = True  # `_finish`, when no body is unread, no receive() waits, the connection stays
         return True
 
     def start_formatted(self, status: int, lines: bytes, count: int, length: int) -> None:
