@@ -14,7 +14,7 @@ import hmac
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import NamedTuple, Protocol
 
 from dockyard.auth.identity import KeyId, KeyLookup, Principal, RegisteredKey
@@ -61,8 +61,8 @@ class _RawEntry(NamedTuple):
     body_headers_required: bool
     names: tuple[bytes, ...]  # the signed headers, (request-target) aside
     values: tuple[bytes, ...]  # their raw values, as verified
-    earliest: datetime  # the signed date, less the allowed skew
-    latest: datetime  # ... and plus it
+    earliest: float  # the signed date, less the allowed skew (POSIX seconds)
+    latest: float  # ... and plus it
     digest: bytes | None  # the signed x-content-sha256, when signed
     length: int | None  # the signed content-length, when signed
     body: bytes | None  # the body checked against `digest`, when it is small
@@ -234,7 +234,9 @@ class Verifier:
             or entry.body_headers_required != body_headers_required or tuple(map(raw.get, entry.names)) != entry.values
         ):  # fmt: skip
             return None
-        if not entry.earliest <= self.clock() <= entry.latest:
+        # The default clock read as time.time(): a datetime made and compared costs ten times more.
+        now = time.time() if self.clock is utc_now else self.clock().timestamp()
+        if not entry.earliest <= now <= entry.latest:
             return None  # the usual way says how far off the date is
         if entry.length is not None and len(body) != entry.length:
             return None
@@ -283,7 +285,7 @@ class Verifier:
             if not declared.isdigit():
                 return
             length = int(declared)
-        skew = timedelta(seconds=self.max_skew_s)
+        signed_s = signed_at.timestamp()
         with self._lock:
             key_hit = self._cache.get(key_id_of(params.key_id))
             if key_hit is None:
@@ -292,7 +294,8 @@ class Verifier:
                 self._raw.clear()
             expiry = min(key_hit[0], time.monotonic() + self.cache_ttl_s)
             self._raw[authorization] = _RawEntry(
-                expiry, principal, method, target, body_headers_required, names, values, signed_at - skew, signed_at + skew, digest, length,
+                expiry, principal, method, target, body_headers_required, names, values, signed_s - self.max_skew_s, signed_s + self.max_skew_s,
+                digest, length,
                 body if digest is not None and len(body) <= _KEPT_BODY_BYTES else None,
             )  # fmt: skip
 
