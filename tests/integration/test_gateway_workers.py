@@ -7,9 +7,11 @@ that dies is replaced while the other keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,8 +58,10 @@ def answers(url: str, method: str = "GET") -> bool:
         return False
 
 
-@pytest.fixture
-def gateway_workers(tmp_path: Path, upstreams: Upstreams) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:  # noqa: F811
+@contextlib.contextmanager
+def started_gateway(tmp_path: Path, upstreams: Upstreams) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:  # noqa: F811
+    """`dockyard serve --role gateway --gateway-workers 2` in front of one echo upstream, started
+    (not yet answering): (its base URL, the deployment id, the supervisor process)."""
     store = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
     deployment_id = Deployments(store).add([upstreams.echo[0].port])
     store.close()
@@ -69,15 +73,20 @@ def gateway_workers(tmp_path: Path, upstreams: Upstreams) -> Iterator[tuple[str,
          "--data-dir", str(tmp_path), "--gateway-workers", "2", "--insecure-no-auth", "--log-level", "warning"],
         env=env, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: answers(base + "/health"), 60, "the gateway answering /health")
-        wait_until(lambda: len(children_of(process.pid)) >= 2, 30, "two workers running")
-        yield base, deployment_id, process
+        yield f"http://127.0.0.1:{port}", deployment_id, process
     finally:
         stop_process(process)
         log.close()
         print((tmp_path / "gateway.log").read_text()[-3000:])
+
+
+@pytest.fixture
+def gateway_workers(tmp_path: Path, upstreams: Upstreams) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:  # noqa: F811
+    with started_gateway(tmp_path, upstreams) as (base, deployment_id, process):
+        wait_until(lambda: answers(base + "/health"), 60, "the gateway answering /health")
+        wait_until(lambda: len(children_of(process.pid)) >= 2, 30, "two workers running")
+        yield base, deployment_id, process
 
 
 def requests_counted(base: str, deployment_id: str) -> float:
@@ -131,6 +140,37 @@ def test_two_workers_share_the_port_and_the_metrics(gateway_workers: tuple[str, 
         time.sleep(0.2)
         counted = requests_counted(base, deployment_id)
     assert counted == 16 * 5
+
+
+def test_connections_opened_as_soon_as_the_gateway_answers_reach_both_workers(tmp_path: Path, upstreams: Upstreams) -> None:  # noqa: F811
+    """The first workers listen together: clients that connect the moment the port answers (a
+    load balancer's pool, a benchmark) are spread over both, not all held by the first to start.
+    Each worker starts in ~1 s; apart, the second listened 0.1 to 0.2 s after the first."""
+    with started_gateway(tmp_path, upstreams) as (base, deployment_id, process):
+        port = int(base.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 60
+        while True:  # the moment a worker listens (a connection is taken), closed again at once
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "the gateway never listened"
+                time.sleep(0.005)
+        time.sleep(0.01)
+        sockets = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(16)]  # at once, held open
+        try:
+            request = b"POST /%s/predict HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}" % deployment_id.encode()
+            for sock in sockets:
+                sock.sendall(request)
+            for sock in sockets:
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            workers = children_of(process.pid)
+            assert len(workers) == 2
+            # 16 connections over 2 listening sockets: both get some (all on one: 2 * 0.5**16).
+            assert workers_with_connections(workers, port) == set(workers)
+        finally:
+            for sock in sockets:
+                sock.close()
 
 
 def test_a_worker_that_dies_is_replaced(gateway_workers: tuple[str, str, subprocess.Popen[bytes]]) -> None:

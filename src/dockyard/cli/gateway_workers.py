@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 # to another worker of the group instead.
 MIGRATE_REQUESTS = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+TOGETHER_TIMEOUT_S = 60.0  # how long the first workers wait for each other before listening
 
 
 def default_workers() -> int:
@@ -82,7 +84,7 @@ def gateway_app(settings: Any, workers: int, access: Any = None) -> Any:
     return WithMetrics(gateway, metrics)
 
 
-def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe: Any, supervisor: int) -> None:
+def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe: Any, supervisor: int, together: Any = None) -> None:
     from dockyard.gateway.access_relay import AccessRelay
     from dockyard.gateway.httpserve import serve
     from dockyard.settings import Settings
@@ -93,11 +95,24 @@ def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe
     settings.apply_access_log_lines()
     sock = reuseport_socket(settings.host, settings.port)
     relay = AccessRelay(access_pipe, queue_max=settings.log_queue_max_entries)  # sends every 20 ms; the supervisor's store batches
+    app = gateway_app(settings, workers, relay)
+    if together is not None:
+        listen_together(together)
     # SIGTERM from the supervisor: stop accepting, finish requests in progress (within the
     # supervisor's 15 s wait), then the app's lifespan shutdown sends the queued access entries.
-    serve(gateway_app(settings, workers, relay), host=settings.host, port=settings.port, sock=sock,
-          keep_alive_s=settings.keep_alive_s, backlog=4096)  # fmt: skip
+    serve(app, host=settings.host, port=settings.port, sock=sock, keep_alive_s=settings.keep_alive_s, backlog=4096)
     relay.close()
+
+
+def listen_together(together: Any, timeout_s: float = TOGETHER_TIMEOUT_S) -> None:
+    """Wait, with the app built, until every first worker is ready to listen: the kernel hashes
+    a new connection over the sockets listening at that moment, so the first worker to listen
+    alone would get every connection opened meanwhile, and keep-alive clients would stay on it.
+    A worker that does not come within `timeout_s` is not waited for."""
+    try:
+        together.wait(timeout_s)
+    except threading.BrokenBarrierError:
+        log.warning("not every gateway worker was ready within %g s; listening without them", timeout_s)
 
 
 def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> None:
@@ -114,9 +129,12 @@ def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> No
     stopping = False
     logs, access = _access_store(settings)
 
-    def start() -> multiprocessing.process.BaseProcess:
+    together = context.Barrier(workers)  # the first workers listen at once (`listen_together`); a replacement does not wait
+
+    def start(first: bool = False) -> multiprocessing.process.BaseProcess:
         pipe = access.new_pipe()
-        process = context.Process(target=_worker, args=(overrides, workers, log_level, pipe, os.getpid()), daemon=False)
+        process = context.Process(target=_worker, args=(overrides, workers, log_level, pipe, os.getpid(), together if first else None),
+                                  daemon=False)  # fmt: skip
         process.start()
         pipe.close()  # the worker has its own copy: the pipe ends when the worker does
         return process
@@ -126,13 +144,14 @@ def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> No
         stopping = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    processes = [start() for _ in range(workers)]
+    processes = [start(first=True) for _ in range(workers)]
     try:
         while not stopping:
             time.sleep(0.2)
             for index, process in enumerate(processes):
                 if not process.is_alive() and not stopping:
                     log.warning("gateway worker %s exited with %s; starting another", process.pid, process.exitcode)
+                    together.abort()  # any first worker still waiting for it listens now
                     _mark_dead(process.pid)
                     processes[index] = start()
     finally:
