@@ -120,6 +120,30 @@ def test_scope_and_keep_alive_reuse(serving: Any) -> None:
     assert second.json()["client"] == got["client"]
 
 
+def test_a_head_in_pieces_is_one_request(serving: Any) -> None:
+    """A request whose target and headers arrive over several reads, a byte at a time, then a
+    second one on the same connection: each is parsed whole, the second without the first's."""
+    running = serving(echo)
+    first = b"POST /pie/ces?q=1 HTTP/1.1\r\nHost: x\r\nX-One: a\r\nContent-Length: 2\r\n\r\nhi"
+    second = b"GET /next HTTP/1.1\r\nHost: x\r\nX-Two: b\r\n\r\n"
+    with running.connect() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for byte in first:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.001)
+        status, _, body, rest = read_reply(sock, bytearray())
+        assert status == 200
+        got = json.loads(body)
+        assert got["path"] == "/pie/ces" and got["query"] == "q=1" and got["body"] == "hi"
+        assert got["headers"] == [["host", "x"], ["x-one", "a"], ["content-length", "2"]]
+        sock.sendall(second[:9])
+        time.sleep(0.05)
+        sock.sendall(second[9:])
+        status, _, body, rest = read_reply(sock, rest)
+        got = json.loads(body)
+        assert status == 200 and got["path"] == "/next" and got["headers"] == [["host", "x"], ["x-two", "b"]]
+
+
 def test_pipelined_requests_are_answered_in_order(serving: Any) -> None:
     async def slow_first(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
