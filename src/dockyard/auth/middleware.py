@@ -120,6 +120,9 @@ class SignatureAuthMiddleware:
         self.streamed = streamed
         self.drain_limit_bytes = drain_limit_bytes
         self._app_direct = getattr(app, "direct", None)
+        # What `direct` asks of the verifier, looked up once (a Verifier has both).
+        self._would_block = getattr(verify, "would_block", None)
+        self._remembered = getattr(verify, "remembered", None)
 
     async def aclose(self) -> None:
         """Closes the wrapped app when it has `aclose` (a `Gateway`), so this can stand in for it
@@ -183,15 +186,16 @@ class SignatureAuthMiddleware:
             scope["state"]["caller"] = ANONYMOUS
             return app_direct(cycle) is True
         verify = self.verify
-        would_block = getattr(verify, "would_block", None)
-        method: str = scope["method"]
-        if would_block is None or self.streamed(method, scope["path"]):
+        would_block = self._would_block
+        if would_block is None:
             return False
+        method: str = scope["method"]
         target = request_target(scope)
         body_rule = method in BODY_METHODS
         # A signature this verifier knows already is recognised from the raw header bytes; a
-        # repeated header (joined before it is signed) goes the usual way.
-        remembered = getattr(verify, "remembered", None) if len(by_name) == len(raw) else None
+        # repeated header (joined before it is signed) goes the usual way. (A streamed upload's
+        # never is: it is not remembered, below.)
+        remembered = self._remembered if len(by_name) == len(raw) else None
         if remembered is not None:
             body = cycle.whole_body()
             if len(body) > self.max_body_bytes:
@@ -200,6 +204,8 @@ class SignatureAuthMiddleware:
             if principal is not None:
                 scope["state"]["caller"] = principal
                 return app_direct(cycle) is True
+        if self.streamed(method, scope["path"]):
+            return False
         headers = header_map(raw)
         if would_block(headers):
             return False

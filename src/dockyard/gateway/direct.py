@@ -56,8 +56,6 @@ UNANSWERED_KEY = "dockyard.unanswered"
 class DirectReply(Reply):
     """One exchange relayed from the upstream connection's callbacks to the caller's cycle."""
 
-    _ended = False
-    _started = False  # the caller's response has begun (its head is written, or pending in the cycle)
     due = 0.0  # when the reply's head, or its next bytes, are late (the loop's clock)
 
     def __init__(self, gateway: Gateway, ex: Exchange, cycle: Cycle, upstream: Upstream, connection: UpstreamConnection,
@@ -69,7 +67,7 @@ class DirectReply(Reply):
         self.complete = False
         self.connection_header = False
         self._ended = False
-        self._started = False
+        self._started = False  # the caller's response has begun (its head is written, or pending in the cycle)
         self._connection = connection
         self._on_close = gateway.transport.checkin
         self.gateway = gateway
