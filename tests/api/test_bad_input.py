@@ -122,6 +122,27 @@ async def test_a_number_for_display_name_is_refused(api: Api, catalog: Catalog) 
     await refused(api, "POST", "/modelDeployments", 400, "InvalidParameter", "displayName", "string", json=body)
 
 
+async def test_text_no_store_can_hold_is_refused_naming_the_field(api: Api, catalog: Catalog) -> None:
+    """A NUL character, or a lone UTF-16 surrogate, anywhere in a body (key or value) is a 400
+    naming its place: PostgreSQL's text cannot hold a NUL (it was a 500 there, while SQLite kept
+    it), and a lone surrogate is not Unicode at all."""
+    await refused(api, "POST", "/projects", 400, "InvalidParameter", "displayName", "NUL", "remove it",
+                  json={"compartmentId": COMPARTMENT, "displayName": "a\u0000b"})  # fmt: skip
+    await refused(api, "POST", "/projects", 400, "InvalidParameter", "description", "surrogate",
+                  content=b'{"compartmentId": "%s", "description": "a\\ud800b"}' % COMPARTMENT.encode(),
+                  headers={"content-type": "application/json"})  # fmt: skip
+    model = f"/models/{catalog.model['id']}"
+    before = await api.request("GET", model)
+    await refused(api, "PUT", model, 400, "InvalidParameter", "freeformTags.k", "NUL", json={"freeformTags": {"k\u0000": "v"}})
+    await refused(api, "PUT", model, 400, "InvalidParameter", "customMetadataList[0].value", "NUL",
+                  json={"customMetadataList": [{"key": "k", "value": "\u0000"}]})  # fmt: skip
+    after = await api.request("GET", model)
+    assert (after.json(), after.headers["etag"]) == (before.json(), before.headers["etag"]), "a refused update changed the model"
+    # An escaped backslash before "u0000" is text like any other.
+    made = await api.request("POST", "/projects", json={"compartmentId": COMPARTMENT, "displayName": "\\u0000"})
+    assert made.status_code == 200 and made.json()["displayName"] == "\\u0000", made.text
+
+
 @pytest.mark.parametrize("count", ["two", "2", 1.5, True, None])
 async def test_a_non_integer_instance_count_is_refused(api: Api, catalog: Catalog, count: Any) -> None:
     """schemas/base.py: "a string where a number belongs (other than a numeric port) is a 400"."""

@@ -39,6 +39,32 @@ _TAG_VALUES = frozenset(v for values in DISCRIMINATORS.values() for v in values)
 _FREE_MAPS = frozenset({"environmentVariables", "freeformTags", "definedTags"})
 
 
+def _unstorable(value: Any, where: tuple[Any, ...]) -> tuple[tuple[Any, ...], str] | None:
+    """The first string of a parsed body (a key or a value) that a store cannot hold, where it
+    is and what is wrong: a NUL character (PostgreSQL text refuses it; SQLite would keep it,
+    so both refuse it here alike) or a lone surrogate (not Unicode: no UTF-8 for it)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return where, "a NUL character (\\u0000)"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where, "a lone UTF-16 surrogate (an escape like \\ud800 without its pair)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unstorable(key, (*where, key)) or _unstorable(item, (*where, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unstorable(item, (*where, index))
+            if found is not None:
+                return found
+    return None
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     """The JSON path of an error, as the client wrote it."""
     parts: list[str] = []
@@ -71,6 +97,11 @@ def parse_body(model: type[T], raw: bytes) -> T:
         raise CannotParseRequest(f"the request body is not valid JSON ({exc}); send a JSON object") from exc
     if not isinstance(data, dict):
         raise InvalidParameter(f"the request body must be a JSON object, not {type(data).__name__}")
+    if b"\\u" in raw:  # only an escape can put a NUL or a lone surrogate in a JSON string
+        unstorable = _unstorable(data, ())
+        if unstorable is not None:
+            where, what = unstorable
+            raise InvalidParameter(f"{_location(where)} holds {what}, which no field can store; remove it or send the text without it")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
