@@ -143,6 +143,13 @@ async def test_text_no_store_can_hold_is_refused_naming_the_field(api: Api, cata
     assert made.status_code == 200 and made.json()["displayName"] == "\\u0000", made.text
 
 
+@pytest.mark.parametrize("collection", ["projects", "models", "modelDeployments", "workRequests"])
+async def test_a_nul_in_a_query_parameter_is_refused_naming_it(api: Api, collection: str) -> None:
+    """A list filtered on text with a NUL in it is a 400 (it was a 500 on PostgreSQL)."""
+    await refused(api, "GET", f"/{collection}?compartmentId={COMPARTMENT}&displayName=a%00b", 400, "InvalidParameter",
+                  "displayName", "NUL", "remove it")  # fmt: skip
+
+
 @pytest.mark.parametrize("count", ["two", "2", 1.5, True, None])
 async def test_a_non_integer_instance_count_is_refused(api: Api, catalog: Catalog, count: Any) -> None:
     """schemas/base.py: "a string where a number belongs (other than a numeric port) is a 400"."""
