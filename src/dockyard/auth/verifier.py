@@ -294,8 +294,8 @@ class Verifier:
                 self._raw.clear()
             expiry = min(key_hit[0], time.monotonic() + self.cache_ttl_s)
             self._raw[authorization] = _RawEntry(
-                expiry, principal, method, target, body_headers_required, names, values, signed_s - self.max_skew_s, signed_s + self.max_skew_s,
-                digest, length,
+                expiry, principal, method, target, body_headers_required, names, values,
+                signed_s - self.max_skew_s, signed_s + self.max_skew_s, digest, length,
                 body if digest is not None and len(body) <= _KEPT_BODY_BYTES else None,
             )  # fmt: skip
 

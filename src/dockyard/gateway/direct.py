@@ -119,7 +119,8 @@ class DirectReply(Reply):
                 length = self.content_length
                 self.cycle.start_formatted(self.status, lines, count, -1 if length is None else int(length))
         except RuntimeError as exc:  # a header that would split the response: nothing was written
-            self._refuse(self._unrelayable(exc))
+            instance = self.upstream.backend.instance_id
+            self._refuse(BadGateway(f"the model server on instance {instance} sent a reply the gateway cannot relay ({exc})"))
             return False
         self._began()
         return True
@@ -130,10 +131,6 @@ class DirectReply(Reply):
         ex = self.ex
         ex.status = self.status
         ex.response_started = True
-
-    def _unrelayable(self, exc: RuntimeError) -> BadGateway:
-        instance = self.upstream.backend.instance_id
-        return BadGateway(f"the model server on instance {instance} sent a reply the gateway cannot relay ({exc})")
 
     def _body(self, data: bytes) -> None:
         self._out.append(data)
@@ -328,13 +325,12 @@ class InFlight:
     deadline per request (deadlines.py), and a reply is late by at most a tick, as with those."""
 
     TICK_S = deadlines.TICK_S
+    current: InFlight | None = None  # the last one `of` gave: nearly always the one asked for next
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.replies: set[DirectReply] = set()
         self.timer: asyncio.TimerHandle | None = None
-
-    current: InFlight | None = None  # the last one `of` gave: nearly always the one asked for next
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> InFlight:
