@@ -172,3 +172,14 @@ async def test_nothing_is_left_running_when_the_check_fails_half_way() -> None:
     with pytest.raises(RuntimeError):
         await run_check(parse_request("team/app:1"), Settings(), lambda line: None, runtime=runtime)  # type: ignore[arg-type]
     assert runtime.stopped == ["scripted-1"] and runtime.closed
+
+
+async def test_a_predict_that_ends_the_server_is_reported_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine reports an exit a moment after the connection dropped: after a predict with no
+    answer the check waits (up to EXIT_NOTICE_S) to see the container exit, so the finding says
+    it exited while answering, not that it is still running and answers nothing."""
+    monkeypatch.setattr(probe_run, "INNER_HEALTH_WAIT_S", 0.1)  # the scripted HEALTHCHECK never reports
+    runtime = ScriptedRuntime(lambda t: 200, sockets=lambda t: LISTEN_8080, exit_after=0.8)  # the predict gets no answer
+    report = await run_check(parse_request("team/app:1"), Settings(), lambda line: None, runtime=runtime)  # type: ignore[arg-type]
+    c2 = report.finding("C2")
+    assert c2.verdict is Verdict.FAIL and "exited (code 1) while answering" in c2.measured, c2

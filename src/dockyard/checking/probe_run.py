@@ -26,6 +26,9 @@ from dockyard.settings import Settings
 PREDICT_TIMEOUT_S = 60.0  # the service's per-request limit
 UNREADY_PREDICT_TIMEOUT_S = 5.0  # when the server never got healthy, do not wait a minute more
 INNER_HEALTH_WAIT_S = 5.0  # for Docker's HEALTHCHECK (every second in a check) to report
+# A predict that got no answer may have ended the server; the engine reports the exit a moment
+# after the connection dropped, so a look at once can still see the container running.
+EXIT_NOTICE_S = 2.0
 SOCKETS_EVERY_S = 1.0
 LOG_TAIL = 5000
 BODY_CHARS = 300
@@ -76,6 +79,8 @@ async def _measure_running(session: Session, instance: Instance) -> None:
         timeout = PREDICT_TIMEOUT_S if watch.healthy_after_s is not None else UNREADY_PREDICT_TIMEOUT_S
         progress(f"predict: POST {m.predict_path}")
         m.predict, m.predict_other = await _predict_twice(instance, m, timeout)
+        if m.predict.status is None:
+            await _exit_noticed(session, EXIT_NOTICE_S)
     current = await session.observe()
     if current is not None and current.state is not InstanceState.EXITED:
         if m.image is not None and m.image.has_curl and watch.healthy_after_s is not None:
@@ -177,6 +182,16 @@ async def _post(client: httpx.AsyncClient, instance: Instance, path: str, m: Mea
                       content_type=response.headers.get("content-type", "").split(";")[0],
                       body=response.content[:BODY_CHARS * 4].decode("utf-8", "replace")[:BODY_CHARS],
                       location=response.headers.get("location", ""))
+
+
+async def _exit_noticed(session: Session, wait_s: float) -> None:
+    """Until the container is seen exited (or gone), for at most `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        current = await session.observe()
+        if current is None or current.state is InstanceState.EXITED or time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.1)
 
 
 async def _inner_health(session: Session) -> None:
