@@ -179,12 +179,8 @@ class DirectReply(Reply):
         written = self.cycle.write_whole(self.status, lines, int(self.content_length), data)  # type: ignore[arg-type]
         if written:
             out.clear()
-            self._started = True  # (`_began`, inline)
-            self.body = b""
-            ex = self.ex
-            ex.status = self.status
-            ex.response_started = True
-            ex.response_complete = True
+            self._began()
+            self.ex.response_complete = True
             self._end()
         return written
 
@@ -280,14 +276,7 @@ class DirectReply(Reply):
         cycle = self.cycle
         cycle.on_lost = None
         cycle.on_writable = None
-        # Reply.close, inline: the connection goes back to the pool when the reply was read whole
-        self._closed = True
-        connection = self._connection
-        connection.reply = None
-        reusable = self.complete and connection.keep_alive and not connection.closed
-        if not reusable:
-            connection.close()
-        self.gateway.transport.checkin(connection, reusable)
+        self.close()  # the connection goes back to the pool when the reply was read whole
         self.upstream.outstanding -= 1
         self.ex.upstream_ended = time.perf_counter()
         self.gateway.balancer.leave(self.ex.deployment_id)  # type: ignore[arg-type]
