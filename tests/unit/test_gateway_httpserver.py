@@ -487,11 +487,10 @@ def test_app_without_lifespan_is_tolerated() -> None:
 def test_a_formatted_head_is_the_head_start_response_writes() -> None:
     """A reply the gateway relays directly starts with its header lines already formatted
     (Cycle.start_formatted): the head, framing and state must be what start_response gives."""
-    from types import SimpleNamespace
+    from dockyard.gateway.httpcycle import Cycle
+    from dockyard.gateway.httpserver import Connection, HttpServer
 
-    from dockyard.gateway.httpcycle import Cycle, default_head
-
-    conn = SimpleNamespace(server=SimpleNamespace(default_head=default_head()), closed=False)
+    conn = Connection(HttpServer(app=None))
     cases = [
         (200, [(b"content-type", b"application/json"), (b"content-length", b"12")], True),
         (200, [(b"content-type", b"text/event-stream"), (b"x-model", b"v2")], True),  # no length: chunked
@@ -500,7 +499,7 @@ def test_a_formatted_head_is_the_head_start_response_writes() -> None:
         (201, [], False),
     ]
     for status, headers, keep_alive in cases:
-        careful, formatted = (Cycle(conn, {"method": "POST"}, keep_alive, False) for _ in range(2))  # type: ignore[arg-type]
+        careful, formatted = (Cycle(conn, {"method": "POST"}, keep_alive, False) for _ in range(2))
         careful.start_response(status, headers)
         length = next((int(v) for n, v in headers if n == b"content-length"), -1)
         formatted.start_formatted(status, b"".join(b"%s: %s\r\n" % h for h in headers), len(headers), length)

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from dockyard.auth.identity import KeyId, KeyLookup, Principal, RegisteredKey
 from dockyard.auth.signing import (
@@ -278,6 +278,7 @@ class Verifier:
             return  # it verified, so none of this fails; if it did, the usual way serves it every time
         if None in values:
             return
+        signed_values = cast("tuple[bytes, ...]", values)
         digest = raw[b"x-content-sha256"].strip() if b"x-content-sha256" in names else None
         length = None
         if b"content-length" in names:
@@ -294,7 +295,7 @@ class Verifier:
                 self._raw.clear()
             expiry = min(key_hit[0], time.monotonic() + self.cache_ttl_s)
             self._raw[authorization] = _RawEntry(
-                expiry, principal, method, target, body_headers_required, names, values,
+                expiry, principal, method, target, body_headers_required, names, signed_values,
                 signed_s - self.max_skew_s, signed_s + self.max_skew_s, digest, length,
                 body if digest is not None and len(body) <= _KEPT_BODY_BYTES else None,
             )  # fmt: skip

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 
@@ -96,7 +96,7 @@ class DirectReply(Reply):
         if in_flight.timer is None:
             in_flight.start()
         body = self.body
-        connection.transport.write(head + body if body else head)  # (an idle connection: open)
+        connection.transport.write(head + body if body else head)  # type: ignore[union-attr]  # an idle connection is open
 
     # --- the upstream connection's callbacks ------------------------------------------------------
 
@@ -314,7 +314,7 @@ class InFlight:
     deadline per request (deadlines.py), and a reply is late by at most a tick, as with those."""
 
     TICK_S = deadlines.TICK_S
-    current: InFlight | None = None  # the last one `of` gave: nearly always the one asked for next
+    current: ClassVar[InFlight | None] = None  # the last one `of` gave: nearly always the one asked for next
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

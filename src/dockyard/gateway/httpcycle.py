@@ -250,7 +250,7 @@ class Cycle:
 
     def _head(self, status: int, headers: Any) -> bytes:
         """The response head; raises RuntimeError for a header that would split the response."""
-        parts = []
+        parts: list[bytes] = []
         keep_alive = self.keep_alive
         closing = False  # the app wrote `connection: close` itself
         length = -1
