@@ -96,16 +96,16 @@ def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe
     sock = reuseport_socket(settings.host, settings.port)
     relay = AccessRelay(access_pipe, queue_max=settings.log_queue_max_entries)  # sends every 20 ms; the supervisor's store batches
     app = gateway_app(settings, workers, relay)
-    if together is not None:
-        listen_together(together)
     # SIGTERM from the supervisor: stop accepting, finish requests in progress (within the
     # supervisor's 15 s wait), then the app's lifespan shutdown sends the queued access entries.
-    serve(app, host=settings.host, port=settings.port, sock=sock, keep_alive_s=settings.keep_alive_s, backlog=4096)
+    # The first workers wait for each other after their app's startup, right before listening.
+    serve(app, host=settings.host, port=settings.port, sock=sock, keep_alive_s=settings.keep_alive_s, backlog=4096,
+          before_listening=None if together is None else (lambda: listen_together(together)))  # fmt: skip
     relay.close()
 
 
 def listen_together(together: Any, timeout_s: float = TOGETHER_TIMEOUT_S) -> None:
-    """Wait, with the app built, until every first worker is ready to listen: the kernel hashes
+    """Wait, with the app started, until every first worker is ready to listen: the kernel hashes
     a new connection over the sockets listening at that moment, so the first worker to listen
     alone would get every connection opened meanwhile, and keep-alive clients would stay on it.
     A worker that does not come within `timeout_s` is not waited for."""
@@ -155,6 +155,7 @@ def serve_workers(overrides: dict[str, Any], workers: int, log_level: str) -> No
                     _mark_dead(process.pid)
                     processes[index] = start()
     finally:
+        together.abort()  # a worker still waiting to listen goes on, sees its SIGTERM and stops
         for process in processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)  # type: ignore[arg-type]

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dockyard import compiled
+
+compiled.use(__name__, __path__)  # before any module of the package is imported: see compiled.py
+
 from dockyard.gateway.accesslog import AccessEntry, AccessSink
 from dockyard.gateway.app import Authorize, Gateway
 from dockyard.gateway.compose import beside

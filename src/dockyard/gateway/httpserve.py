@@ -7,8 +7,10 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dockyard import compiled
 from dockyard.gateway.asgilifespan import StartupFailed
 from dockyard.gateway.httpserver import HttpServer
 from dockyard.heap import freeze_startup_objects
@@ -26,12 +28,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(app: Any, *, host: str, port: int, sock: socket.socket | None = None, keep_alive_s: float = 75.0,
-          backlog: int = 4096, graceful_s: float = 10.0) -> None:  # fmt: skip
+          backlog: int = 4096, graceful_s: float = 10.0, before_listening: Callable[[], None] | None = None) -> None:  # fmt: skip
     """Serves `app` until SIGTERM or SIGINT, then stops gracefully (a second signal cuts the
-    wait for requests in progress short). Listens on `sock` when given (a bound socket)."""
+    wait for requests in progress short). Listens on `sock` when given (a bound socket), once
+    the app has started and `before_listening` (run in a thread: it may block) has returned."""
+    waited = None if before_listening is None else (lambda: asyncio.to_thread(before_listening))
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         try:
-            runner.run(_serve(app, host=host, port=port, sock=sock, keep_alive_s=keep_alive_s, backlog=backlog, graceful_s=graceful_s))
+            runner.run(_serve(app, host=host, port=port, sock=sock, keep_alive_s=keep_alive_s, backlog=backlog, graceful_s=graceful_s,
+                              before_listening=waited))  # fmt: skip
         except StartupFailed as exc:
             log.error("the application failed to start: %s", exc)
             raise SystemExit(3) from None
@@ -40,7 +45,8 @@ def serve(app: Any, *, host: str, port: int, sock: socket.socket | None = None, 
             raise SystemExit(1) from None
 
 
-async def _serve(app: Any, *, host: str, port: int, sock: socket.socket | None, keep_alive_s: float, backlog: int, graceful_s: float) -> None:
+async def _serve(app: Any, *, host: str, port: int, sock: socket.socket | None, keep_alive_s: float, backlog: int, graceful_s: float,
+                 before_listening: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     server = HttpServer(app, keep_alive_s=keep_alive_s)
@@ -53,9 +59,9 @@ async def _serve(app: Any, *, host: str, port: int, sock: socket.socket | None, 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        await server.start(host=host, port=port, sock=sock, backlog=backlog)
+        await server.start(host=host, port=port, sock=sock, backlog=backlog, before_listening=before_listening)
         where = sock.getsockname() if sock is not None else (host, server.port)
-        log.info("serving HTTP on %s:%s", where[0], where[1])
+        log.info("serving HTTP on %s:%s; the gateway's request path is %s", where[0], where[1], compiled.status())
         freeze_startup_objects()
         await stop.wait()
         log.info("stopping: requests in progress may finish within %s s", graceful_s)

@@ -31,6 +31,7 @@ import collections
 import contextlib
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -436,17 +437,21 @@ class HttpServer:
         self.stopping = False
         self.default_head = default_head()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self._listener: asyncio.AbstractServer | None = None
+        self._listener: Any = None  # asyncio's or uvloop's Server (uvloop's `sockets` is a list)
         self._sweeper: asyncio.Task[None] | None = None
         self._lifespan: Lifespan | None = None
         self._hurry = False
 
-    async def start(self, *, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None, backlog: int = 4096) -> None:
-        """Runs the lifespan startup, then listens (on `sock` when given, else host:port)."""
+    async def start(self, *, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None, backlog: int = 4096,
+                    before_listening: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
+        """Runs the lifespan startup, then `before_listening` if given, then listens (on `sock`
+        when given, else host:port)."""
         self.loop = asyncio.get_running_loop()
         self._lifespan = Lifespan(self.app, self.loop)
         await self._lifespan.startup()
         try:
+            if before_listening is not None:
+                await before_listening()
             if sock is not None:
                 self._listener = await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=backlog)
             else:
@@ -458,7 +463,6 @@ class HttpServer:
 
     @property
     def port(self) -> int:
-        assert self._listener is not None
         return int(self._listener.sockets[0].getsockname()[1])
 
     async def _sweep(self) -> None:
