@@ -3,7 +3,7 @@ installed) through nginx as a plain reverse proxy, under the same load, back to 
 target once per round, for `--rounds` rounds, each figure the median over rounds.
 
     python benchmarks/gateway_overhead.py [--connections 64] [--duration 10] [--threads 2] [--rounds 3]
-                                          [--workers N ...] [--gateway-log-level info]
+                                          [--workers N ...] [--also-interpreted] [--gateway-log-level info]
 
 The upstream is a uvicorn app (uvloop/httptools) answering every POST with a small JSON
 document. The gateway runs exactly as users run it: `dockyard serve --role gateway` (with
@@ -16,6 +16,8 @@ nginx`) runs one worker with upstream keep-alive, twice: `nginx` adds the header
 to every forwarded request (X-Forwarded-For, X-Forwarded-Proto and a request id), so both proxies
 deliver the same request and the upstream does the same work behind each; `nginx bare` forwards
 the request as it came. Ratios are to `nginx`, with those to `nginx bare` beside them.
+The gateway runs its request path compiled when it is built (dockyard/compiled.py; the first
+line says which); `--also-interpreted` measures each gateway interpreted as well.
 
 Load comes from `wrk` when it is installed (`apt-get install -y wrk`), else from a Python
 load generator (which is itself slower, so its figures understate every server). Prints
@@ -177,16 +179,26 @@ def start_upstream(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, "--role", "upstream", str(port)], env=child_env())
 
 
-def start_gateway(data_dir: Path, port: int, workers: int, insecure: bool, log_level: str, log: Path) -> subprocess.Popen[bytes]:
-    """`dockyard serve --role gateway` as users start it (its log to a file, as a service's would go)."""
+def start_gateway(data_dir: Path, port: int, workers: int, insecure: bool, log_level: str, log: Path,
+                  interpreted: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
+    """`dockyard serve --role gateway` as users start it (its log to a file, as a service's would
+    go); `interpreted`: without its compiled request path (dockyard/compiled.py), whatever is built."""
     command = [sys.executable, "-m", "dockyard.cli.main", "serve", "--role", "gateway", "--host", "127.0.0.1",
                "--port", str(port), "--data-dir", str(data_dir), "--gateway-workers", str(workers), "--log-level", log_level]  # fmt: skip
     if insecure:
         command.append("--insecure-no-auth")
     # The in-flight limit is raised above the load's concurrency: this measures proxying, not 429s.
     env = child_env() | {"DOCKYARD_GATEWAY_INFLIGHT_PER_INSTANCE": "100000", "DOCKYARD_PUBLIC_METRICS": "true"}
+    if interpreted:
+        env["DOCKYARD_COMPILED"] = "0"
     with log.open("ab") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
+
+
+def gateway_build() -> str:
+    """How `dockyard serve` runs the gateway's request path here: compiled, or interpreted and why."""
+    said = subprocess.run([sys.executable, "-m", "dockyard.compiled", "status"], env=child_env(), capture_output=True, text=True)
+    return said.stdout.strip() or said.stderr.strip()
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -355,6 +367,7 @@ def orchestrate(args: argparse.Namespace) -> None:
         print(f"load: {'wrk' if shutil.which('wrk') else 'python httpx (install wrk for better figures)'}, "
               f"{args.connections} connections, {args.duration} s per target, {args.rounds} round(s), {len(BODY)}-byte "
               f"JSON bodies, {os.cpu_count()} CPUs; gateway log level {args.gateway_log_level}", flush=True)  # fmt: skip
+        print(f"gateway: {gateway_build()}" + ("; `interp` targets: interpreted" if args.also_interpreted else ""), flush=True)
         targets = [Target("direct", f"http://127.0.0.1:{upstream_port}/predict", upstream)]
         nginx = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
         if nginx:
@@ -373,15 +386,17 @@ def orchestrate(args: argparse.Namespace) -> None:
         data_dir = workdir / "dockyard"
         data_dir.mkdir()
         for workers in args.workers:
-            for signed in (False, True):
-                port = free_port()
-                config = write_store(data_dir, upstream_port, port) if not (data_dir / "dockyard.db").exists() else (
-                    data_dir / "oci" / "config")  # fmt: skip
-                servers.append(start_gateway(data_dir, port, workers, not signed, args.gateway_log_level, workdir / "gateway.log"))
-                wait_for(port)
-                url = f"http://127.0.0.1:{port}/{DEPLOYMENT_ID}/predict"
-                name = f"gw {workers}w {'signed' if signed else 'unsigned'}"
-                targets.append(Target(name, url, servers[-1], port, config if signed else None))
+            for interpreted in (False, True) if args.also_interpreted else (False,):
+                for signed in (False, True):
+                    port = free_port()
+                    config = write_store(data_dir, upstream_port, port) if not (data_dir / "dockyard.db").exists() else (
+                        data_dir / "oci" / "config")  # fmt: skip
+                    servers.append(start_gateway(data_dir, port, workers, not signed, args.gateway_log_level, workdir / "gateway.log",
+                                                 interpreted))  # fmt: skip
+                    wait_for(port)
+                    url = f"http://127.0.0.1:{port}/{DEPLOYMENT_ID}/predict"
+                    name = f"gw {workers}w {'signed' if signed else 'unsigned'}{' interp' if interpreted else ''}"
+                    targets.append(Target(name, url, servers[-1], port, config if signed else None))
         # Every target once per round, in turn: the machine's speed drifts over minutes, so
         # ratios are taken within a round (targets measured seconds apart), then their median.
         rounds: list[list[Result]] = []
@@ -405,7 +420,7 @@ def report(rounds: list[list[Result]]) -> None:
     names = [r.target for r in rounds[0]]
     nginx_at = names.index("nginx") if "nginx" in names else None
     bare_at = names.index("nginx bare") if "nginx bare" in names else None
-    print(f"\n{'target':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'+p50 ms':>9}{'CPU us':>8}{'up us':>7}"
+    print(f"\n{'target':<22}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'+p50 ms':>9}{'CPU us':>8}{'up us':>7}"
           f"   vs direct (req/s, p50)   vs nginx (req/s)   vs bare   gateway's own overhead")  # fmt: skip
     spreads = []
     for at, name in enumerate(names):
@@ -430,7 +445,7 @@ def report(rounds: list[list[Result]]) -> None:
         ups = [r.upstream_cpu_us for r in mine if r.upstream_cpu_us is not None]
         up = f"{median(ups):.0f}" if ups else "-"
         own = f"{median(overheads):.3f} ms mean" if overheads else ""
-        print(f"{name:<18}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}{sum(r.errors for r in mine):>8}{added:>9.2f}{cpu:>8}{up:>7}"
+        print(f"{name:<22}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}{sum(r.errors for r in mine):>8}{added:>9.2f}{cpu:>8}{up:>7}"
               f"   {vs_direct:>5.2f}x, {vs_direct_p50:>5.2f}x{versus_nginx:>19}{versus_bare:>10}   {own}")  # fmt: skip
     if spreads:
         print("\nvs nginx in each round: " + "; ".join(spreads))
@@ -452,6 +467,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="times every target is measured, in turn (default 3)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0],
                         help="gateway worker counts to measure (default: 0 = dockyard's default, one per core)")  # fmt: skip
+    parser.add_argument("--also-interpreted", action="store_true",
+                        help="also measure each gateway with its request path interpreted (DOCKYARD_COMPILED=0)")
     parser.add_argument("--gateway-log-level", default="info", help="the gateway's --log-level (default info, as dockyard serve)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dir)")
     parser.add_argument("--role", choices=["upstream"], help=argparse.SUPPRESS)

@@ -100,6 +100,7 @@ def main() -> None:
             answered(url, gateways[name][2], 2)  # warm: routes, keys and decisions cached
         print(f"{'signed' if args.signed else 'unsigned'} requests; base = {args.base} ({sources['base']}), this = {sources['this']}; "
               f"{args.workers} workers each, both loaded at once with 32 connections each, {args.duration} s per round")  # fmt: skip
+        print(f"this gateway: {load.gateway_build()}", flush=True)
         ratios = []
         for round_ in range(1, args.rounds + 1):
             before = {name: load.cpu_seconds(g[0].pid) for name, g in gateways.items()}
