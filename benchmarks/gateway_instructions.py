@@ -205,7 +205,8 @@ def main() -> None:
             load.wait_for(upstream_port)
             print(f"callgrind, {args.requests} requests after {args.warmup} warm-up ones, wrk over 16 connections, "
                   f"{len(load.BODY)}-byte JSON bodies; instructions per request in the worker process (user space)")  # fmt: skip
-            print(f"gateway: {load.gateway_build()} (DOCKYARD_COMPILED=0 counts it interpreted)", flush=True)
+            build = load.gateway_build()
+            print(f"gateway: {build}" + (" (DOCKYARD_COMPILED=0 counts it interpreted)" if build.startswith("compiled") else ""), flush=True)
             for target in targets:
                 print(f"{target:<10} {measure(target, args, library, upstream_port, work):>10,.0f}", flush=True)
         finally:

@@ -49,6 +49,8 @@ MODULES = (
     "dockyard.gateway.headers",
     "dockyard.gateway.httpcycle",
     "dockyard.gateway.httpserver",
+    "dockyard.gateway.metrics",
+    "dockyard.gateway.pool",
     "dockyard.gateway.routes",
     "dockyard.gateway.upstream",
 )

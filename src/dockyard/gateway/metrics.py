@@ -34,7 +34,7 @@ from dockyard.gateway.accesslog import AccessEntry
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 # The same bounds in milliseconds, the unit requests are recorded in (`_into` counts in it).
-_BOUNDS_MS = {bounds: tuple(bound * 1000 for bound in bounds) for bounds in (_LATENCY_BUCKETS, _OVERHEAD_BUCKETS)}
+_BOUNDS_MS: dict[tuple[float, ...], tuple[float, ...]] = {bounds: tuple(bound * 1000 for bound in bounds) for bounds in (_LATENCY_BUCKETS, _OVERHEAD_BUCKETS)}
 # The figures of a request `observe` keeps, in its tuple.
 _STATUS, _LATENCY, _UPSTREAM, _BYTES_IN, _BYTES_OUT = (itemgetter(n) for n in range(5))
 

@@ -19,7 +19,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 
 import httpx
@@ -309,9 +309,14 @@ class _ReplyStream(httpx.AsyncByteStream):
         self._reply = reply
         self._timeout_s = read_timeout_s
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while chunk := await self._reply.read(self._timeout_s):
-            yield chunk
+    def __aiter__(self) -> _ReplyStream:  # an iterator of its own, not a generator: compiled, see compiled.py
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._reply.read(self._timeout_s)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
     async def aclose(self) -> None:
         self._reply.close()
