@@ -51,6 +51,7 @@ MODULES = (
     "dockyard.gateway.httpserver",
     "dockyard.gateway.metrics",
     "dockyard.gateway.pool",
+    "dockyard.gateway.requesthead",
     "dockyard.gateway.routes",
     "dockyard.gateway.upstream",
 )

@@ -33,7 +33,6 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
 import httptools
 
@@ -45,53 +44,26 @@ from dockyard.gateway.httpcycle import (
     error_reply,
     wake_all,
 )
+from dockyard.gateway.requesthead import (
+    FRAGMENT,
+    HEAD_TOO_LARGE,
+    MAX_HEAD_BYTES,
+    METHODS,
+    PERCENT,
+    QUERY,
+    BadTarget,
+    HeadTooLarge,
+    address,
+    head_size,
+    split_target,
+)
 
 log = logging.getLogger("dockyard.gateway.httpserver")
 
-MAX_HEAD_BYTES = 64 * 1024  # request line and headers; more is answered 431
 SWEEP_EVERY_S = 1.0
 # Shared by every request's scope: nothing in the gateway writes to it, and building it per
 # request is pure cost.
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
-HEAD_TOO_LARGE = (431, f"the request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB")
-METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
-
-
-def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
-    """The request line's target and the header lines, as counted against MAX_HEAD_BYTES."""
-    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
-
-
-# Byte values, found by `in` without the failed integer conversion `b"?" in url` starts with.
-QUERY, FRAGMENT, PERCENT = 0x3F, 0x23, 0x25
-
-
-class _HeadTooLarge(Exception):
-    pass
-
-
-class _BadTarget(Exception):
-    pass
-
-
-def _split_target(url: bytes) -> tuple[str, bytes, bytes]:
-    """(path percent-decoded, raw path, query string) of a request target."""
-    if url[:1] == b"/":
-        raw_path, _, query = url.partition(b"?")
-        raw_path = raw_path.partition(b"#")[0]
-    else:  # absolute-form (`GET http://host/path`) or `*`
-        try:
-            parsed = httptools.parse_url(url)
-        except httptools.HttpParserInvalidURLError:
-            raise _BadTarget(f"the request target {url[:200]!r} is not a URL") from None
-        raw_path, query = parsed.path or b"/", parsed.query or b""
-    try:
-        path = raw_path.decode("ascii")
-    except UnicodeDecodeError:
-        raise _BadTarget("the request path holds bytes that are not ASCII") from None
-    if "%" in path:
-        path = unquote(path)
-    return path, raw_path, query
 
 
 class Connection(asyncio.Protocol):
@@ -134,8 +106,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.last_active = self.loop.time()
-        self.client = _address(transport.get_extra_info("peername"))
-        self.local = _address(transport.get_extra_info("sockname"))
+        self.client = address(transport.get_extra_info("peername"))
+        self.local = address(transport.get_extra_info("sockname"))
         if self.server.stopping:
             self.close()
             return
@@ -225,19 +197,19 @@ class Connection(asyncio.Protocol):
         self.head_open = False
         # Every byte of the head came in the reads counted here: only a head that may be too
         # large is measured.
-        if self.head_begun + self.head_seen + self.reading > MAX_HEAD_BYTES and _head_size(self.url, self.headers) > MAX_HEAD_BYTES:
+        if self.head_begun + self.head_seen + self.reading > MAX_HEAD_BYTES and head_size(self.url, self.headers) > MAX_HEAD_BYTES:
             self.parse_failure = HEAD_TOO_LARGE
-            raise _HeadTooLarge
+            raise HeadTooLarge
         parser = self.parser
         if parser.should_upgrade():
             return  # feed_data raises HttpParserUpgrade once the head is parsed: refused there
         url = self.url
         if url[:1] == b"/" and url.isascii() and QUERY not in url and FRAGMENT not in url and PERCENT not in url:
-            path, raw_path, query = url.decode("ascii"), url, b""  # the commonest target: a plain path (`_split_target`)
+            path, raw_path, query = url.decode("ascii"), url, b""  # the commonest target: a plain path (`split_target`)
         else:
             try:
-                path, raw_path, query = _split_target(url)
-            except _BadTarget as exc:
+                path, raw_path, query = split_target(url)
+            except BadTarget as exc:
                 self.parse_failure = (400, str(exc))
                 raise
         method = parser.get_method()
@@ -417,12 +389,6 @@ class Connection(asyncio.Protocol):
             if not self.read_paused and not self.closed:
                 self.read_paused = True
                 self.transport.pause_reading()
-
-
-def _address(info: Any) -> tuple[str, int] | None:
-    if isinstance(info, tuple) and len(info) >= 2:
-        return (str(info[0]), int(info[1]))
-    return None
 
 
 class HttpServer:
