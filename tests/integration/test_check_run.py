@@ -144,8 +144,14 @@ def test_run_serves_prints_curl_lines_streams_logs_and_cleans_up(engine: docker.
         running.kill(engine)
 
 
-def test_run_says_when_the_container_exits_by_itself(engine: docker.DockerClient) -> None:
-    running = Running(LDA, "--cmd", "python3 -c 'import sys; print(\"bye\"); sys.exit(3)'")
+@pytest.mark.parametrize("command", [
+    "python3 -c 'import sys; print(\"bye\"); sys.exit(3)'",
+    # Ends before the engine is asked how it is: the container started, so it is named, its
+    # output shown and its exit reported the same way, not as a container that did not start.
+    "sh -c 'echo bye; exit 3'",
+], ids=["after-a-moment", "at-once"])
+def test_run_says_when_the_container_exits_by_itself(engine: docker.DockerClient, command: str) -> None:
+    running = Running(LDA, "--cmd", command)
     try:
         container = running.until(r"^container (\S+)").group(1)
         running.until(r"^the container exited by itself: exit code 3")

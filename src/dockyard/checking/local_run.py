@@ -48,11 +48,14 @@ async def run_locally(request: CheckRequest, settings: Settings, *, say: Say, lo
             say("warning: C9: curl is not in the image; a deployment refuses it (its HEALTHCHECK runs curl inside "
                 "the container). Running anyway, probed from outside only.")
         instance = await _unless_stopped(session.start(), stop)
-        if instance is None or m.exit is not None:
+        if instance is None:
             say(f"the container did not start: {m.exit.start_error or m.exit.detail if m.exit else 'unknown'}")
             return 1
-        for text in where(instance, m.health_path, m.predict_path, request):
-            say(text)
+        if m.exit is not None:  # it started and has already ended: no URLs to give, its output and code below
+            say(f"container {instance.instance_id}")
+        else:
+            for text in where(instance, m.health_path, m.predict_path, request):
+                say(text)
         logs = asyncio.create_task(_stream(runtime, instance, log_line))
         health = asyncio.create_task(_report_health(session, instance, say))
         stopped = asyncio.create_task(stop.wait())
