@@ -39,10 +39,12 @@ from pathlib import Path
 # The request path of a direct predict, and what it calls per request. Order does not matter.
 MODULES = (
     "dockyard.auth.middleware",
+    "dockyard.auth.predict_authorization",
     "dockyard.auth.verifier",
     "dockyard.gateway.accesslog",
     "dockyard.gateway.app",
     "dockyard.gateway.balancer",
+    "dockyard.gateway.compose",
     "dockyard.gateway.deadlines",
     "dockyard.gateway.direct",
     "dockyard.gateway.exchange",

@@ -22,6 +22,7 @@ from dockyard.auth.access_store import AccessStore, PolicyAuthorizer
 from dockyard.auth.admin_only import HomeAdministratorsOnly
 from dockyard.auth.bootstrap import ensure_admin
 from dockyard.auth.middleware import SignatureAuthMiddleware
+from dockyard.auth.predict_authorization import PredictAuthorization
 from dockyard.auth.principals import PrincipalStore
 from dockyard.auth.verifier import Verifier
 from dockyard.gateway import Gateway, GatewayOptions, beside, create_gateway, gateway_metrics_app
@@ -30,7 +31,7 @@ from dockyard.gateway.compose import WithMetrics
 from dockyard.reconciler.loop import Reconciler
 from dockyard.reconciler.predict_logs import collect_predict_logs
 from dockyard.runtimes.base import Runtime
-from dockyard.service.access import Access, PredictAuthorization
+from dockyard.service.access import Access
 from dockyard.service.bundle import Services
 from dockyard.service.deployments import DeploymentService
 from dockyard.service.images import ReferenceOnlyResolver, RegistryImageResolver

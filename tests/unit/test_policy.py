@@ -216,7 +216,7 @@ def test_access_seam_refuses_with_the_message_it_is_given() -> None:
 def test_predict_decisions_are_reused_briefly_per_caller_and_compartment() -> None:
     import asyncio
 
-    from dockyard.service.access import PredictAuthorization
+    from dockyard.auth.predict_authorization import PredictAuthorization
 
     asked: list[tuple[str, Verb, str, str]] = []
     answer = {"value": True}

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from dockyard.auth.policy import MODEL_DEPLOYMENTS, Verb
-from dockyard.service.access import Access, PredictAuthorization
+from dockyard.auth.predict_authorization import PredictAuthorization
+from dockyard.service.access import Access
 from dockyard.service.context import Caller
 
 C1 = "ocid1.compartment.oc1..one"

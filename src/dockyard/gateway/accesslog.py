@@ -15,6 +15,10 @@ from typing import Any, NamedTuple, Protocol
 
 log = logging.getLogger("dockyard.access")
 _problems = logging.getLogger("dockyard.gateway")
+# What `log.isEnabledFor` answered, by level: the logger's own cache, which logging clears in
+# place whenever a level changes. Read directly, it saves a Python call on every request; where
+# it is missing (another Python's logging) it stays empty and every write asks.
+_enabled_levels: dict[int, bool] = getattr(log, "_cache", {})
 
 
 class AccessEntry(NamedTuple):
@@ -68,7 +72,10 @@ class AccessLog:
         self.sink = sink
 
     def write(self, entry: AccessEntry) -> None:
-        if log.isEnabledFor(logging.INFO):
+        echo = None if log.disabled else _enabled_levels.get(logging.INFO)
+        if echo is None:
+            echo = log.isEnabledFor(logging.INFO)
+        if echo:
             log.info(json.dumps(entry.as_dict(), separators=(",", ":")))
         if self.sink is not None:
             try:

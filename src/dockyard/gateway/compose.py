@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-from dockyard.gateway.app import Gateway
-
 CONTROL_PREFIXES = ("/20190101/",)
 CONTROL_PATHS = frozenset({"/20190101", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
@@ -57,9 +55,9 @@ class Beside:
         return bool(self._gateway_direct(cycle))
 
 
-def beside(control_plane: Any, gateway: Gateway, control_prefixes: tuple[str, ...] = CONTROL_PREFIXES,
+def beside(control_plane: Any, gateway: Any, control_prefixes: tuple[str, ...] = CONTROL_PREFIXES,
            control_paths: frozenset[str] = CONTROL_PATHS) -> Beside:  # fmt: skip
-    """`Beside(control_plane, gateway, ...)`."""
+    """`Beside(control_plane, gateway, ...)`: `gateway` is the Gateway, or the signature check in front of it."""
     return Beside(control_plane, gateway, control_prefixes, control_paths)
 
 

@@ -12,9 +12,6 @@ is for code without principals (unit tests, the server's own calls).
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Protocol
 
 from dockyard.auth.policy import MODEL_DEPLOYMENTS, MODELS, PROJECTS, WORK_REQUESTS, Verb
@@ -74,57 +71,3 @@ def compartment_not_found(compartment_id: str) -> str:
         f"compartment {compartment_id} was not found, or you are not allowed to use it; check the id "
         "(your tenancy OCID is your root compartment)"
     )
-
-
-class PredictAuthorization:
-    """The gateway's hook: may `caller` use the deployment in `compartment_id` (predict)?
-
-    Decisions are reused for `ttl_s` per (tenancy, user, key, compartment), so a burst of
-    predictions costs one policy read per caller and compartment; a policy change therefore
-    reaches the data plane within `ttl_s` plus one policy read. Only one read per key runs at a
-    time: the requests that arrive while it runs (all of them at once when a busy caller's
-    decision expires) wait for its answer instead of each reading the policies. A read that
-    fails is not kept: its waiters get its error, and the next request reads again.
-    """
-
-    def __init__(self, access: Access, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.access = access
-        self.ttl_s = ttl_s
-        self.clock = clock
-        self._decisions: dict[tuple[str | None, str, str, str], tuple[float, bool]] = {}
-        self._reading: dict[tuple[str | None, str, str, str], asyncio.Task[bool]] = {}
-
-    def known(self, caller: Caller | None, compartment_id: str) -> bool | None:
-        """The decision without waiting: False for no caller, a cached decision, else None."""
-        if caller is None:
-            return False
-        cached = self._decisions.get((caller.tenancy_id, caller.user_id, getattr(caller, "fingerprint", ""), compartment_id))
-        if cached is not None and self.clock() < cached[0]:
-            return cached[1]
-        return None
-
-    async def __call__(self, caller: Caller | None, compartment_id: str) -> bool:
-        if caller is None:
-            return False
-        key = (caller.tenancy_id, caller.user_id, getattr(caller, "fingerprint", ""), compartment_id)
-        cached = self._decisions.get(key)
-        if cached is not None and self.clock() < cached[0]:
-            return cached[1]
-        reading = self._reading.get(key)
-        if reading is None or reading.get_loop() is not asyncio.get_running_loop():  # (one left by a loop that is gone)
-            reading = asyncio.ensure_future(self._read(key, caller, compartment_id))
-            self._reading[key] = reading
-        # shielded: a waiter that goes away (its client disconnected) leaves the read running for the others
-        return await asyncio.shield(reading)
-
-    async def _read(self, key: tuple[str | None, str, str, str], caller: Caller, compartment_id: str) -> bool:
-        """One policy read, whose answer is kept until `ttl_s` after it started."""
-        started = self.clock()
-        try:
-            decision = await asyncio.to_thread(self.access.allowed, caller, Verb.USE, MODEL_DEPLOYMENTS, compartment_id)
-        finally:
-            self._reading.pop(key, None)
-        if len(self._decisions) > 50_000:  # many callers must not grow memory without bound
-            self._decisions.clear()
-        self._decisions[key] = (started + self.ttl_s, decision)
-        return decision
