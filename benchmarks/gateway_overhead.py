@@ -7,7 +7,7 @@ target once per round, for `--rounds` rounds, each figure the median over rounds
 
 The upstream is a uvicorn app (uvloop/httptools) answering every POST with a small JSON
 document. The gateway runs exactly as users run it: `dockyard serve --role gateway` (with
-`--gateway-workers N`, default one per core) over a throw-away data directory whose store
+`--gateway-workers N`, default one per two cores) over a throw-away data directory whose store
 holds one ACTIVE deployment with that upstream as its one HEALTHY instance and the
 administrator `dockyard serve` creates. It is measured unsigned (`--insecure-no-auth`) and
 signed: every request carries an OCI signature (fixed body, so one Authorization header
@@ -466,7 +466,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="times every target is measured, in turn (default 3)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0],
-                        help="gateway worker counts to measure (default: 0 = dockyard's default, one per core)")  # fmt: skip
+                        help="gateway worker counts to measure (default: 0 = dockyard's default, one per two cores)")  # fmt: skip
     parser.add_argument("--also-interpreted", action="store_true",
                         help="also measure each gateway with its request path interpreted (DOCKYARD_COMPILED=0)")
     parser.add_argument("--gateway-log-level", default="info", help="the gateway's --log-level (default info, as dockyard serve)")

@@ -48,8 +48,15 @@ TOGETHER_TIMEOUT_S = 60.0  # how long the first workers wait for each other befo
 
 
 def default_workers() -> int:
-    """One per core: a worker is a single-threaded event loop."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    """One per two cores (at least one): a worker is a single-threaded event loop, and the
+    gateway shares its machine with the model instances it serves, which need the other cores.
+
+    Measured on 2 cores (benchmarks/gateway_overhead.py --workers 1 2): one worker relays as
+    many requests per second as two, at a third of their p99 latency, since two workers and the
+    instance behind them compete for the same two cores. A machine that only runs gateways
+    can give `--gateway-workers` one per core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // 2)
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:

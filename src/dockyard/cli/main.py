@@ -54,7 +54,7 @@ def serve(
         False, "--insecure-no-auth", help="Accept unsigned requests (loopback binds only; env DOCKYARD_INSECURE_NO_AUTH)."
     ),
     gateway_workers: int = typer.Option(
-        None, "--gateway-workers", help="--role gateway: processes sharing the port (SO_REUSEPORT); default one per core."
+        None, "--gateway-workers", help="--role gateway: processes sharing the port (SO_REUSEPORT); default one per two cores."
     ),
 ) -> None:
     """Run the control plane, the reconciler and the gateway in one process."""
