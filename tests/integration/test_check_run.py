@@ -6,6 +6,7 @@ Needs the engine, the open registry and the LDA image and artifact (scripts/test
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -168,3 +170,44 @@ def test_run_refuses_bad_input_before_starting(engine: docker.DockerClient) -> N
                                capture_output=True, text=True, cwd=REPO, timeout=60)
     assert completed.returncode == 2 and "reserved" in completed.stderr
     assert completed.stdout == ""  # nothing started: no container line
+
+
+def test_run_reports_a_container_that_ended_before_its_start_returned(engine: docker.DockerClient, tmp_path: Path) -> None:
+    """The race the `at-once` case above only sometimes meets, made certain: `run_locally` with
+    the engine's start held back until its container has exited. It is named, its output shown
+    and its exit reported, as a container that exits later; not called one that did not start."""
+    from dockyard.checking.inputs import CheckRequest
+    from dockyard.checking.local_run import run_locally
+    from dockyard.checking.session import docker_runtime
+    from dockyard.runtimes.base import InstanceSpec, InstanceState
+    from dockyard.settings import Settings
+
+    request = CheckRequest(image=LDA, cmd=["sh", "-c", "echo bye; exit 3"])
+    settings = Settings(data_dir=tmp_path)
+    runtime = docker_runtime(request, settings, quick_healthcheck=False)
+    start = runtime.start
+
+    async def start_and_wait_for_the_exit(spec: InstanceSpec) -> Any:
+        instance = await start(spec)
+        for _ in range(200):
+            for found in await runtime.list(spec.deployment_id):
+                if found.instance_id == instance.instance_id and found.state is InstanceState.EXITED:
+                    return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"container {instance.instance_id} did not exit within 10 s")
+
+    runtime.start = start_and_wait_for_the_exit  # type: ignore[method-assign]
+    said: list[str] = []
+    logged: list[str] = []
+
+    async def run() -> int:
+        return await run_locally(request, settings, say=said.append, log_line=logged.append, progress=lambda _: None,
+                                 stop=asyncio.Event(), runtime=runtime)  # fmt: skip
+
+    assert asyncio.run(run()) == 1
+    container = re.match(r"^container (\S+)$", said[0])
+    assert container is not None, said
+    assert any(text.startswith("the container exited by itself: exit code 3") for text in said), said
+    assert "bye" in logged and said[-1] == "container removed"
+    with pytest.raises(docker.errors.NotFound):
+        engine.api.inspect_container(container.group(1))
