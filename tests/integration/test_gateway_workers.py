@@ -59,8 +59,8 @@ def answers(url: str, method: str = "GET") -> bool:
 
 
 @contextlib.contextmanager
-def started_gateway(tmp_path: Path, upstreams: Upstreams) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:  # noqa: F811
-    """`dockyard serve --role gateway --gateway-workers 2` in front of one echo upstream, started
+def started_gateway(tmp_path: Path, upstreams: Upstreams, workers: int = 2) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:  # noqa: F811
+    """`dockyard serve --role gateway --gateway-workers N` in front of one echo upstream, started
     (not yet answering): (its base URL, the deployment id, the supervisor process)."""
     store = SqlMetadataStore(f"sqlite:///{tmp_path / 'dockyard.db'}")
     deployment_id = Deployments(store).add([upstreams.echo[0].port])
@@ -70,7 +70,7 @@ def started_gateway(tmp_path: Path, upstreams: Upstreams) -> Iterator[tuple[str,
     log = (tmp_path / "gateway.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "dockyard.cli.main", "serve", "--role", "gateway", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(tmp_path), "--gateway-workers", "2", "--insecure-no-auth", "--log-level", "warning"],
+         "--data-dir", str(tmp_path), "--gateway-workers", str(workers), "--insecure-no-auth", "--log-level", "warning"],
         env=env, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     try:
@@ -219,6 +219,23 @@ def test_every_workers_access_entries_are_stored_by_the_supervisor(
     assert process.wait(30) == 0
     stored = stored_request_ids(tmp_path, deployment_id)
     assert sorted(stored) == sorted(first + last)  # each once
+
+
+def test_one_worker_has_a_supervisor_too(tmp_path: Path, upstreams: Upstreams) -> None:  # noqa: F811
+    """One worker (the default on two cores) is served as several are: the supervisor stores its
+    access entries (the worker's GIL never waits on the database) and replaces it when it dies."""
+    with started_gateway(tmp_path, upstreams, workers=1) as (base, deployment_id, process):
+        wait_until(lambda: answers(base + "/health"), 60, "the gateway answering /health")
+        (worker,) = children_of(process.pid)
+        sent = [httpx.post(f"{base}/{deployment_id}/predict", content=b"{}", timeout=30).headers["opc-request-id"] for _ in range(5)]
+        wait_until(lambda: set(sent) <= set(stored_request_ids(tmp_path, deployment_id)), 10, "the 5 entries stored")
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: answers(f"{base}/{deployment_id}/predict", method="POST"), 30, "a new worker answering")
+        assert worker not in children_of(process.pid)
+        after = httpx.post(f"{base}/{deployment_id}/predict", content=b"{}", timeout=30).headers["opc-request-id"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert after in stored_request_ids(tmp_path, deployment_id)  # sent at the new worker's shutdown, stored before the supervisor exits
 
 
 def test_workers_stop_when_their_supervisor_is_killed(gateway_workers: tuple[str, str, subprocess.Popen[bytes]]) -> None:

@@ -1,18 +1,22 @@
-"""`dockyard serve --role gateway --gateway-workers N`: N gateway processes on one port.
+"""`dockyard serve --role gateway [--gateway-workers N]`: a supervisor and N gateway processes on one port.
 
 One Python process proxies a few thousand small requests per second on one core; the data
 plane scales over cores with processes. Each worker binds the same host:port with
 SO_REUSEPORT (the kernel spreads new connections over them evenly, where a shared accept
 socket lets whichever worker wakes first take most of them), reads its routes from the shared
-store, and serves the same app `--role gateway` serves with one process.
+store, and serves the gateway app (`gateway_app`).
 
-What changes with more than one worker:
+The supervisor stores the workers' access-log entries: each worker sends its entries in
+batches over a pipe (gateway/access_relay.py), so no worker spends its CPU and GIL on the
+database. That is why there is a supervisor even for one worker: storing them in the serving
+process, in a flusher thread, held its GIL while requests waited (benchmarks/gateway_overhead.py,
+one worker, 64 connections: about 14% fewer requests per second than with the supervisor).
+
+With several workers:
 - the in-flight limit per instance is split between the workers (rounded up), so a
   deployment's instances still see at most about the configured number of requests;
 - `/metrics` aggregates all workers (prometheus_client's multiprocess mode, in a directory
-  of this supervisor's own that is removed at exit);
-- access-log entries are stored by this supervisor: each worker sends its entries in batches
-  over a pipe (gateway/access_relay.py), so no worker spends its CPU and GIL on the database.
+  of this supervisor's own that is removed at exit).
 
 The supervisor restarts a worker that dies, and stops them all on SIGINT/SIGTERM. A worker
 whose supervisor is killed outright stops too (it is sent SIGTERM by the kernel), instead of

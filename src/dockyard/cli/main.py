@@ -85,7 +85,7 @@ def serve(
         console.print(f"[red]refusing to start:[/] {escape(exc.message)}")
         raise typer.Exit(2) from None
     if role == "gateway":
-        from dockyard.cli.gateway_workers import default_workers, gateway_app, serve_workers
+        from dockyard.cli.gateway_workers import default_workers, serve_workers
 
         workers = gateway_workers if gateway_workers is not None else default_workers()
         if workers < 1:
@@ -93,12 +93,9 @@ def serve(
             raise typer.Exit(2)
         console.print(f"[bold]dockyard gateway[/] on [cyan]http://{settings.host}:{settings.port}[/] "
                       f"({workers} worker{'s' if workers > 1 else ''}, routes from {settings.database_for_display})")  # fmt: skip
-        if workers > 1:
-            serve_workers(overrides, workers, log_level)
-        else:
-            from dockyard.gateway.httpserve import serve as serve_http
-
-            serve_http(gateway_app(settings, 1), host=settings.host, port=settings.port, keep_alive_s=settings.keep_alive_s)
+        # A supervisor and its workers even for one: the supervisor stores the access log, off
+        # the serving process's CPU and GIL (cli/gateway_workers.py), and restarts a worker that dies.
+        serve_workers(overrides, workers, log_level)
         return
     if gateway_workers is not None:
         console.print("[red]--gateway-workers[/] applies to --role gateway; with --role all the gateway shares the control plane's process")

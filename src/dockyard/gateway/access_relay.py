@@ -2,7 +2,7 @@
 
 Why: storing an entry (its row, its JSON, the database insert) cost a gateway worker about a
 quarter of its CPU per small request, most of it in a flusher thread holding the worker's GIL
-while requests waited for it. With several workers (`--gateway-workers N`) each worker only
+while requests waited for it. So each worker (`dockyard serve --role gateway`, one or several) only
 queues its entries (`AccessRelay.add_access`, O(1)); a thread sends them in batches, one
 `marshal`led list of tuples per pipe write, to the supervisor, whose `RelayReader` hands each
 entry to the one log store there. The database also gets one writer instead of one per worker.
