@@ -58,12 +58,14 @@ class Exchange:
         # Milliseconds to the microsecond: int(x + 0.5) / 1000 (round(x, 3) costs twice as much, formatting the float)
         if self.upstream_started is not None:
             upstream_ms = int(((self.upstream_ended or now) - self.upstream_started) * 1_000_000 + 0.5) / 1000
-        # The arrival as `now_iso` writes it (RFC 3339, microseconds, `Z`); %d truncates, as int() did.
+        # The arrival as `now_iso` writes it (RFC 3339, microseconds, `Z`), the microseconds truncated
+        # and zero-padded by hand: str(1_000_000 + µs)[1:] costs a fifth of what "%06d" % µs does.
         moment = self.arrived_wall
         whole = int(moment)
         second = _second if _second[0] == whole else _calendar_second(whole)
+        micros = int((moment - whole) * 1_000_000)
         return _new_entry(AccessEntry, (  # the field order of AccessEntry; made in C, without its Python __new__
-            "%s%06dZ" % (second[1], (moment - whole) * 1_000_000), self.request_id, self.deployment_id, self.caller, self.method, self.path,
+            second[1] + str(1_000_000 + micros)[1:] + "Z", self.request_id, self.deployment_id, self.caller, self.method, self.path,
             self.status, self.bytes_in, self.bytes_out, int((now - self.arrived) * 1_000_000 + 0.5) / 1000, upstream_ms,
             self.instance_id, self.attempts, self.error,
         ))  # fmt: skip

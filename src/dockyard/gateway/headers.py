@@ -54,7 +54,7 @@ def request_id(incoming: bytes | None) -> str:
     request (os.urandom was one of the dearest lines of a small request)."""
     if incoming and _SAFE_ID.match(incoming):
         return incoming.decode("ascii")
-    return f"{_ID_PREFIX}{next(_id_counter):016X}"
+    return _ID_PREFIX + "%016X" % next(_id_counter)  # (an f-string's format spec costs a str.format call)
 
 
 def _connection_tokens(value: bytes) -> set[bytes]:

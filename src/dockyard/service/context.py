@@ -14,6 +14,10 @@ class Caller:
 
     user_id: str
     tenancy_id: str | None = None
+    # The key a request was signed with: a Principal's (auth/identity.py) is a field; any other
+    # caller signed with none. A class attribute, not a field, so callers still compare by identity
+    # alone; and it is there to read, where asking for a missing one costs an exception.
+    fingerprint = ""
 
 
 ANONYMOUS = Caller(user_id="ocid1.user.oc1..anonymous")
