@@ -11,14 +11,14 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from operator import attrgetter
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
-log = logging.getLogger("dockyard.access")
-_problems = logging.getLogger("dockyard.gateway")
+log: Final = logging.getLogger("dockyard.access")
+_problems: Final = logging.getLogger("dockyard.gateway")
 # What `log.isEnabledFor` answered, by level: the logger's own cache, which logging clears in
 # place whenever a level changes. Read directly, it saves a Python call on every request; where
 # it is missing (another Python's logging) it stays empty and every write asks.
-_enabled_levels: dict[int, bool] = getattr(log, "_cache", {})
+_enabled_levels: Final[dict[int, bool]] = getattr(log, "_cache", {})
 
 
 class AccessEntry(NamedTuple):

@@ -8,7 +8,7 @@ A small body with a declared length is read whole instead (`read_small`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from dockyard.errors import InvalidParameter, LengthRequired, PayloadTooLarge
 
@@ -17,7 +17,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 # Bodies up to this size are kept as they pass, so that a request whose instance dropped the
 # connection without a word can go to another instance (see proxy.py); larger ones stream only.
-KEEP_FOR_RETRY_BYTES = 1024 * 1024
+KEEP_FOR_RETRY_BYTES: Final = 1024 * 1024
 
 
 class ClientGone(Exception):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Final
 
 from dockyard.gateway.accesslog import AccessEntry
 
 _second: tuple[int, str] = (-1, "")
-_new_entry = tuple.__new__
+_new_entry: Final = tuple.__new__
 
 
 def _calendar_second(whole: int) -> tuple[int, str]:

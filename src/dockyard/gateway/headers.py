@@ -9,12 +9,13 @@ import itertools
 import os
 import re
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 RawHeaders = list[tuple[bytes, bytes]]
 
 # RFC 9110 §7.6.1 plus the old names still seen in the wild. `host` is set for the upstream by
 # the client; `content-length` / `transfer-encoding` are re-framed by each hop.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -28,16 +29,16 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-REQUEST_DROP = HOP_BY_HOP | {b"host", b"opc-request-id", b"route", b"expect"}
+REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"opc-request-id", b"route", b"expect"}
 # The edge server writes its own `date` and `server`; two of either would be malformed.
-RESPONSE_DROP = HOP_BY_HOP | {b"opc-request-id", b"date", b"server"}
+RESPONSE_DROP: Final = HOP_BY_HOP | {b"opc-request-id", b"date", b"server"}
 
-REQUEST_ID = b"opc-request-id"
-_SAFE_ID = re.compile(rb"^[A-Za-z0-9._/:-]{1,98}$")
+REQUEST_ID: Final = b"opc-request-id"
+_SAFE_ID: Final = re.compile(rb"^[A-Za-z0-9._/:-]{1,98}$")
 _KEY_ID = re.compile(r'keyId="([^"]*)"')
 # New request ids: 16 random hex digits per process (a fork gets its own, see below), then a count.
 _ID_PREFIX = os.urandom(8).hex().upper()
-_id_counter = itertools.count(int.from_bytes(os.urandom(4)))
+_id_counter: Final = itertools.count(int.from_bytes(os.urandom(4)))
 
 
 def _new_prefix() -> None:

@@ -14,18 +14,18 @@ import asyncio
 import email.utils
 import http
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from dockyard.gateway.httpserver import Connection
 
-READ_HIGH_WATER = 64 * 1024  # unread request body bytes past which reading pauses
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus}
-NO_BODY_STATUSES = frozenset({204, 304})
+READ_HIGH_WATER: Final = 64 * 1024  # unread request body bytes past which reading pauses
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus}
+NO_BODY_STATUSES: Final = frozenset({204, 304})
 # A byte's value: `0 in data` finds a NUL at once, where `b"\0" in data` first fails to read its
 # operand as an integer (raising and clearing a TypeError inside bytes.__contains__).
-NUL = 0
+NUL: Final = 0
 
 
 def status_line(status: int) -> bytes:

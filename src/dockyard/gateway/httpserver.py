@@ -32,7 +32,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -63,7 +63,14 @@ log = logging.getLogger("dockyard.gateway.httpserver")
 SWEEP_EVERY_S = 1.0
 # Shared by every request's scope: nothing in the gateway writes to it, and building it per
 # request is pure cost.
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
+ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.3"}
+# Every request's scope starts as a copy of this, and what differs is set: a dict copied whole
+# costs half of one built key by key (whose table grows twice on the way to fourteen keys).
+SCOPE_TEMPLATE: Final[dict[str, Any]] = {
+    "type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
+    "query_string": b"", "root_path": "", "headers": None, "client": None, "server": None, "state": None,
+    "dockyard.notify_lost": None,
+}  # fmt: skip
 
 
 class Connection(asyncio.Protocol):
@@ -213,22 +220,17 @@ class Connection(asyncio.Protocol):
                 self.parse_failure = (400, str(exc))
                 raise
         method = parser.get_method()
-        scope = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": parser.get_http_version(),
-            "method": METHODS.get(method) or method.decode("ascii"),
-            "scheme": "http",
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": "",
-            "headers": self.headers,
-            "client": self.client,
-            "server": self.local,
-            "state": {},
-            "dockyard.notify_lost": self.notify_lost_of_active,
-        }
+        scope = SCOPE_TEMPLATE.copy()
+        scope["http_version"] = parser.get_http_version()
+        scope["method"] = METHODS.get(method) or method.decode("ascii")
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["headers"] = self.headers
+        scope["client"] = self.client
+        scope["server"] = self.local
+        scope["state"] = {}
+        scope["dockyard.notify_lost"] = self.notify_lost_of_active
         keep_alive = parser.should_keep_alive() and not self.server.stopping
         cycle = self.parsing = Cycle(self, scope, keep_alive, self.expect_continue)
         if self.active is None and not self.queue:

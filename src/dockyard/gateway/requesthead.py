@@ -6,17 +6,19 @@ apart from the connection that parses it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote
 
 import httptools
 
-MAX_HEAD_BYTES = 64 * 1024  # request line and headers; more is answered 431
-HEAD_TOO_LARGE = (431, f"the request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB")
-METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
+MAX_HEAD_BYTES: Final = 64 * 1024  # request line and headers; more is answered 431
+HEAD_TOO_LARGE: Final = (431, f"the request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB")
+METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
 
 # Byte values, found by `in` without the failed integer conversion `b"?" in url` starts with.
-QUERY, FRAGMENT, PERCENT = 0x3F, 0x23, 0x25
+QUERY: Final = 0x3F
+FRAGMENT: Final = 0x23
+PERCENT: Final = 0x25
 
 
 class HeadTooLarge(Exception):

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from dockyard.domain.deployments import environment
 from dockyard.errors import ServiceUnavailable
@@ -22,7 +22,7 @@ from dockyard.store.metadata import InstanceRecord, Record
 
 log = logging.getLogger("dockyard.gateway")
 
-SERVING_STATES = frozenset({"ACTIVE", "NEEDS_ATTENTION", "UPDATING"})
+SERVING_STATES: Final = frozenset({"ACTIVE", "NEEDS_ATTENTION", "UPDATING"})
 STREAMING_VAR = "MODEL_DEPLOY_ENABLE_STREAMING"
 CONTAINER_TYPE_VAR = "CONTAINER_TYPE"
 

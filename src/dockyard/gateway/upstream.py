@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable
-from typing import Any
+from typing import Any, Final
 
 import httptools
 import httpx
 
 from dockyard.gateway import deadlines
 
-READ_HIGH_WATER = 256 * 1024
+READ_HIGH_WATER: Final = 256 * 1024
 Headers = list[tuple[bytes, bytes]]
-_NO_BODY_STATUS = frozenset({204, 304})
+_NO_BODY_STATUS: Final = frozenset({204, 304})
 # The reply headers `on_header` notes besides keeping them (most replies carry two of these).
-_NOTED = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"connection"})
+_NOTED: Final = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"connection"})
 # Byte values, found by `in` without the failed integer conversion `b" " in target` starts with.
-SPACE, LF, CR, NUL = 0x20, 0x0A, 0x0D, 0x00
+SPACE: Final = 0x20
+LF: Final = 0x0A
+CR: Final = 0x0D
+NUL: Final = 0x00
 
 
 class ClosedUnanswered(httpx.RemoteProtocolError):
