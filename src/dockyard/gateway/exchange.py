@@ -60,7 +60,7 @@ class Exchange:
         if self.upstream_started is not None:
             upstream_ms = int(((self.upstream_ended or now) - self.upstream_started) * 1_000_000 + 0.5) / 1000
         # The arrival as `now_iso` writes it (RFC 3339, microseconds, `Z`), the microseconds truncated
-        # and zero-padded by hand: str(1_000_000 + µs)[1:] costs a fifth of what "%06d" % µs does.
+        # and zero-padded by hand: str(1_000_000 + µs)[1:] costs half of what "%06d" % µs did.
         moment = self.arrived_wall
         whole = int(moment)
         second = _second if _second[0] == whole else _calendar_second(whole)
