@@ -9,8 +9,9 @@ store, and serves the gateway app (`gateway_app`).
 The supervisor stores the workers' access-log entries: each worker sends its entries in
 batches over a pipe (gateway/access_relay.py), so no worker spends its CPU and GIL on the
 database. That is why there is a supervisor even for one worker: storing them in the serving
-process, in a flusher thread, held its GIL while requests waited (benchmarks/gateway_overhead.py,
-one worker, 64 connections: about 14% fewer requests per second than with the supervisor).
+process, in a flusher thread, held its GIL while requests waited (gateway_overhead.py's load on
+two cores, one worker, 64 connections: 15.7k and 17.7k requests per second in two rounds, against
+19.4k and 18.7k with the supervisor; the CPU per request is the same, the serving process's part shorter).
 
 With several workers:
 - the in-flight limit per instance is split between the workers (rounded up), so a
