@@ -404,6 +404,30 @@ def test_header_splitting_is_refused(serving: Any, header: tuple[bytes, bytes]) 
     assert errors and isinstance(errors[0], RuntimeError)
 
 
+def test_a_streamed_reply_to_http_1_0_ends_with_the_connection(serving: Any) -> None:
+    """HTTP/1.0 has no chunked framing: a reply of unknown length goes as it is, and the close ends it."""
+
+    async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for part in (b"one ", b"two ", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    running = serving(stream)
+    with running.connect() as sock:
+        sock.sendall(b"GET /s HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):  # to the close
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert lines[0] == "HTTP/1.1 200 OK" and "transfer-encoding" not in headers and "content-length" not in headers
+    assert headers["connection"] == "close" and body == b"one two three"
+
+
 def test_connection_close_and_http_1_0(serving: Any) -> None:
     running = serving(echo)
     with running.connect() as sock:

@@ -23,6 +23,7 @@ READ_HIGH_WATER: Final = 64 * 1024  # unread request body bytes past which readi
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus}
 NO_BODY_STATUSES: Final = frozenset({204, 304})
+_WITHOUT_CHUNKED: Final = frozenset({"1.0", "0.9"})  # request versions a body of unknown length is sent to close-delimited
 # A byte's value: `0 in data` finds a NUL at once, where `b"\0" in data` first fails to read its
 # operand as an integer (raising and clearing a TypeError inside bytes.__contains__).
 NUL: Final = 0
@@ -279,9 +280,13 @@ class Cycle:
         count += 4  # the status line, server, date, and the empty line that ends the head
         tail = b"\r\n"
         if length < 0 and not chunked and body_allowed:
-            chunked = True
-            tail = b"transfer-encoding: chunked\r\n" + tail
-            count += 1
+            if self.scope.get("http_version") in _WITHOUT_CHUNKED:
+                # HTTP/1.0 has no chunked framing (RFC 9112 §6.1): the body ends with the connection.
+                keep_alive = False
+            else:
+                chunked = True
+                tail = b"transfer-encoding: chunked\r\n" + tail
+                count += 1
         if not keep_alive and not closing:
             tail = b"connection: close\r\n" + tail
             count += 1
