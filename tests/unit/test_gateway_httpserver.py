@@ -248,15 +248,17 @@ def test_204_has_no_body_framing(serving: Any) -> None:
     assert b"transfer-encoding" not in head and b"content-length" not in head and rest == b""
 
 
-def test_streamed_reply_is_chunked(serving: Any) -> None:
-    async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        for part in (b"one ", b"two ", b"three"):
-            await send({"type": "http.response.body", "body": part, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers "one two three" in three body messages, without a length."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    for part in (b"one ", b"two ", b"three"):
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+
+def test_streamed_reply_is_chunked(serving: Any) -> None:
     running = serving(stream)
     with running.connect() as sock:
         sock.sendall(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -406,14 +408,6 @@ def test_header_splitting_is_refused(serving: Any, header: tuple[bytes, bytes]) 
 
 def test_a_streamed_reply_to_http_1_0_ends_with_the_connection(serving: Any) -> None:
     """HTTP/1.0 has no chunked framing: a reply of unknown length goes as it is, and the close ends it."""
-
-    async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        for part in (b"one ", b"two ", b"three"):
-            await send({"type": "http.response.body", "body": part, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     running = serving(stream)
     with running.connect() as sock:
