@@ -4,15 +4,13 @@ worker processes is tests/integration/test_gateway_workers.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import marshal
 import threading
 import time
 from multiprocessing import Pipe
 
-import pytest
-
-from dockyard.gateway import access_relay
 from dockyard.gateway.access_relay import AccessRelay, RelayReader
 from dockyard.gateway.accesslog import AccessEntry
 
@@ -48,18 +46,70 @@ class Collected:
         return list(self.entries)
 
 
-def test_entries_arrive_whole_and_in_order_from_the_sending_thread() -> None:
+def test_entries_arrive_whole_and_in_order_sent_by_the_event_loop() -> None:
     collected = Collected()
     reader = RelayReader(collected, poll_s=0.05)
     relay = AccessRelay(reader.new_pipe(), flush_interval_s=0.05, batch_max=100)
     sent = [entry(n) for n in range(1, 1001)]
-    for item in sent:
-        relay.add_access(item)
-    # Nobody flushes: the relay's own thread sends, in batches of at most 100.
-    assert collected.wait_for(1000) == sent
+
+    async def serve() -> None:
+        for item in sent:
+            relay.add_access(item)
+            if item.bytes_in % 250 == 0:
+                await asyncio.sleep(0.06)  # requests come in bursts; the loop's timer sends between them
+        deadline = time.monotonic() + 5
+        while len(collected.entries) < len(sent) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    # Nobody flushes: the loop sends, in batches of at most 100.
+    asyncio.run(serve())
+    assert collected.entries == sent
     assert relay.sent == 1000 and relay.dropped == 0 and reader.received == 1000
     relay.close()
     reader.close(timeout_s=5)
+
+
+def test_a_pipe_the_supervisor_does_not_read_keeps_the_entries_until_it_does() -> None:
+    """The pipe fills (the supervisor is busy): what it cannot take waits in the worker, the loop
+    goes on serving, and everything arrives, in order, once the supervisor reads again."""
+    reader_end, writer_end = Pipe(duplex=False)
+    relay = AccessRelay(writer_end, flush_interval_s=0.01, batch_max=500)
+    sent = [entry(n) for n in range(1, 20_001)]  # ~5 MB of JSON: several times the 1 MiB pipe
+
+    async def serve() -> None:
+        for start in range(0, len(sent), 500):
+            for item in sent[start:start + 500]:
+                relay.add_access(item)
+            await asyncio.sleep(0)  # the loop is never blocked by the full pipe
+        await asyncio.sleep(0.05)
+
+    asyncio.run(serve())
+    assert relay.sent < len(sent) and relay.dropped == 0  # some wait for the pipe
+    received: list[AccessEntry] = []
+    closing = threading.Thread(target=relay.close)  # close() waits for the supervisor to read the rest
+    closing.start()
+    while True:
+        try:
+            blocks = marshal.loads(reader_end.recv_bytes())
+        except EOFError:
+            break
+        for _, _, _, text in blocks:
+            received += [AccessEntry(*values) for values in json.loads(text)]
+    closing.join(5)
+    assert received == sent
+    assert relay.sent == len(sent) and relay.dropped == 0
+
+
+def test_entries_waiting_for_the_pipe_count_against_the_queue_limit() -> None:
+    reader_end, writer_end = Pipe(duplex=False)
+    relay = AccessRelay(writer_end, flush_interval_s=60, batch_max=1_000, queue_max=8_000)
+    for n in range(1, 20_001):
+        relay.add_access(entry(n))  # full batches leave at once; the pipe takes ~4,000 entries
+    assert 0 < relay.sent < 8_000
+    assert relay.dropped == 20_000 - 8_000 - relay.sent  # at most 8,000 queued or waiting for the pipe
+    reader_end.close()
+    relay.close()
+    assert relay.dropped == 20_000 - relay.sent
 
 
 def test_close_sends_what_is_queued_and_the_reader_reads_to_the_end() -> None:
@@ -113,10 +163,13 @@ def test_several_workers_pipes_and_one_opened_after_the_reader_started() -> None
     reader = RelayReader(collected, poll_s=0.05)
     first = AccessRelay(reader.new_pipe(), flush_interval_s=0.05)
     first.add_access(entry(1))
+    first.flush()  # (no event loop here to send on its own)
     assert [e.request_id for e in collected.wait_for(1)] == ["req-1"]
     second = AccessRelay(reader.new_pipe(), flush_interval_s=0.05)  # a replaced worker's new pipe
     second.add_access(entry(2))
     first.add_access(entry(3))
+    second.flush()
+    first.flush()
     assert sorted(e.request_id for e in collected.wait_for(3)) == ["req-1", "req-2", "req-3"]
     first.close()
     second.close()
@@ -124,20 +177,26 @@ def test_several_workers_pipes_and_one_opened_after_the_reader_started() -> None
     assert not reader._thread.is_alive()
 
 
-def test_an_idle_relay_is_woken_by_its_next_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """While its queue is empty the thread sleeps (here: would sleep a minute); the entry that
-    ends the quiet wakes it, and leaves after one flush interval."""
-    monkeypatch.setattr(access_relay, "IDLE_WAIT_S", 60.0)
+def test_an_entry_after_a_quiet_spell_leaves_within_the_flush_interval() -> None:
+    """An idle relay has nothing scheduled (an idle worker is not woken); the entry that ends
+    the quiet schedules the next flush."""
     collected = Collected()
     reader = RelayReader(collected, poll_s=0.05)
     relay = AccessRelay(reader.new_pipe(), flush_interval_s=0.05)
-    relay.add_access(entry(1))
-    assert [e.request_id for e in collected.wait_for(1)] == ["req-1"]
-    time.sleep(0.3)  # the thread is back waiting for an entry
-    started = time.monotonic()
-    relay.add_access(entry(2))
-    assert [e.request_id for e in collected.wait_for(2, timeout_s=10)] == ["req-1", "req-2"]
-    assert time.monotonic() - started < 5  # woken, not the minute's timeout
+
+    async def serve() -> float:
+        relay.add_access(entry(1))
+        await asyncio.sleep(0.3)
+        assert not asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]  # nothing due while idle
+        started = time.monotonic()
+        relay.add_access(entry(2))
+        while len(collected.entries) < 2 and time.monotonic() - started < 5:
+            await asyncio.sleep(0.005)
+        return time.monotonic() - started
+
+    took = asyncio.run(serve())
+    assert [e.request_id for e in collected.entries] == ["req-1", "req-2"]
+    assert took < 1
     relay.close()
     reader.close(timeout_s=5)
 
@@ -160,12 +219,8 @@ def test_a_batch_leaves_as_blocks_of_one_deployment_and_at_most_100_entries_in_o
     for item in more:
         relay.add_access(item)
     relay.flush()
-    # The first of these entries wakes the relay's thread, which may send what is queued by then
-    # before this flush does: the entries may come in more than one batch, never in blocks over 100.
-    counts, received = [], []
-    while sum(counts) < len(more):
-        for _, count, _, text in marshal.loads(reader_end.recv_bytes()):
-            counts.append(count)
-            received += [AccessEntry(*values) for values in json.loads(text)]
-    assert received == more and max(counts) == 100 and all(0 < count <= 100 for count in counts)
+    # One deployment's 250 entries: blocks of 100, 100 and 50.
+    blocks = marshal.loads(reader_end.recv_bytes())
+    assert [count for _, count, _, _ in blocks] == [100, 100, 50]
+    assert [AccessEntry(*values) for _, _, _, text in blocks for values in json.loads(text)] == more
     relay.close()

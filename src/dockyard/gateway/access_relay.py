@@ -3,31 +3,40 @@
 Why: storing an entry (its row, its JSON, the database insert) cost a gateway worker about a
 quarter of its CPU per small request, most of it in a flusher thread holding the worker's GIL
 while requests waited for it. So each worker (`dockyard serve --role gateway`, one or several) only
-queues its entries (`AccessRelay.add_access`, O(1)); a thread sends them in batches, one
-`marshal`led list of tuples per pipe write, to the supervisor, whose `RelayReader` hands each
-entry to the one log store there. The database also gets one writer instead of one per worker.
+queues its entries (`AccessRelay.add_access`, O(1)) and sends them in batches, one `marshal`led
+list of blocks per message, over a pipe to the supervisor, whose `RelayReader` hands each block
+to the one log store there. The database also gets one writer instead of one per worker.
 
-A worker sends often (every `flush_interval_s`, 20 ms by default) and so in small batches: its
-thread holds the worker's GIL while it makes a batch, and requests arriving meanwhile wait for it
-(a batch of 0.2 s of a busy worker's entries was a millisecond of such waiting). The thread
-sleeps while the queue is empty, so an idle worker is not woken 50 times a second.
+The worker's event loop sends (every `flush_interval_s`, 20 ms by default, after an entry is
+queued; an idle worker is not woken): a batch is made and written in the loop's thread, between
+requests. A thread of its own did this once, and cost more: the thread and the loop handed the
+GIL to each other on every batch (futex calls, a waiting loop), for the same work
+(benchmarks/gateway_overhead.py: 2% more requests per second without it). The pipe is
+non-blocking and enlarged to 1 MiB: what it cannot take at once waits here, and the loop writes
+it when the pipe has room; the supervisor reads while the worker serves.
 
 What is kept: a worker sends what it has queued when its gateway closes (the ASGI lifespan
-shutdown on SIGTERM), and the supervisor reads every pipe to its end before it closes its
-store. A worker that is killed loses what it had not sent yet (at most one flush interval's
-entries); batches already in its pipe are still read. A full queue (the supervisor not keeping
-up) drops new entries and counts them, as the log store's own queue does.
+shutdown on SIGTERM, then `close()`, which waits for the pipe to take everything), and the
+supervisor reads every pipe to its end before it closes its store. A worker that is killed
+loses what it had not sent yet (at most one flush interval's entries); batches already in its
+pipe are still read. A full queue (the supervisor not keeping up: entries queued and waiting
+for the pipe reach `queue_max`) drops new entries and counts them, as the log store's own
+queue does.
 
-The thread sends a worker's entries as blocks (`log_rows.access_blocks`): up to 100 entries of
-one deployment, their field values as JSON text, the form the log store keeps them in on SQLite.
+A worker sends its entries as blocks (`log_rows.access_blocks`): up to 100 entries of one
+deployment, their field values as JSON text, the form the log store keeps them in on SQLite.
 The supervisor hands on each block as it came (`LogStore.add_access_block`) and inserts its text
 as it is: no entry of it is decoded or made anything there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import marshal
+import os
+import select
+import struct
 import threading
 import time
 from collections import deque
@@ -41,26 +50,45 @@ from dockyard.store.log_rows import AccessBlock, access_blocks
 log = logging.getLogger("dockyard.gateway")
 
 DROP_WARNING_EVERY_S = 10.0
-IDLE_WAIT_S = 1.0  # how often an idle relay thread looks at its queue (and whether it is closed) unwoken
+PIPE_BYTES = 1 << 20  # a busy worker's 20 ms of entries (~100 KB) fit many times over
+CLOSE_WAIT_S = 10.0  # how long `close()` waits for a supervisor that reads nothing
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux; the name is missing before Python 3.10 and elsewhere)
+_LENGTH = struct.Struct("!i")  # how multiprocessing frames a message (`Connection.send_bytes`)
 
 
 class AccessRelay:
-    """A worker's access-log sink: queues entries; a thread sends them to the supervisor."""
+    """A worker's access-log sink: queues entries; the worker's event loop sends them to the
+    supervisor. Without a running event loop (a caller of its own), only `flush()` and
+    `close()` send."""
 
     def __init__(
         self, connection: Connection, *, flush_interval_s: float = 0.02, batch_max: int = 2_000, queue_max: int = 100_000
     ) -> None:
         self._connection = connection  # the write end of this worker's pipe
+        self._fd = connection.fileno()
+        os.set_blocking(self._fd, False)
+        try:
+            import fcntl
+
+            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, PIPE_BYTES)
+        except (ImportError, OSError):  # not Linux, or over /proc/sys/fs/pipe-max-size: the default 64 KiB
+            pass
         self.flush_interval_s = flush_interval_s
         self.batch_max = batch_max
         self.queue_max = queue_max
         self.sent = 0
         self.dropped = 0  # refused (queue full) or lost (the supervisor's end is gone)
         self._queue: deque[AccessEntry] = deque()
-        self._wake = threading.Event()
-        self._send_lock = threading.Lock()  # batches leave in queue order, whoever sends them
-        self._thread: threading.Thread | None = None
-        self._thread_lock = threading.Lock()
+        # Framed messages the pipe has not taken yet, with their entry counts; `_offset` bytes of
+        # the first are written. One lock over them and the writes: `flush()` may also be called
+        # from another thread (the gateway's close runs it in one).
+        self._unsent: deque[tuple[bytes, int]] = deque()
+        self._unsent_entries = 0
+        self._offset = 0
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False  # a flush is due on the loop
+        self._watching = False  # the loop calls `_writable` when the pipe has room
         self._closed = False
         self._broken = False
         self._last_warning = 0.0
@@ -70,50 +98,124 @@ class AccessRelay:
         belong to no deployment's log; the log store would not store them either)."""
         if entry.deployment_id is None:
             return
-        queued = len(self._queue)
-        if queued >= self.queue_max:
-            self._lost(1, "the queue is full")
+        queue = self._queue
+        if len(queue) + self._unsent_entries >= self.queue_max:
+            self._lost(1, "the supervisor is not keeping up (the queue is full)")
             return
-        self._queue.append(entry)
-        if not queued or queued + 1 >= self.batch_max:  # the first entry wakes the thread; so does a full batch
-            self._wake.set()
-        if self._thread is None:
-            self._start()
+        queue.append(entry)
+        if len(queue) >= self.batch_max:
+            self.flush()
+        elif not self._scheduled:
+            self._schedule()
 
     def flush(self) -> int:
-        """Send what is queued now; the number of entries taken from the queue."""
+        """Send what is queued now (what the pipe cannot take yet waits for room); the number of
+        entries taken from the queue."""
         total = 0
-        with self._send_lock:
-            waiting = len(self._queue)
-            take = self._queue.popleft
+        with self._lock:
+            queue = self._queue
+            waiting = len(queue)
+            take = queue.popleft
             while total < waiting:
-                # Only a flush (under this lock) takes from the queue: it holds at least this many.
                 count = min(self.batch_max, waiting - total)
                 total += count
-                self._send(access_blocks([field_values(take()) for _ in range(count)]), count)
+                blocks = access_blocks([field_values(take()) for _ in range(count)])
+                if self._broken:
+                    self._lost(count, "the supervisor's end of the pipe is closed")
+                    continue
+                payload = marshal.dumps(blocks)
+                self._unsent.append((_LENGTH.pack(len(payload)) + payload, count))
+                self._unsent_entries += count
+            self._write(self._loop is not None and not self._on_loop())
         return total
 
     def close(self) -> None:
-        """Send what is queued, stop the thread and close this end of the pipe."""
+        """Send what is queued, waiting up to `CLOSE_WAIT_S` for the pipe to take it, and close
+        this end of the pipe."""
         self._closed = True
-        self._wake.set()
         self.flush()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5)
+        with self._lock:
+            self._stop_watching()
+            deadline = time.monotonic() + CLOSE_WAIT_S
+            while self._unsent and not self._broken:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._lost(self._unsent_entries, f"the supervisor took nothing for {CLOSE_WAIT_S:g} s")
+                    self._unsent.clear()
+                    self._unsent_entries = 0
+                    break
+                select.select([], [self._fd], [], left)
+                self._write(False)
         self._connection.close()
 
-    def _send(self, blocks: list[AccessBlock], count: int) -> None:
-        if self._broken:
-            self._lost(count, "the supervisor's end of the pipe is closed")
-            return
+    # --- sending ------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no event loop here: flush() and close() send
+        self._scheduled = True
+        loop.call_later(self.flush_interval_s, self._timed_flush)
+
+    def _on_loop(self) -> bool:
         try:
-            self._connection.send_bytes(marshal.dumps(blocks))
-        except (OSError, ValueError) as exc:  # EPIPE: the supervisor is gone; ValueError: closed here
-            self._broken = True
-            self._lost(count, f"the supervisor's end of the pipe is closed ({exc})")
-            return
-        self.sent += count
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _timed_flush(self) -> None:
+        self._scheduled = False
+        try:
+            self.flush()
+        except Exception:
+            log.exception("sending access-log entries to the supervisor failed")
+
+    def _write(self, elsewhere: bool) -> None:
+        """Write what the pipe takes (under `_lock`). What it cannot take yet is written when it
+        has room: the loop watches the pipe (`elsewhere`: from another thread, through the loop)."""
+        unsent = self._unsent
+        while unsent:
+            data, count = unsent[0]
+            try:
+                written = os.write(self._fd, memoryview(data)[self._offset:])
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:  # EPIPE: the supervisor is gone; EBADF: closed here
+                self._broken = True
+                self._lost(self._unsent_entries, f"the supervisor's end of the pipe is closed ({exc})")
+                unsent.clear()
+                self._unsent_entries = 0
+                break
+            self._offset += written
+            if self._offset < len(data):  # the pipe is full
+                if not self._watching and self._loop is not None and not self._closed:
+                    self._watching = True
+                    if elsewhere:
+                        self._loop.call_soon_threadsafe(self._loop.add_writer, self._fd, self._writable)
+                    else:
+                        self._loop.add_writer(self._fd, self._writable)
+                return
+            unsent.popleft()
+            self._offset = 0
+            self._unsent_entries -= count
+            self.sent += count
+        if self._watching and not elsewhere:
+            self._stop_watching()
+
+    def _writable(self) -> None:
+        with self._lock:
+            self._write(False)
+
+    def _stop_watching(self) -> None:
+        if self._watching and self._loop is not None:
+            self._watching = False
+            try:
+                self._loop.remove_writer(self._fd)
+            except RuntimeError:  # the loop is closed: it watches nothing any more
+                pass
 
     def _lost(self, count: int, why: str) -> None:
         self.dropped += count
@@ -121,27 +223,6 @@ class AccessRelay:
         if now - self._last_warning >= DROP_WARNING_EVERY_S:
             self._last_warning = now
             log.warning("access-log entries not stored: %s (%d entries lost so far)", why, self.dropped)
-
-    def _start(self) -> None:
-        with self._thread_lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="dockyard-access-relay", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while not self._closed:
-            if not self._queue:
-                self._wake.clear()
-                if not self._queue:  # checked after the clear: an entry added before it set the event in vain
-                    self._wake.wait(IDLE_WAIT_S)  # until the first entry (add_access sets it)
-                continue
-            self._wake.clear()
-            self._wake.wait(self.flush_interval_s)  # the batch gathers (a full one ends the wait)
-            self._wake.clear()
-            try:
-                self.flush()
-            except Exception:
-                log.exception("sending access-log entries to the supervisor failed")
 
 
 class RelayReader:
