@@ -436,6 +436,27 @@ def test_connection_close_and_http_1_0(serving: Any) -> None:
         assert closed_by_peer(sock)
 
 
+def test_the_scope_names_each_request_s_own_http_version(serving: Any) -> None:
+    """The version comes from the parser unless the head settles it (kept alive, no `connection`
+    header: HTTP/1.1); every other head asks, one connection after another."""
+    running = serving(echo)
+    heads = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "1.1"),
+        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "1.0"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", "1.1"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "1.1"),  # the flag of the head before is not kept
+        (b"GET / HTTP/1.0\r\nX-Connection: keep-alive\r\n\r\n", "1.0"),  # not kept alive: asked
+    ]
+    with running.connect() as sock:
+        for head, version in heads:
+            sock.sendall(head)
+            status, _, body, _ = read_reply(sock)
+            assert status == 200 and json.loads(body)["http_version"] == version, head
+    with running.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert json.loads(read_reply(sock)[2])["http_version"] == "1.1"
+
+
 def test_idle_keep_alive_connection_is_closed(serving: Any) -> None:
     running = serving(echo, keep_alive_s=1)
     with running.connect() as sock:

@@ -104,6 +104,7 @@ class Connection(asyncio.Protocol):
         self.reading = 0  # bytes of the read being parsed
         self.head_open = False
         self.expect_continue = False
+        self.names_connection = False  # the head has a `connection` header (see on_headers_complete)
         self.parse_failure: tuple[int, str] | None = None  # why a parser callback gave up
         # Bound once per connection: a scope entry bound to its own cycle would make each request
         # a reference cycle (cycle, scope, method) that only the garbage collector frees.
@@ -191,14 +192,18 @@ class Connection(asyncio.Protocol):
         self.head_begun = 0
         self.head_open = True
         self.expect_continue = False
+        self.names_connection = False
         self.parsing = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # The head's size is checked once it is whole (on_headers_complete); until then what
         # data_received counts while it is open bounds it.
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_continue = True
+        if name == b"expect":
+            if value.lower() == b"100-continue":
+                self.expect_continue = True
+        elif name == b"connection":
+            self.names_connection = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -221,8 +226,14 @@ class Connection(asyncio.Protocol):
                 self.parse_failure = (400, str(exc))
                 raise
         method = parser.get_method()
+        keep_alive = parser.should_keep_alive()
         scope = SCOPE_TEMPLATE.copy()
-        scope["http_version"] = parser.get_http_version()
+        # llhttp keeps a connection alive by default only for HTTP/1.1 (an HTTP/1.0 one needs
+        # `connection: keep-alive`): with no `connection` header, a kept one is 1.1, and the
+        # template's "1.1" stands. get_http_version formats its string anew each time (2.3k
+        # instructions, benchmarks/gateway_instructions.py), so only the other heads ask it.
+        if not keep_alive or self.names_connection:
+            scope["http_version"] = parser.get_http_version()
         scope["method"] = METHODS.get(method) or method.decode("ascii")
         scope["path"] = path
         scope["raw_path"] = raw_path
@@ -232,7 +243,7 @@ class Connection(asyncio.Protocol):
         scope["server"] = self.local
         scope["state"] = {}
         scope["dockyard.notify_lost"] = self.notify_lost_of_active
-        keep_alive = parser.should_keep_alive() and not self.server.stopping
+        keep_alive = keep_alive and not self.server.stopping
         cycle = self.parsing = Cycle(self, scope, keep_alive, self.expect_continue)
         if self.active is None and not self.queue:
             # Launched when its body is in (on_message_complete) or this read ends, whichever
