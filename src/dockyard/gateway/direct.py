@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import httpx
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from dockyard.gateway.httpcycle import Cycle
 
 log = logging.getLogger("dockyard.gateway")
+_clock: Final = time.perf_counter  # (bound once, as in app.py)
 
 # The scope key that tells the general path an instance already dropped this request unanswered
 # (its one retry is spent); the value names that instance and what it did.
@@ -278,7 +279,7 @@ class DirectReply(Reply):
         cycle.on_writable = None
         self.close()  # the connection goes back to the pool when the reply was read whole
         self.upstream.outstanding -= 1
-        self.ex.upstream_ended = time.perf_counter()
+        self.ex.upstream_ended = _clock()
         self.gateway.balancer.leave(self.ex.deployment_id)  # type: ignore[arg-type]
 
     def _end(self) -> None:

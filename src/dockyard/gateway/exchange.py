@@ -9,6 +9,7 @@ from dockyard.gateway.accesslog import AccessEntry
 
 _second: tuple[int, str] = (-1, "")
 _new_entry: Final = tuple.__new__
+_clock: Final = time.perf_counter  # (bound once, as in app.py)
 
 
 def _calendar_second(whole: int) -> tuple[int, str]:
@@ -54,7 +55,7 @@ class Exchange:
         return f"Exchange({self.__dict__!r})"
 
     def entry(self) -> AccessEntry:
-        now = time.perf_counter()
+        now = _clock()
         upstream_ms = None
         # Milliseconds to the microsecond: int(x + 0.5) / 1000 (round(x, 3) costs twice as much, formatting the float)
         if self.upstream_started is not None:

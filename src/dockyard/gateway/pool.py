@@ -21,12 +21,14 @@ import contextlib
 import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
+from typing import Final
 
 import httpx
 
 from dockyard.gateway.upstream import Headers, Reply, UpstreamConnection
 
 Key = tuple[str, int]
+_monotonic: Final = time.monotonic  # read on every request: bound once (see app.py)
 _OPEN = object()  # handed to a waiter: a connection slot is yours, open a new one
 
 
@@ -152,7 +154,7 @@ class UpstreamPool(httpx.AsyncBaseTransport):
         waiting); give it back by closing the reply of the exchange started on it."""
         if self._closed:
             return None
-        now = time.monotonic()
+        now = _monotonic()
         if now - self._last_sweep > 1.0:
             self._sweep(now)
         origin = self._origins.get((host, port))
@@ -260,7 +262,7 @@ class UpstreamPool(httpx.AsyncBaseTransport):
                 waiter.set_result(connection)
                 return
         if len(origin.idle) < self.max_idle:
-            connection.idle_since = time.monotonic()
+            connection.idle_since = _monotonic()
             origin.idle.append(connection)
             if self._sweep_timer is None:
                 self._schedule_sweep()
