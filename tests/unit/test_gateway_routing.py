@@ -235,7 +235,10 @@ def test_request_id_kept_when_sane_else_made() -> None:
     assert request_id(b"ABC-123/x.y:z") == "ABC-123/x.y:z"
     made = request_id(b"has space")
     assert len(made) == 32 and made == made.upper() and made.isalnum()
-    assert request_id(None) != request_id(None)
+    first, second = request_id(None), request_id(None)
+    # a per-process prefix and a counter, each 16 upper-case hex digits
+    assert first[:16] == second[:16] and int(second[16:], 16) == int(first[16:], 16) + 1
+    assert all(len(made) == 32 and made == made.upper() and int(made, 16) >= 0 for made in (first, second))
 
 
 def test_upstream_headers_drop_hop_by_hop_and_add_forwarding() -> None:
