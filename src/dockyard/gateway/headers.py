@@ -95,16 +95,19 @@ def upstream_request_lines(
     filtered and formatted in one pass."""
     if b"connection" in present or b"x-forwarded-for" in present:
         return None
-    lines = []  # a loop, not a list comprehension: for a few headers, the comprehension's own call costs more
+    # A loop, not a list comprehension: for a few headers, the comprehension's own call costs more.
+    # Each line is `b": ".join(header)` and one join puts the line ends between them: a `%` format
+    # parses its format string every time, and cost a third more (benchmarks/gateway_instructions.py).
+    lines = []
     for header in headers:
         if header[0] not in REQUEST_DROP:
-            lines.append(b"%b: %b\r\n" % header)
+            lines.append(b": ".join(header))
+    lines.append(b"opc-request-id: " + request_id_value.encode())
     if client_host:
-        lines.append(b"opc-request-id: %b\r\nx-forwarded-for: %b\r\nx-forwarded-proto: http\r\n" % (
-            request_id_value.encode(), client_host.encode()))  # fmt: skip
-    else:
-        lines.append(b"opc-request-id: %b\r\nx-forwarded-proto: http\r\n" % request_id_value.encode())
-    return b"".join(lines)
+        lines.append(b"x-forwarded-for: " + client_host.encode())
+    lines.append(b"x-forwarded-proto: http")
+    lines.append(b"")  # the last line's end
+    return b"\r\n".join(lines)
 
 
 def _filtered_request_headers(headers: RawHeaders) -> tuple[RawHeaders, bytes]:
@@ -153,12 +156,14 @@ def client_response_lines(headers: RawHeaders, request_id_value: str) -> tuple[b
     """`client_response_headers` of a reply without a `Connection` header whose names are
     lower-cased already (the upstream connection keeps them so), as head lines: (the lines,
     their count). The commonest reply's headers are filtered and formatted in one pass."""
-    lines = []  # a loop, as in upstream_request_lines
+    lines = []  # a loop of joins, as in upstream_request_lines
     for header in headers:
         if header[0] not in RESPONSE_DROP:
-            lines.append(b"%b: %b\r\n" % header)
-    lines.append(b"opc-request-id: %b\r\n" % request_id_value.encode())
-    return b"".join(lines), len(lines)
+            lines.append(b": ".join(header))
+    lines.append(b"opc-request-id: " + request_id_value.encode())
+    count = len(lines)
+    lines.append(b"")  # the last line's end
+    return b"\r\n".join(lines), count
 
 
 # Recent Authorization values and their caller: a client repeats its signature for every request
