@@ -41,6 +41,7 @@ MODULES = (
     "dockyard.auth.middleware",
     "dockyard.auth.predict_authorization",
     "dockyard.auth.verifier",
+    "dockyard.gateway.access_relay",
     "dockyard.gateway.accesslog",
     "dockyard.gateway.app",
     "dockyard.gateway.balancer",

@@ -174,7 +174,7 @@ def test_several_workers_pipes_and_one_opened_after_the_reader_started() -> None
     first.close()
     second.close()
     reader.close(timeout_s=5)
-    assert not reader._thread.is_alive()
+    assert not reader._reading_thread.is_alive()
 
 
 def test_an_entry_after_a_quiet_spell_leaves_within_the_flush_interval() -> None:

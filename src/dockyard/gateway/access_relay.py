@@ -237,8 +237,8 @@ class RelayReader:
         self._lock = threading.Lock()
         self._stopping = False
         self.received = 0
-        self._thread = threading.Thread(target=self._run, name="dockyard-access-reader", daemon=True)
-        self._thread.start()
+        self._reading_thread = threading.Thread(target=self._run, name="dockyard-access-reader", daemon=True)
+        self._reading_thread.start()
 
     def new_pipe(self) -> Connection:
         """A pipe for one more worker: its write end, to hand to the worker process (then close
@@ -252,8 +252,8 @@ class RelayReader:
         """Read every pipe to its end (each worker has exited or closed its end), waiting at
         most `timeout_s`, then stop."""
         self._stopping = True
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
+        self._reading_thread.join(timeout_s)
+        if self._reading_thread.is_alive():
             log.warning("access-log pipes still open after %g s; entries still in them are not stored", timeout_s)
         with self._lock:
             for connection in self._connections:
