@@ -42,6 +42,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 
@@ -87,7 +88,9 @@ class AccessRelay:
         self._unsent_entries = 0
         self._offset = 0
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Typed Any: uvloop's remove_writer returns None where asyncio's says bool, and compiled
+        # code checks what a typed call returns.
+        self._loop: Any = None
         self._scheduled = False  # a flush is due on the loop
         self._watching = False  # the loop calls `_writable` when the pipe has room
         self._closed = False
