@@ -5,12 +5,12 @@ that does not move with the machine's load, for comparing changes to the request
                                               [--keep-dumps DIR]
 
 One gateway worker as `dockyard serve --role gateway --gateway-workers N` runs each of its
-workers (dockyard's HTTP server, the signature middleware, the gateway; access entries to a
-relay whose pipe `cat` drains, in the supervisor's place) runs under callgrind, in front of the fast upstream of
-gateway_overhead.py, loaded by wrk over 16 connections with the same small JSON body. Counting
-starts after `--warmup` requests and stops after `--requests` more. It covers every thread of
-the worker, in user space: the kernel's share of the socket calls is not counted, nor the
-upstream's or wrk's work. Targets:
+workers (dockyard's HTTP server, the signature middleware, the gateway; access entries to the
+worker's relay, whose pipe `cat` drains in the supervisor's place) runs under callgrind, in
+front of the fast upstream of gateway_overhead.py, loaded by wrk over 16 connections with the
+same small JSON body. Counting starts after `--warmup` requests and stops after `--requests`
+more. It covers every thread of the worker, in user space: the kernel's share of the socket
+calls is not counted, nor the upstream's or wrk's work. Targets:
 
 - `server`:   the HTTP server with an app that answers at once (what any request costs before
               the gateway does anything);
@@ -19,7 +19,9 @@ upstream's or wrk's work. Targets:
 
 Under Valgrind a request takes ~50 times longer, so work done per unit of time (cache expiry,
 timers) would weigh ~50 times more per request than in a real run: the route, key and
-authorization caches are given an hour here. Needs valgrind, gcc (for the five-line library
+authorization caches are given an hour here, and the relay sends every second, not every 20 ms.
+(Before the relay was counted, entries went to a sink that only counted them: figures from then
+are about 7k lower for the same code.) Needs valgrind, gcc (for the five-line library
 that starts and stops the counting) and wrk: `apt-get install -y valgrind gcc wrk`.
 """
 

@@ -10,11 +10,11 @@ to the one log store there. The database also gets one writer instead of one per
 The worker's event loop sends (every `flush_interval_s`, 20 ms by default, after an entry is
 queued; an idle worker is not woken): a batch is made and written in the loop's thread, between
 requests. A thread of its own did this once, and cost more: the thread and the loop handed the
-GIL to each other on every batch (futex calls, a waiting loop), for the same work: under
-gateway_overhead.py's load (64 connections, one worker), the thread took 1.3 to 1.6 µs of CPU
-per request and the loop now takes no more than before; 0 to 4% more requests per second. The pipe is
-non-blocking and enlarged to 1 MiB: what it cannot take at once waits here, and the loop writes
-it when the pipe has room; the supervisor reads while the worker serves.
+GIL to each other on every batch (futex calls, a waiting loop), for the same work. Under
+gateway_overhead.py's load (64 connections, one worker) that thread took 1.3 to 1.6 µs of CPU
+per request, and the loop took no more than before without it: 0 to 4% more requests per
+second. The pipe is non-blocking and enlarged to 1 MiB: what it cannot take at once waits here,
+and the loop writes it when the pipe has room; the supervisor reads while the worker serves.
 
 What is kept: a worker sends what it has queued when its gateway closes (the ASGI lifespan
 shutdown on SIGTERM, then `close()`, which waits for the pipe to take everything), and the
@@ -42,9 +42,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
 from dockyard.gateway.accesslog import AccessEntry, field_values
 from dockyard.store.log_rows import AccessBlock, access_blocks
