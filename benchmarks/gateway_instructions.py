@@ -21,7 +21,7 @@ Under Valgrind a request takes ~50 times longer, so work done per unit of time (
 timers) would weigh ~50 times more per request than in a real run: the route, key and
 authorization caches are given an hour here, and the relay sends every second, not every 20 ms.
 (Before the relay was counted, entries went to a sink that only counted them: figures from then
-are about 7k lower for the same code.) Needs valgrind, gcc (for the five-line library
+are 6k to 7k lower for the same code.) Needs valgrind, gcc (for the five-line library
 that starts and stops the counting) and wrk: `apt-get install -y valgrind gcc wrk`.
 """
 
