@@ -119,6 +119,38 @@ def test_a_pipe_the_supervisor_does_not_read_keeps_the_entries_until_it_does(new
     relay.close()
 
 
+def test_a_flush_from_another_thread_leaves_the_rest_to_the_loop() -> None:
+    """The gateway's close runs `flush()` in a thread while the loop still runs: what the full
+    pipe cannot take then is written by the loop once the supervisor reads."""
+    reader_end, writer_end = Pipe(duplex=False)
+    relay = AccessRelay(writer_end, flush_interval_s=60, batch_max=100_000)
+    sent = [entry(n) for n in range(1, 12_001)]  # ~3 MB of JSON: more than the 1 MiB pipe
+    received: list[AccessEntry] = []
+    errors: list[dict[str, Any]] = []
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: errors.append(context))
+        for item in sent:
+            relay.add_access(item)  # queued: the timer is a minute away
+        assert await asyncio.to_thread(relay.flush) == len(sent)
+        assert relay.sent < len(sent)  # the pipe took part of it
+        while len(received) < len(sent):
+            blocks = await asyncio.to_thread(reader_end.recv_bytes)  # the supervisor reads; the loop writes the rest
+            for _, _, _, text in marshal.loads(blocks):
+                received.extend(AccessEntry(*values) for values in json.loads(text))
+        await asyncio.sleep(0.05)
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(serve(), 10))
+    finally:
+        loop.close()
+    assert received == sent and errors == []
+    assert relay.sent == len(sent) and not relay._watching
+    relay.close()
+
+
 def test_entries_waiting_for_the_pipe_count_against_the_queue_limit() -> None:
     reader_end, writer_end = Pipe(duplex=False)
     relay = AccessRelay(writer_end, flush_interval_s=60, batch_max=1_000, queue_max=8_000)
