@@ -98,7 +98,8 @@ def upstream_request_lines(
         return None
     # A loop, not a list comprehension: for a few headers, the comprehension's own call costs more.
     # Each line is `b": ".join(header)` and one join puts the line ends between them: a `%` format
-    # parses its format string every time, and cost a third more (benchmarks/gateway_instructions.py).
+    # parses its format string every time, and cost a quarter more for a signed request's headers
+    # (9.7k against 7.7k instructions, benchmarks/gateway_instructions.py).
     lines = []
     for header in headers:
         if header[0] not in REQUEST_DROP:
