@@ -435,7 +435,8 @@ def report(rounds: list[list[Result]]) -> None:
             ratios = [r.rps / round_[nginx_at].rps for r, round_ in zip(mine, rounds)]
             versus_nginx = f"{median(ratios):.2f}x"
             if len(rounds) > 1 and name.startswith("gw"):
-                spreads.append(f"{name}: " + ", ".join(f"{x:.2f}x" for x in ratios))
+                added_each = ", ".join(f"{r.p50_ms - d.p50_ms:.2f}" for r, d in zip(mine, direct))
+                spreads.append(f"{name}: " + ", ".join(f"{x:.2f}x" for x in ratios) + f" (+p50 {added_each} ms)")
         versus_bare = "-"
         if bare_at is not None:
             versus_bare = f"{median([r.rps / round_[bare_at].rps for r, round_ in zip(mine, rounds)]):.2f}x"
@@ -448,7 +449,7 @@ def report(rounds: list[list[Result]]) -> None:
         print(f"{name:<22}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}{sum(r.errors for r in mine):>8}{added:>9.2f}{cpu:>8}{up:>7}"
               f"   {vs_direct:>5.2f}x, {vs_direct_p50:>5.2f}x{versus_nginx:>19}{versus_bare:>10}   {own}")  # fmt: skip
     if spreads:
-        print("\nvs nginx in each round: " + "; ".join(spreads))
+        print("\nvs nginx (and +p50) in each round: " + "; ".join(spreads))
     print("\nEach figure is the median over rounds; ratios are taken within each round, then their median."
           "\n+p50: p50 added over direct. Goal: gateway >= 0.5x nginx's req/s, < 1 ms added p50."
           "\nnginx adds the gateway's forwarding headers (the same request reaches the upstream); nginx bare does not."
