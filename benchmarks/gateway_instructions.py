@@ -78,18 +78,17 @@ class CountingSink:
     `--role gateway` worker does, and counts the request (every request has an entry, however
     the gateway served it). The relay's pipe is drained by `cat`, in the supervisor's place."""
 
-    def __init__(self, relay: Any = None) -> None:
+    def __init__(self, relay: Any) -> None:
         self.counting: Counting | None = None
         self.relay = relay
 
     def add_access(self, entry: Any) -> None:
-        if self.relay is not None:
-            self.relay.add_access(entry)
+        self.relay.add_access(entry)
         if self.counting is not None:
             self.counting.tick()
 
     def flush(self) -> int:
-        return 0 if self.relay is None else int(self.relay.flush())
+        return int(self.relay.flush())
 
 
 def worker_app(target: str, data_dir: Path, port: int, upstream_port: int, sink: CountingSink) -> tuple[Any, Path]:

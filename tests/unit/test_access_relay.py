@@ -50,6 +50,11 @@ class Collected:
         return list(self.entries)
 
 
+def entries_of(message: bytes) -> list[AccessEntry]:
+    """The entries of one message a relay sent (its blocks' JSON), in order."""
+    return [AccessEntry(*values) for _, _, _, text in marshal.loads(message) for values in json.loads(text)]
+
+
 def test_entries_arrive_whole_and_in_order_sent_by_the_event_loop() -> None:
     collected = Collected()
     reader = RelayReader(collected, poll_s=0.05)
@@ -89,8 +94,7 @@ def test_a_pipe_the_supervisor_does_not_read_keeps_the_entries_until_it_does(new
     def supervisor() -> None:
         time.sleep(0.3)  # busy at first: the pipe fills
         while len(received) < len(sent):
-            for _, _, _, text in marshal.loads(reader_end.recv_bytes()):
-                received.extend(AccessEntry(*values) for values in json.loads(text))
+            received.extend(entries_of(reader_end.recv_bytes()))
 
     async def serve() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
@@ -105,7 +109,7 @@ def test_a_pipe_the_supervisor_does_not_read_keeps_the_entries_until_it_does(new
             await asyncio.sleep(0.01)  # the loop writes the rest as the supervisor makes room
         await asyncio.sleep(0.05)
 
-    reading = threading.Thread(target=supervisor)
+    reading = threading.Thread(target=supervisor, daemon=True)  # (a failed run must not hang the tests)
     reading.start()
     loop = new_loop()
     try:
@@ -136,9 +140,7 @@ def test_a_flush_from_another_thread_leaves_the_rest_to_the_loop() -> None:
         assert await asyncio.to_thread(relay.flush) == len(sent)
         assert relay.sent < len(sent)  # the pipe took part of it
         while len(received) < len(sent):
-            blocks = await asyncio.to_thread(reader_end.recv_bytes)  # the supervisor reads; the loop writes the rest
-            for _, _, _, text in marshal.loads(blocks):
-                received.extend(AccessEntry(*values) for values in json.loads(text))
+            received.extend(entries_of(await asyncio.to_thread(reader_end.recv_bytes)))  # the supervisor reads; the loop writes the rest
         await asyncio.sleep(0.05)
 
     loop = uvloop.new_event_loop()
@@ -271,7 +273,7 @@ def test_a_batch_leaves_as_blocks_of_one_deployment_and_at_most_100_entries_in_o
         relay.add_access(item)
     relay.flush()
     # One deployment's 250 entries: blocks of 100, 100 and 50.
-    blocks = marshal.loads(reader_end.recv_bytes())
-    assert [count for _, count, _, _ in blocks] == [100, 100, 50]
-    assert [AccessEntry(*values) for _, _, _, text in blocks for values in json.loads(text)] == more
+    message = reader_end.recv_bytes()
+    assert [count for _, count, _, _ in marshal.loads(message)] == [100, 100, 50]
+    assert entries_of(message) == more
     relay.close()
