@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # How long the server keeps an idle client connection open. Longer than clients' own idle
     # limit (httpx, requests: 5 s), so a client never reuses a connection the server is closing.
     keep_alive_s: float = 75.0
+    # How long a client may take to send a request's head, from its first byte: a head sent a
+    # byte at a time (slowloris) would otherwise hold its connection for as long as bytes come.
+    head_timeout_s: float = Field(30.0, gt=0)
 
     def apply_access_log_lines(self) -> None:
         logging.getLogger("dockyard.access").setLevel(logging.INFO if self.access_log_lines else logging.WARNING)

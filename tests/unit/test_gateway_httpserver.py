@@ -467,6 +467,61 @@ def test_idle_keep_alive_connection_is_closed(serving: Any) -> None:
         assert 0.5 < time.monotonic() - started < 3.5
 
 
+def trickle(sock: socket.socket, data: bytes, every_s: float, until_s: float) -> bool:
+    """Sends `data` a byte at a time, one every `every_s`, for up to `until_s`; True when the
+    server closed the connection meanwhile (a send fails or a reply arrives)."""
+    sock.settimeout(every_s)
+    deadline = time.monotonic() + until_s
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+            sock.recv(1, socket.MSG_PEEK)  # waits up to `every_s` for a reply or the close (left unread)
+            return True
+        except TimeoutError:
+            pass  # nothing came: the next byte
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+    return False
+
+
+def test_a_head_trickled_a_byte_at_a_time_is_cut_off_with_408(serving: Any) -> None:
+    # A caller that never finishes its head (slowloris) holds a connection for at most the head
+    # timeout, however often a byte comes: each byte used to count as activity and kept it open.
+    running = serving(echo, keep_alive_s=30, head_timeout_s=1)
+    with running.connect() as sock:
+        started = time.monotonic()
+        assert trickle(sock, b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200, every_s=0.2, until_s=6)
+        status, headers, body, _ = read_reply(sock)
+        assert status == 408 and headers["connection"] == "close"
+        assert json.loads(body)["code"] == "RequestTimeout"
+        assert "1 s" in json.loads(body)["message"]
+        assert closed_by_peer(sock)
+        assert 2.0 < time.monotonic() - started < 4.5  # the head opens with its target, 6 bytes (1.2 s) in
+
+
+def test_blank_lines_trickled_before_a_request_do_not_keep_a_connection(serving: Any) -> None:
+    # Empty lines before a request line are allowed (RFC 9112 2.2) and open no head: the
+    # keep-alive limit applies, counted from the last reply, not from the last byte.
+    running = serving(echo, keep_alive_s=1, head_timeout_s=30)
+    with running.connect() as sock:
+        started = time.monotonic()
+        assert trickle(sock, b"\r\n" * 100, every_s=0.2, until_s=6)
+        assert closed_by_peer(sock)
+        assert time.monotonic() - started < 3.5
+
+
+def test_a_slow_but_timely_head_is_served(serving: Any) -> None:
+    running = serving(echo, keep_alive_s=1, head_timeout_s=3)
+    with running.connect() as sock:
+        time.sleep(0.3)  # idle first: the head's time counts from its first byte
+        head = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert not trickle(sock, head[:-1], every_s=0.05, until_s=10)
+        sock.sendall(head[-1:])
+        assert json.loads(read_reply(sock)[2])["path"] == "/slow"
+
+
 def test_graceful_stop_finishes_a_request_in_progress(serving: Any) -> None:
     async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -124,7 +124,8 @@ def serve(
     # direct path first (the control plane's requests go to its ASGI app as with any server).
     from dockyard.gateway.httpserve import serve as serve_http
 
-    serve_http(serve_all(application, settings), host=settings.host, port=settings.port, keep_alive_s=settings.keep_alive_s)
+    serve_http(serve_all(application, settings), host=settings.host, port=settings.port, keep_alive_s=settings.keep_alive_s,
+               head_timeout_s=settings.head_timeout_s)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ gateway needs and no more, on asyncio (uvloop when installed) with httptools' pa
   relays the commonest predict this way (gateway/direct.py);
 - `scope["dockyard.notify_lost"](callback)` asks for `callback()` should the connection be lost
   before the response is complete (the gateway cancels its exchange with it);
-- idle keep-alive connections are closed by one sweep per server each second, over the
-  connections' last-activity times (the same sweep refreshes the `date` header);
+- one sweep per server each second closes idle keep-alive connections (no head begun within
+  `keep_alive_s` of the last reply, or of the connection: bytes that begin no head, such as
+  blank lines, do not count) and answers 408 to a head not whole within `head_timeout_s` of
+  its first byte, however often its bytes come (a caller trickling one would otherwise hold a
+  connection for ever); the same sweep refreshes the `date` header;
 - requests pipelined on a connection are queued and answered in order, reading paused meanwhile;
 - reading pauses while more than 64 KiB of a request body wait unread; `send()` waits while the
   transport's write buffer is over its high-water mark.
@@ -93,7 +96,9 @@ class Connection(asyncio.Protocol):
         self.unlaunched: Cycle | None = None  # active, its app call not begun: until its body is in or this read ends
         self.queue: collections.deque[Cycle] = collections.deque()  # pipelined, waiting
         self.task: asyncio.Task[None] | None = None
-        self.last_active = 0.0
+        self.last_active = 0.0  # when the connection was made or its last reply ended
+        self.last_read = 0.0  # when its last bytes came
+        self.head_since = 0.0  # when the open head's first bytes came (see `head_open`)
         self.read_paused = False
         self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] | None = None
@@ -137,7 +142,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.broken or self.closed:
             return
-        self.last_active = self.loop.time()
+        self.last_read = self.loop.time()
         head_was_open = self.head_open
         self.reading = len(data)
         try:
@@ -188,6 +193,7 @@ class Connection(asyncio.Protocol):
             return
         self.url = url
         self.headers = []
+        self.head_since = self.last_read
         self.head_seen = 0
         self.head_begun = 0
         self.head_open = True
@@ -360,11 +366,11 @@ class Connection(asyncio.Protocol):
             else:
                 self.transport.resume_reading()
 
-    def refuse(self, status: int, message: str) -> None:
+    def refuse(self, status: int, message: str, code: str = "InvalidParameter") -> None:
         """A request that cannot be parsed: answered once those before it are, then closed."""
         self.broken = True
         self.queue.clear()
-        reply = error_reply(status, "InvalidParameter", message, self.server.default_head)
+        reply = error_reply(status, code, message, self.server.default_head)
         if self.active is None:
             self.transport.write(reply)
             self.close()
@@ -408,11 +414,12 @@ class Connection(asyncio.Protocol):
 class HttpServer:
     """Serves one ASGI app on one listening socket: `start()`, then `stop()`."""
 
-    def __init__(self, app: Any, *, keep_alive_s: float = 75.0) -> None:
+    def __init__(self, app: Any, *, keep_alive_s: float = 75.0, head_timeout_s: float = 30.0) -> None:
         self.app = app
         # Serves a request from callbacks, without a task, when it can (see the module docstring).
         self.direct = getattr(app, "direct", None)
         self.keep_alive_s = keep_alive_s
+        self.head_timeout_s = head_timeout_s
         self.connections: set[Connection] = set()
         self.stopping = False
         self.default_head = default_head()
@@ -446,13 +453,20 @@ class HttpServer:
         return int(self._listener.sockets[0].getsockname()[1])
 
     async def _sweep(self) -> None:
-        """Each second: a fresh `date`, and idle keep-alive connections closed."""
+        """Each second: a fresh `date`, idle keep-alive connections closed, and a 408 for each
+        head that is too slow."""
         while True:
             await asyncio.sleep(SWEEP_EVERY_S)
             self.default_head = default_head()
-            oldest = self.loop.time() - self.keep_alive_s
-            for conn in [c for c in self.connections if c.active is None and c.last_active < oldest]:
-                conn.close()
+            now = self.loop.time()
+            idle_since, head_since = now - self.keep_alive_s, now - self.head_timeout_s
+            for conn in [c for c in self.connections if c.active is None and not c.closed]:
+                if conn.head_open:
+                    if conn.head_since < head_since:
+                        conn.refuse(408, f"the request's head did not arrive whole within {self.head_timeout_s:g} s of its "
+                                         "first byte; send the whole head at once", code="RequestTimeout")  # fmt: skip
+                elif conn.last_active < idle_since:
+                    conn.close()
 
     def hurry(self) -> None:
         """Cuts `stop()`'s wait for requests in progress short."""
