@@ -76,6 +76,13 @@ class InvalidatedRetryToken(DockyardError):
     code, status = "InvalidatedRetryToken", 409
 
 
+class RequestTimeout(DockyardError):
+    """The caller did not send its request in time; the connection closes after the reply."""
+
+    code, status = "RequestTimeout", 408
+    received = 0  # bytes of the body that did come, for the access log
+
+
 class LengthRequired(DockyardError):
     code, status = "LengthRequired", 411
 

@@ -298,6 +298,53 @@ async def test_a_caller_that_hangs_up_ends_the_exchange_and_its_upstream_connect
     assert app.balancer.inflight(deployment_id) == 0
 
 
+async def read_reply_until_closed(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """The one reply on a connection that the gateway closes after it: status, headers, body."""
+    data = await asyncio.wait_for(reader.read(), 5)  # to the close
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+@pytest.mark.parametrize("declared", [len(BODY) + 100, 2 * 1024 * 1024], ids=["small body", "streamed body"])
+async def test_a_body_that_stops_coming_is_a_408_that_frees_its_slot(scripted: Any, store: Any, deployments: Deployments,
+                                                                      declared: int) -> None:  # fmt: skip
+    # A caller that sends its head and part of its body, then nothing, held its in-flight slot
+    # (and, streamed, an upstream connection) for as long as it kept the connection open: a few
+    # such callers could fill a deployment's in-flight limit. Within the request timeout it gets
+    # a 408 (not a 504: the model was not late), and the connection closes, since the rest of
+    # the body could otherwise be read as a request.
+    upstream = scripted()
+    app, entries = gateway_with_log(store, request_timeout_s=0.3)
+    deployment_id = deployments.add([upstream.port])
+    async with Served(app) as served:
+        assert (await served.predict(deployment_id)).status_code == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+        part = BODY if declared < 1024 else b"x" * 100_000
+        writer.write(b"POST /%b/predict HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b" % (deployment_id.encode(), declared, part))
+        await writer.drain()
+        started = time.monotonic()
+        status, headers, body = await read_reply_until_closed(reader)
+        waited = time.monotonic() - started
+        writer.close()
+        assert status == 408 and headers["connection"] == "close", (status, headers, body)
+        document = json.loads(body)
+        assert document["code"] == "RequestTimeout"
+        assert "0.3 s" in document["message"] and f"{len(part)} bytes came" in document["message"]
+        assert 0.25 < waited < 1.5
+        for _ in range(100):
+            if len(entries) == 2 and app.transport.open_connections() <= 1:
+                break
+            await asyncio.sleep(0.01)
+        assert app.balancer.inflight(deployment_id) == 0
+        assert entries[1].status == 408 and entries[1].bytes_in == len(part)
+        # A streamed body's upstream connection carried part of it: closed, not kept for another.
+        assert app.transport.open_connections() == (1 if declared < 1024 else 0)
+        assert (await served.predict(deployment_id)).status_code == 200
+    assert len(upstream.heads) == (2 if declared < 1024 else 3)  # the small one never reached the container
+
+
 async def test_pipelined_predicts_are_answered_in_order(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:
     app, entries = gateway_with_log(store)
     deployment_id = deployments.add([upstreams.echo[0].port])

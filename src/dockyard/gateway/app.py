@@ -32,6 +32,7 @@ from dockyard.errors import (
     MethodNotAllowed,
     NotAuthorizedOrNotFound,
     NotFound,
+    RequestTimeout,
     ServiceUnavailable,
     TooManyRequests,
 )
@@ -147,8 +148,13 @@ class Gateway:
             else:
                 await self._dispatch(ex, scope, headers, receive, send)
         except DockyardError as exc:
-            allow = [(b"allow", getattr(exc, "allow", "POST").encode())] if isinstance(exc, MethodNotAllowed) else None
-            await self._fail(ex, send, exc, allow)
+            extra = None
+            if isinstance(exc, MethodNotAllowed):
+                extra = [(b"allow", getattr(exc, "allow", "POST").encode())]
+            elif isinstance(exc, RequestTimeout):  # the rest of the body may still come: it must not be read as a request
+                extra = [(b"connection", b"close")]
+                ex.bytes_in = max(ex.bytes_in, exc.received)
+            await self._fail(ex, send, exc, extra)
         except ClientGone as gone:
             ex.status, ex.error = 499, "the caller went away while sending its body"
             ex.bytes_in = max(ex.bytes_in, gone.received)  # a streamed body counted its own
@@ -270,7 +276,7 @@ class Gateway:
         watch = DisconnectWatch(receive, scope.get("dockyard.notify_lost"))
         task = watch.target = asyncio.current_task()
         try:
-            body = await read_small(receive, self.options.max_body_bytes)
+            body = await read_small(receive, self.options.max_body_bytes, self.options.request_timeout_s)
             ex.bytes_in = len(body)
             watch.start()
             client = scope.get("client")
@@ -416,7 +422,7 @@ class Gateway:
             if not has_body:
                 watch.start()
             elif declared is not None and declared <= KEEP_FOR_RETRY_BYTES:
-                body = await read_small(receive, self.options.max_body_bytes)  # sent in one write, can be sent again
+                body = await read_small(receive, self.options.max_body_bytes, self.options.request_timeout_s)  # sent in one write, can be sent again
                 ex.bytes_in = len(body)
                 watch.start()
             else:

@@ -7,10 +7,11 @@ A small body with a declared length is read whole instead (`read_small`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
-from dockyard.errors import InvalidParameter, LengthRequired, PayloadTooLarge
+from dockyard.errors import InvalidParameter, LengthRequired, PayloadTooLarge, RequestTimeout
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -52,28 +53,46 @@ def check_framing(method: str, content_length: bytes | None, transfer_encoding: 
     return length
 
 
-async def read_small(receive: Receive, limit: int) -> bytes:
+def body_too_slow(timeout_s: float, received: int) -> RequestTimeout:
+    error = RequestTimeout(
+        f"the request body did not arrive whole within {timeout_s:g} s ({received} bytes came); "
+        "send the body with its head, without pauses"
+    )
+    error.received = received
+    return error
+
+
+async def read_small(receive: Receive, limit: int, timeout_s: float) -> bytes:
     """The whole body of a request that declared no more than `KEEP_FOR_RETRY_BYTES`: read before
     anything is sent, so that head and body go upstream in one write and can go again to another
-    instance. Raises ClientGone, or 413 past `limit`. Every small request takes this path: it is
-    `RequestBody` without the object and the async generator."""
+    instance. Raises ClientGone, 413 past `limit`, or 408 when the rest of the body is not in
+    within `timeout_s` (a caller that stops sending must not hold its in-flight slot for ever).
+    Every small request takes this path: it is `RequestBody` without the object and the async
+    generator, and the body that came with its head (nearly every one) is taken without a timer."""
     chunks: list[bytes] = []
-    received = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone("the caller went away while sending its request body", received)
-        chunk = message.get("body", b"")
-        if chunk:
-            received += len(chunk)
-            if received > limit:
-                raise too_large(limit)
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    more = _take(await receive(), chunks, 0, limit)
+    if more:
+        try:
+            async with asyncio.timeout(timeout_s):
+                while more:
+                    more = _take(await receive(), chunks, sum(map(len, chunks)), limit)
+        except TimeoutError:
+            raise body_too_slow(timeout_s, sum(map(len, chunks))) from None
     if len(chunks) == 1:
         return chunks[0]
     return b"".join(chunks)
+
+
+def _take(message: dict[str, Any], chunks: list[bytes], received: int, limit: int) -> bool:
+    """One body message into `chunks` (`received` bytes so far); True when more follows."""
+    if message["type"] == "http.disconnect":
+        raise ClientGone("the caller went away while sending its request body", received)
+    chunk = message.get("body", b"")
+    if chunk:
+        if received + len(chunk) > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return bool(message.get("more_body", False))
 
 
 class RequestBody:

@@ -25,7 +25,7 @@ import httpx
 from dockyard.errors import Conflict, ServiceUnavailable
 from dockyard.gateway import deadlines
 from dockyard.gateway.balancer import Balancer, Upstream
-from dockyard.gateway.body import RequestBody
+from dockyard.gateway.body import RequestBody, body_too_slow
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import RawHeaders, client_response_headers
 from dockyard.gateway.metrics import GatewayMetrics
@@ -206,6 +206,8 @@ class Proxy:
                 ) from exc
             except (TimeoutError, httpx.TimeoutException) as exc:
                 upstream.outstanding -= 1
+                if streamed is not None and not streamed.complete:  # the caller's body was late, not the model
+                    raise body_too_slow(self.request_timeout_s, streamed.received) from exc
                 self.metrics.upstream_errors.labels(route.deployment_id, "timeout").inc()
                 raise no_reply_in_time(self.request_timeout_s, upstream.backend.instance_id) from exc
             except (ClosedUnanswered, ResetUnanswered) as exc:
