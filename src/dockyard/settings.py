@@ -127,7 +127,10 @@ class Settings(BaseSettings):
     keep_alive_s: float = 75.0
     # How long a client may take to send a request's head, from its first byte: a head sent a
     # byte at a time (slowloris) would otherwise hold its connection for as long as bytes come.
-    head_timeout_s: float = Field(30.0, gt=0)
+    head_timeout_s: float = Field(default=30.0, gt=0)
+    # How long a client may take none of a reply that waits for it before its connection is
+    # closed: a hung client would otherwise hold its request (and the model's in-flight slot).
+    send_timeout_s: float = Field(default=60.0, gt=0)
 
     def apply_access_log_lines(self) -> None:
         logging.getLogger("dockyard.access").setLevel(logging.INFO if self.access_log_lines else logging.WARNING)

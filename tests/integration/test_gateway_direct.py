@@ -5,6 +5,7 @@ every way the exchange can end (dropped, not HTTP, late, cut, abandoned, pipelin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import socket
@@ -34,8 +35,8 @@ class Served(OwnServerClient):
     """A gateway behind dockyard's own server on this loop (closed on the way out), and the
     number of requests that reached its ASGI call (the rest were relayed directly)."""
 
-    def __init__(self, gateway: Any) -> None:
-        super().__init__(gateway)
+    def __init__(self, gateway: Any, **options: Any) -> None:
+        super().__init__(gateway, **options)
         self.gateway = gateway
 
     @property
@@ -65,7 +66,8 @@ class Scripted(RawServer):
     """A keep-alive HTTP/1.1 upstream that meets the requests it gets, in arrival order, with the
     actions listed: `ok` (200 JSON), `drop` (close without a word), `reset`, `garbage` (bytes
     that are not HTTP), `slow` (answers after 2 s), `cut` (Content-Length 1000, 10 bytes, close),
-    `stall` (Content-Length 100, 10 bytes, then 2 s of silence).
+    `stall` (Content-Length 100, 10 bytes, then 2 s of silence), `huge` (64 MiB of zeros, sent as
+    fast as they are taken).
     After the list, `ok`. The request heads it read are in `heads`."""
 
     def __init__(self, *actions: str) -> None:
@@ -96,6 +98,13 @@ class Scripted(RawServer):
             if action == "stall":
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 100\r\n\r\n0123456789")
                 time.sleep(2)
+                return
+            if action == "huge":
+                size = 64 * 1024 * 1024
+                with contextlib.suppress(OSError):  # the gateway closes the connection part way
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: %d\r\n\r\n" % size)
+                    for _ in range(64):
+                        conn.sendall(bytes(1024 * 1024))
                 return
             if action == "slow":
                 time.sleep(2)
@@ -343,6 +352,45 @@ async def test_a_body_that_stops_coming_is_a_408_that_frees_its_slot(scripted: A
         assert app.transport.open_connections() == (1 if declared < 1024 else 0)
         assert (await served.predict(deployment_id)).status_code == 200
     assert len(upstream.heads) == (2 if declared < 1024 else 3)  # the small one never reached the container
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict?general=1"], ids=["direct", "general"])
+async def test_a_caller_that_reads_nothing_is_cut_off_and_frees_its_slot(scripted: Any, store: Any, deployments: Deployments,
+                                                                         path: str) -> None:  # fmt: skip
+    # A caller that asks for a large reply and then reads none of it (a hung client with its
+    # connection open) used to hold its in-flight slot and upstream connection for ever on the
+    # general path (the one streamed replies take); within the send timeout its connection is
+    # closed, and the access log says why, without blaming the container.
+    upstream = scripted("ok", "huge")
+    app, entries = gateway_with_log(store, request_timeout_s=0.5)
+    deployment_id = deployments.add([upstream.port])
+    async with Served(app, send_timeout_s=0.5) as served:
+        assert (await served.predict(deployment_id)).status_code == 200
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting, to bound the window
+        sock.connect(("127.0.0.1", served.server.port))
+        sock.sendall(b"POST /%b%b HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b"
+                     % (deployment_id.encode(), path.encode(), len(BODY), BODY))  # fmt: skip
+        started = time.monotonic()
+        while len(entries) < 2 and time.monotonic() - started < 5:
+            await asyncio.sleep(0.05)
+        waited = time.monotonic() - started
+        assert len(entries) == 2, "the exchange did not end"
+        assert 0.4 < waited < 3
+        assert entries[1].status == 200 and entries[1].bytes_out < 64 * 1024 * 1024
+        assert "took none of the reply for 0.5 s" in (entries[1].error or ""), entries[1].error
+        assert app.balancer.inflight(deployment_id) == 0
+        await asyncio.sleep(0.1)
+        assert app.transport.open_connections() == 0  # the upstream connection closed with it
+        # The caller's connection is gone too, though it never read what waited for it (a close
+        # that waits for the write buffer to drain would keep it open as long as the caller).
+        assert len(served.server.connections) == 1  # the client's kept-alive one alone
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while sock.recv(1 << 20):
+                pass
+        sock.close()
+        assert (await served.predict(deployment_id)).status_code == 200
 
 
 async def test_pipelined_predicts_are_answered_in_order(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:

@@ -496,11 +496,11 @@ class _HttpOnly:
 class OwnServerClient:
     """dockyard's HTTP server serving `app` on this event loop, and an httpx client of it."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
         from dockyard.gateway.httpserver import HttpServer
 
         self.app = _HttpOnly(app)
-        self.server = HttpServer(self.app)
+        self.server = HttpServer(self.app, **options)
         self.client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> httpx.AsyncClient:

@@ -112,7 +112,7 @@ def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe
     # supervisor's 15 s wait), then the app's lifespan shutdown sends the queued access entries.
     # The first workers wait for each other after their app's startup, right before listening.
     serve(app, host=settings.host, port=settings.port, sock=sock, keep_alive_s=settings.keep_alive_s,
-          head_timeout_s=settings.head_timeout_s, backlog=4096,
+          head_timeout_s=settings.head_timeout_s, send_timeout_s=settings.send_timeout_s, backlog=4096,
           before_listening=None if together is None else (lambda: listen_together(together)))  # fmt: skip
     relay.close()
 

@@ -125,7 +125,7 @@ def serve(
     from dockyard.gateway.httpserve import serve as serve_http
 
     serve_http(serve_all(application, settings), host=settings.host, port=settings.port, keep_alive_s=settings.keep_alive_s,
-               head_timeout_s=settings.head_timeout_s)
+               head_timeout_s=settings.head_timeout_s, send_timeout_s=settings.send_timeout_s)
 
 
 if __name__ == "__main__":

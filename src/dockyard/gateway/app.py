@@ -43,6 +43,7 @@ from dockyard.gateway.body import KEEP_FOR_RETRY_BYTES, METHODS_WITH_BODY, Clien
 from dockyard.gateway.direct import UNANSWERED_KEY, DirectReply
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import caller, request_id, upstream_request_headers, upstream_request_lines
+from dockyard.gateway.httpcycle import CUT_KEY
 from dockyard.gateway.metrics import GatewayMetrics
 from dockyard.gateway.options import GatewayOptions
 from dockyard.gateway.pool import UpstreamPool
@@ -286,7 +287,7 @@ class Gateway:
             try:
                 await self.proxy.forward(ex, route, Forward("POST", route.predict_path, forwarded), body, send, watch)
             except asyncio.CancelledError:
-                if not _caller_left(ex, watch, task):
+                if not _caller_left(ex, watch, task, scope):
                     raise
         finally:
             watch.stop()
@@ -430,7 +431,7 @@ class Gateway:
             try:
                 await self.proxy.forward(ex, route, fwd, body, send, watch)
             except asyncio.CancelledError:
-                if not _caller_left(ex, watch, task):
+                if not _caller_left(ex, watch, task, scope):
                     raise
         finally:
             if isinstance(body, RequestBody):
@@ -468,15 +469,15 @@ class Gateway:
         )
 
 
-def _caller_left(ex: Exchange, watch: DisconnectWatch, task: asyncio.Task[Any] | None) -> bool:
+def _caller_left(ex: Exchange, watch: DisconnectWatch, task: asyncio.Task[Any] | None, scope: Scope) -> bool:
     """After a CancelledError: whether the watch cancelled the exchange because the caller hung
-    up (then the cancellation is spent and the exchange recorded as such), or it came from
-    elsewhere (it must go on)."""
+    up, or was cut off by the server (then the cancellation is spent and the exchange recorded
+    as such), or it came from elsewhere (it must go on)."""
     if not watch.fired or task is None:
         return False
     task.uncancel()
     ex.status = ex.status if ex.response_started else 499
-    ex.error = "the caller went away before the reply was complete"
+    ex.error = scope.get(CUT_KEY) or "the caller went away before the reply was complete"
     return True
 
 

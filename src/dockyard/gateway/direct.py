@@ -39,6 +39,7 @@ from dockyard.gateway import deadlines
 from dockyard.gateway.balancer import Upstream
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import client_response_headers, client_response_lines
+from dockyard.gateway.httpcycle import CUT_KEY
 from dockyard.gateway.replies import BadGateway, broke_off, error_document, failed_before_reply, no_reply_in_time
 from dockyard.gateway.upstream import ClosedUnanswered, Reply, ResetUnanswered, UpstreamConnection
 
@@ -166,9 +167,11 @@ class DirectReply(Reply):
             self.ex.response_complete = True
             self._end()
             return
-        self.due = self._connection.loop.time() + self.gateway.options.request_timeout_s
-        if cycle.conn.write_paused:
+        if cycle.conn.write_paused:  # until the caller takes some, or the server's send timeout
             self._connection.pause_reading()
+            self.due = self._connection.loop.time() + cycle.conn.server.send_timeout_s
+        else:
+            self.due = self._connection.loop.time() + self.gateway.options.request_timeout_s
 
     def _whole(self) -> bool:
         """The commonest reply, whole in one read under its content-length: framed and written
@@ -215,18 +218,28 @@ class DirectReply(Reply):
             return
         ex = self.ex
         ex.status = ex.status if ex.response_started else 499
-        ex.error = "the caller went away before the reply was complete"
+        ex.error = self.cycle.scope.get(CUT_KEY) or "the caller went away before the reply was complete"
         self._end()
 
     def _caller_writable(self) -> None:
         if not self._ended:
             self._connection.resume_reading()
+            self.due = self._connection.loop.time() + self.gateway.options.request_timeout_s
 
     # --- timeouts ---------------------------------------------------------------------------------
 
     def timed_out(self) -> None:
-        """`due` passed (InFlight checks): the reply's head is late, or its body went silent."""
+        """`due` passed (InFlight checks): the reply's head is late, its body went silent, or
+        the caller took none of it for the server's send timeout (then it is cut off, as the
+        server cuts off such a caller on the general path: `Connection.drain`)."""
         if self._ended:
+            return
+        conn = self.cycle.conn
+        if conn.write_paused:
+            self.ex.error = f"the caller took none of the reply for {conn.server.send_timeout_s:g} s"
+            log.info("request %s: %s; its connection is closed", self.ex.request_id, self.ex.error)
+            conn.close(abort=True)
+            self._end()
             return
         if not self.status:
             self._fail(TimeoutError())

@@ -29,6 +29,11 @@ _WITHOUT_CHUNKED: Final = frozenset({"1.0", "0.9"})  # request versions a body o
 NUL: Final = 0
 
 
+# The scope key under which the server says why it cut a caller off (httpserver.py,
+# `Connection.send_timed_out`), for the app's record of the request.
+CUT_KEY: Final = "dockyard.cut"
+
+
 def status_line(status: int) -> bytes:
     """The status line; a code without a known reason phrase gets none (which HTTP allows)."""
     line = STATUS_LINES.get(status)

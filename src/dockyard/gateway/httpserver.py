@@ -41,6 +41,7 @@ import httptools
 
 from dockyard.gateway.asgilifespan import Lifespan
 from dockyard.gateway.httpcycle import (
+    CUT_KEY,
     READ_HIGH_WATER,
     Cycle,
     default_head,
@@ -379,22 +380,46 @@ class Connection(asyncio.Protocol):
             self.update_reading()
 
     async def drain(self) -> None:
+        """Waits until the caller has taken enough of what waits for it. A caller that takes
+        nothing for the server's `send_timeout_s` is cut off: its connection closes, and the
+        app's call learns it as a caller gone (it would otherwise hold the request, and what
+        the request holds, for as long as the caller keeps its connection open)."""
         waiter = self.loop.create_future()
         if self.drain_waiters is None:
             self.drain_waiters = [waiter]
         else:
             self.drain_waiters.append(waiter)
+        timer = self.loop.call_later(self.server.send_timeout_s, self.send_timed_out)
         try:
             await waiter
         finally:
+            timer.cancel()
             if self.drain_waiters and waiter in self.drain_waiters:
                 self.drain_waiters.remove(waiter)
 
-    def close(self) -> None:
+    def send_timed_out(self) -> None:
+        """The caller took none of the reply for `send_timeout_s`: its connection closes."""
+        if self.write_paused and not self.closed:
+            log.info("closing the connection from %s: it took none of the reply for %g s", self.client, self.server.send_timeout_s)
+            active = self.active
+            self.close(abort=True)
+            if active is not None:
+                active.scope[CUT_KEY] = f"the caller took none of the reply for {self.server.send_timeout_s:g} s"
+                # Told now, as `connection_lost` would tell it later: the app stops relaying to nobody.
+                if active.on_lost is not None and not active.complete:
+                    lost, active.on_lost = active.on_lost, None
+                    lost()
+
+    def close(self, abort: bool = False) -> None:
+        """Closes once what waits to be written is sent; `abort`: at once, dropping it (for a
+        caller that takes nothing, whose connection a close would keep open for as long)."""
         if self.closed:
             return
         self.closed = True
-        self.transport.close()
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
         if self.active is not None:
             self.active.wake()
         wake_all(self.drain_waiters)
@@ -414,12 +439,13 @@ class Connection(asyncio.Protocol):
 class HttpServer:
     """Serves one ASGI app on one listening socket: `start()`, then `stop()`."""
 
-    def __init__(self, app: Any, *, keep_alive_s: float = 75.0, head_timeout_s: float = 30.0) -> None:
+    def __init__(self, app: Any, *, keep_alive_s: float = 75.0, head_timeout_s: float = 30.0, send_timeout_s: float = 60.0) -> None:
         self.app = app
         # Serves a request from callbacks, without a task, when it can (see the module docstring).
         self.direct = getattr(app, "direct", None)
         self.keep_alive_s = keep_alive_s
         self.head_timeout_s = head_timeout_s
+        self.send_timeout_s = send_timeout_s  # see `Connection.drain`
         self.connections: set[Connection] = set()
         self.stopping = False
         self.default_head = default_head()
