@@ -28,7 +28,8 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(app: Any, *, host: str, port: int, sock: socket.socket | None = None, keep_alive_s: float = 75.0,
-          head_timeout_s: float = 30.0, send_timeout_s: float = 60.0, backlog: int = 4096, graceful_s: float = 10.0, before_listening: Callable[[], None] | None = None) -> None:  # fmt: skip
+          head_timeout_s: float = 30.0, send_timeout_s: float = 60.0, backlog: int = 4096, graceful_s: float = 10.0,
+          before_listening: Callable[[], None] | None = None) -> None:  # fmt: skip
     """Serves `app` until SIGTERM or SIGINT, then stops gracefully (a second signal cuts the
     wait for requests in progress short). Listens on `sock` when given (a bound socket), once
     the app has started and `before_listening` (run in a thread: it may block) has returned."""
@@ -46,7 +47,8 @@ def serve(app: Any, *, host: str, port: int, sock: socket.socket | None = None, 
 
 
 async def _serve(app: Any, *, host: str, port: int, sock: socket.socket | None, keep_alive_s: float, head_timeout_s: float,
-                 send_timeout_s: float, backlog: int, graceful_s: float, before_listening: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
+                 send_timeout_s: float, backlog: int, graceful_s: float,
+                 before_listening: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     server = HttpServer(app, keep_alive_s=keep_alive_s, head_timeout_s=head_timeout_s, send_timeout_s=send_timeout_s)

@@ -22,7 +22,8 @@ gateway needs and no more, on asyncio (uvloop when installed) with httptools' pa
   connection for ever); the same sweep refreshes the `date` header;
 - requests pipelined on a connection are queued and answered in order, reading paused meanwhile;
 - reading pauses while more than 64 KiB of a request body wait unread; `send()` waits while the
-  transport's write buffer is over its high-water mark.
+  transport's write buffer is over its high-water mark, and a caller that takes none of it for
+  `send_timeout_s` is cut off (`Connection.drain`).
 
 Not supported: protocol upgrades (websocket, h2c: answered 400), TLS, HTTP/2, proxy headers.
 """
