@@ -7,9 +7,11 @@ the matching ``dockyard serve`` flag. Units are in the names.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -171,3 +173,25 @@ class Settings(BaseSettings):
     log_queue_max_entries: int = 100_000
     # How often queued entries are written, one transaction per batch.
     log_flush_interval_s: float = 0.2
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """One line per bad setting: its variable, the value given, the rule it breaks, and the fix."""
+    lines = []
+    for problem in error.errors():
+        name = str(problem["loc"][0]) if problem["loc"] else "?"
+        field = Settings.model_fields.get(name)
+        default = "" if field is None or field.default is None else f" ({field.default!r})"
+        lines.append(f"DOCKYARD_{name.upper()}={problem.get('input')!r}: {problem['msg'].lower()}; "
+                     f"give a valid value, or unset it for the default{default}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """The settings for a command; a bad value ends it with status 2 and one line per setting
+    on standard error, rather than a traceback."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        print(f"dockyard: invalid setting\n{describe_invalid(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -158,9 +158,9 @@ def _request(values: dict[str, Any]) -> tuple[Any, Any]:
     """The validated request and the settings; bad input ends the command with status 2."""
     from dockyard.checking.inputs import parse_request
     from dockyard.errors import DockyardError
-    from dockyard.settings import Settings
+    from dockyard.settings import settings_or_exit
 
-    settings = Settings()
+    settings = settings_or_exit()
     budget = values["health_budget_s"]
     try:
         request = parse_request(

@@ -59,7 +59,7 @@ def serve(
 ) -> None:
     """Run the control plane, the reconciler and the gateway in one process."""
     from dockyard.server import create_app, serve_all
-    from dockyard.settings import Settings
+    from dockyard.settings import settings_or_exit
     from dockyard.store.metadata import SqlMetadataStore
 
     from dockyard.auth.bootstrap import client_hints, require_safe_bind
@@ -68,7 +68,7 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir, "runtime": runtime}.items() if v is not None}
     if insecure_no_auth:
         overrides["insecure_no_auth"] = True
-    settings = Settings(**overrides)
+    settings = settings_or_exit(**overrides)
     try:
         require_safe_bind(settings.host, settings.insecure_no_auth)
     except DockyardError as exc:

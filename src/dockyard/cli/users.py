@@ -29,9 +29,9 @@ DataDirOption = typer.Option(None, "--data-dir", envvar="DOCKYARD_DATA_DIR", hel
 
 
 def _settings(data_dir: Path | None) -> Settings:
-    from dockyard.settings import Settings
+    from dockyard.settings import settings_or_exit
 
-    return Settings(data_dir=data_dir) if data_dir else Settings()
+    return settings_or_exit(data_dir=data_dir) if data_dir else settings_or_exit()
 
 
 def _open(data_dir: Path | None) -> tuple[PrincipalStore, Settings]:
