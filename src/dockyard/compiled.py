@@ -50,6 +50,7 @@ MODULES = (
     "dockyard.gateway.direct",
     "dockyard.gateway.exchange",
     "dockyard.gateway.headers",
+    "dockyard.gateway.httpconnection",
     "dockyard.gateway.httpcycle",
     "dockyard.gateway.httpserver",
     "dockyard.gateway.metrics",

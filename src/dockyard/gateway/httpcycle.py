@@ -17,7 +17,7 @@ import json
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from dockyard.gateway.httpserver import Connection
+    from dockyard.gateway.httpconnection import Connection
 
 READ_HIGH_WATER: Final = 64 * 1024  # unread request body bytes past which reading pauses
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -29,7 +29,7 @@ _WITHOUT_CHUNKED: Final = frozenset({"1.0", "0.9"})  # request versions a body o
 NUL: Final = 0
 
 
-# The scope key under which the server says why it cut a caller off (httpserver.py,
+# The scope key under which the server says why it cut a caller off (httpconnection.py,
 # `Connection.send_timed_out`), for the app's record of the request.
 CUT_KEY: Final = "dockyard.cut"
 
