@@ -70,29 +70,32 @@ async def read_small(receive: Receive, limit: int, timeout_s: float) -> bytes:
     Every small request takes this path: it is `RequestBody` without the object and the async
     generator, and the body that came with its head (nearly every one) is taken without a timer."""
     chunks: list[bytes] = []
-    more = _take(await receive(), chunks, 0, limit)
-    if more:
+    message = await receive()
+    received = _take(message, chunks, 0, limit)
+    if message.get("more_body", False):
         try:
             async with asyncio.timeout(timeout_s):
-                while more:
-                    more = _take(await receive(), chunks, sum(map(len, chunks)), limit)
+                while message.get("more_body", False):
+                    message = await receive()
+                    received = _take(message, chunks, received, limit)
         except TimeoutError:
-            raise body_too_slow(timeout_s, sum(map(len, chunks))) from None
+            raise body_too_slow(timeout_s, received) from None
     if len(chunks) == 1:
         return chunks[0]
     return b"".join(chunks)
 
 
-def _take(message: dict[str, Any], chunks: list[bytes], received: int, limit: int) -> bool:
-    """One body message into `chunks` (`received` bytes so far); True when more follows."""
+def _take(message: dict[str, Any], chunks: list[bytes], received: int, limit: int) -> int:
+    """One body message into `chunks`; the bytes received with it (`received` before)."""
     if message["type"] == "http.disconnect":
         raise ClientGone("the caller went away while sending its request body", received)
     chunk = message.get("body", b"")
     if chunk:
-        if received + len(chunk) > limit:
+        received += len(chunk)
+        if received > limit:
             raise too_large(limit)
         chunks.append(chunk)
-    return bool(message.get("more_body", False))
+    return received
 
 
 class RequestBody:
