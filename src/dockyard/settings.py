@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     # How long a client may take none of a reply that waits for it before its connection is
     # closed: a hung client would otherwise hold its request (and the model's in-flight slot).
     send_timeout_s: float = Field(default=60.0, gt=0)
+    # How long a request's body may pause (no byte) before the request is answered 408 and its
+    # connection closed: a stalled upload would otherwise hold its connection and what its
+    # request holds (a half-written artifact) for as long as the connection stays open.
+    body_timeout_s: float = Field(default=60.0, gt=0)
+
+    def http_server_options(self) -> dict[str, float]:
+        """The limits dockyard's HTTP server (gateway/httpserver.py) takes, in both roles."""
+        return {"keep_alive_s": self.keep_alive_s, "head_timeout_s": self.head_timeout_s,
+                "send_timeout_s": self.send_timeout_s, "body_timeout_s": self.body_timeout_s}  # fmt: skip
 
     def apply_access_log_lines(self) -> None:
         logging.getLogger("dockyard.access").setLevel(logging.INFO if self.access_log_lines else logging.WARNING)

@@ -2,7 +2,7 @@
 
 Upload: every kind of hostile zip gets a 400 InvalidParameter naming the entry and the rule,
 and leaves the model's previous artifact (bytes, etag, md5) and the blob store exactly as they
-were. Unpack: a blob that reached the store anyway (stored before the upload check existed, or
+were; so does an upload that stops coming (a 408 once no byte came for the body timeout). Unpack: a blob that reached the store anyway (stored before the upload check existed, or
 changed on disk) makes the deployment FAIL in its unpack phase, and nothing is written outside
 the unpack directory.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import secrets
+import socket
 import stat
 import time
 import zipfile
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import oci
 import pytest
 from oci.data_science import models as m
@@ -29,6 +32,7 @@ from tests.support.server import LiveServer
 from tests.support.signed_clients import SignedAccess, signed_access
 from tests.unit.test_zipcheck import Raw, build_zip, zeros_deflated
 
+BODY_TIMEOUT_S = 2  # this module's server's: long enough for every upload here to come whole
 MiB = 1 << 20
 GiB = 1 << 30
 TOKEN = secrets.token_hex(4)  # names the escape attempts, so a stray file is found anywhere
@@ -137,7 +141,7 @@ class Catalog:
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[Catalog]:
     root = tmp_path_factory.mktemp("hostile")
-    server = LiveServer(root / "data").start()
+    server = LiveServer(root / "data", env={"DOCKYARD_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}).start()
     try:
         access = signed_access(server, root / "keys")
         client = access.data_science(server, timeout=(10, 240))
@@ -180,6 +184,41 @@ def test_hostile_upload_is_refused_naming_entry_and_rule(catalog: Catalog, kept:
     assert catalog.client.get_model_artifact_content(model_id).data.content == good
     assert sorted(p.name for p in catalog.blobs.iterdir()) == blobs_before
     assert [p.name for p in catalog.tmp.iterdir()] == []
+
+
+def test_an_upload_that_stops_coming_is_a_408_that_keeps_the_previous_artifact(catalog: Catalog, kept: tuple[str, bytes]) -> None:
+    # Half an artifact, then nothing: the caller used to hold its connection, and the server
+    # its half-written file, for as long as the connection stayed open.
+    model_id, good = kept
+    before = catalog.client.head_model_artifact(model_id).headers
+    whole = zip_of({"score.py": b"print('never')\n", "weights.bin": secrets.token_bytes(256 * 1024)})
+    request = httpx.Request("POST", f"{catalog.server.url}/20190101/models/{model_id}/artifact", content=whole,
+                            headers={"content-type": "application/octet-stream", "opc-request-id": "STALLED-UPLOAD"})  # fmt: skip
+    signed = next(catalog.server.auth.auth_flow(request))  # signed for the whole body, of which half is sent
+    head = f"POST {signed.url.raw_path.decode()} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in signed.headers.items())
+    with socket.create_connection(("127.0.0.1", catalog.server.port), timeout=BODY_TIMEOUT_S + 8) as sock:
+        sock.sendall(head.encode("latin-1") + b"\r\n" + whole[: len(whole) // 2])
+        started = time.monotonic()
+        reply = b""
+        while chunk := sock.recv(65536):  # to the server's close
+            reply += chunk
+        waited = time.monotonic() - started
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout", reply
+    assert b"connection: close" in rest.lower()
+    assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {
+        "code": "RequestTimeout",
+        "message": f"the request's body stopped coming: no byte of it for {BODY_TIMEOUT_S} s; send the body without such pauses",
+    }
+    assert BODY_TIMEOUT_S - 0.1 < waited < BODY_TIMEOUT_S + 2.5  # the timeout, and at most a sweep's second more
+    after = catalog.client.head_model_artifact(model_id).headers
+    for header in ("etag", "content-md5", "content-length", "content-disposition"):
+        assert after[header] == before[header], header
+    assert catalog.client.get_model_artifact_content(model_id).data.content == good
+    assert [p.name for p in catalog.tmp.iterdir()] == []  # the half-written file is gone
+    # A caller's stall is no failure of the server's: it logged a traceback ("failed
+    # unexpectedly"), then that the app returned no response. (The server runs at warning.)
+    assert [line for line in catalog.server.log().splitlines() if " ERROR " in line or " WARNING " in line] == []
 
 
 def test_a_refused_first_upload_leaves_the_model_without_an_artifact(catalog: Catalog) -> None:

@@ -354,6 +354,38 @@ async def test_a_body_that_stops_coming_is_a_408_that_frees_its_slot(scripted: A
     assert len(upstream.heads) == (2 if declared < 1024 else 3)  # the small one never reached the container
 
 
+@pytest.mark.parametrize("declared", [len(BODY) + 100, 2 * 1024 * 1024], ids=["small body", "streamed body"])
+async def test_a_body_that_stops_coming_is_cut_off_by_the_server_s_body_timeout(scripted: Any, store: Any, deployments: Deployments,
+                                                                                declared: int) -> None:  # fmt: skip
+    # With the server's body timeout (DOCKYARD_BODY_TIMEOUT_S) shorter than the request
+    # timeout, the server cuts a stalled body first: the caller gets its 408, and the gateway
+    # frees what the request held and logs why.
+    upstream = scripted()
+    app, entries = gateway_with_log(store, request_timeout_s=30)
+    deployment_id = deployments.add([upstream.port])
+    async with Served(app, body_timeout_s=1) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+        part = BODY if declared < 1024 else b"x" * 100_000
+        writer.write(b"POST /%b/predict HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b" % (deployment_id.encode(), declared, part))
+        await writer.drain()
+        started = time.monotonic()
+        status, headers, body = await read_reply_until_closed(reader)
+        waited = time.monotonic() - started
+        writer.close()
+        assert status == 408 and headers["connection"] == "close", (status, headers, body)
+        assert json.loads(body)["message"].startswith("the request's body stopped coming: no byte of it for 1 s")
+        assert 0.9 < waited < 3
+        for _ in range(100):
+            if len(entries) == 1 and app.transport.open_connections() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert app.balancer.inflight(deployment_id) == 0
+        assert entries[0].status == 408 and entries[0].error == "the request's body stopped coming: no byte of it for 1 s", entries[0]
+        assert entries[0].bytes_in == len(part)
+        assert app.transport.open_connections() == 0
+        assert (await served.predict(deployment_id)).status_code == 200
+
+
 @pytest.mark.parametrize("path", ["/predict", "/predict?general=1"], ids=["direct", "general"])
 async def test_a_caller_that_reads_nothing_is_cut_off_and_frees_its_slot(scripted: Any, store: Any, deployments: Deployments,
                                                                          path: str) -> None:  # fmt: skip

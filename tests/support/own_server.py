@@ -14,9 +14,10 @@ from dockyard.gateway.httpserver import HttpServer
 class Running:
     """An HttpServer on its own event loop in a thread, on 127.0.0.1 and a free port."""
 
-    def __init__(self, app: Any, keep_alive_s: float = 75.0, head_timeout_s: float = 30.0) -> None:
+    def __init__(self, app: Any, **limits: float) -> None:
+        """`limits`: HttpServer's (keep_alive_s, head_timeout_s, send_timeout_s, body_timeout_s)."""
         self.loop = new_event_loop()
-        self.server = HttpServer(app, keep_alive_s=keep_alive_s, head_timeout_s=head_timeout_s)
+        self.server = HttpServer(app, **limits)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.call(self.server.start(host="127.0.0.1", port=0))

@@ -522,6 +522,74 @@ def test_a_slow_but_timely_head_is_served(serving: Any) -> None:
         assert json.loads(read_reply(sock)[2])["path"] == "/slow"
 
 
+def test_a_body_that_stops_coming_is_cut_off_with_408(serving: Any) -> None:
+    # A caller that sends its head and part of its body, then nothing (a stalled upload), gets
+    # a 408 once no byte has come for the body timeout; its connection used to stay open, its
+    # app call waiting in receive() for as long.
+    seen: list[dict[str, Any]] = []
+
+    async def reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (message := await receive())["type"] == "http.request" and message.get("more_body"):
+            pass
+        seen.append(message)  # the last one: the body's end, or the caller gone
+
+    running = serving(reader, body_timeout_s=1)
+    with running.connect() as sock:
+        sock.sendall(b"PUT /artifact HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"z" * 10)
+        started = time.monotonic()
+        status, headers, body, _ = read_reply(sock)
+        waited = time.monotonic() - started
+        assert status == 408 and headers["connection"] == "close"
+        assert json.loads(body) == {"code": "RequestTimeout", "message": "the request's body stopped coming: no byte of it for 1 s; "
+                                                                         "send the body without such pauses"}  # fmt: skip
+        assert closed_by_peer(sock)
+        assert 0.9 < waited < 3.5  # the timeout, and at most a sweep's second more
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert seen == [{"type": "http.disconnect"}]  # the app call ended: it was told the caller is gone
+    assert not running.server.connections
+
+
+def test_a_slow_but_steady_body_is_served(serving: Any) -> None:
+    # The body timeout is for a body that stops, not a slow one: each byte resets it.
+    running = serving(echo, body_timeout_s=1)
+    with running.connect() as sock:
+        sock.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
+        assert not trickle(sock, b"0123456789a", every_s=0.3, until_s=10)  # 3.3 s in all, beyond the timeout
+        sock.sendall(b"b")
+        status, _, body, _ = read_reply(sock)
+        assert status == 200 and json.loads(body)["body"] == "0123456789ab"
+
+
+@pytest.mark.parametrize("case", ["expect-100-continue", "body-paused-on-the-app"])
+def test_a_body_the_app_has_not_asked_for_is_not_timed_out(serving: Any, case: str) -> None:
+    # The clock runs only while the app waits for bytes the caller owes: not before a 100
+    # Continue invites the body, nor while reading is paused because the app has more than it
+    # takes. The app here waits 2.5 s, over twice the timeout, before it reads.
+    async def late_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await asyncio.sleep(2.5)
+            await echo(scope, receive, send)
+
+    running = serving(late_echo, body_timeout_s=1)
+    with running.connect() as sock:
+        if case == "expect-100-continue":
+            sock.sendall(b"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            status, _, _, rest = read_reply(sock, head_only=True)
+            assert status == 100
+            sock.sendall(b"hello")
+            status, _, body, _ = read_reply(sock, rest)
+            assert status == 200 and json.loads(body)["body"] == "hello"
+        else:
+            payload = b"p" * (512 * 1024)  # well over the 64 KiB read ahead of the app
+            sock.sendall(b"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+            status, _, body, _ = read_reply(sock)
+            assert status == 200 and len(json.loads(body)["body"]) == len(payload)
+
+
 def test_graceful_stop_finishes_a_request_in_progress(serving: Any) -> None:
     async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -1,8 +1,9 @@
 """The one table that turns errors into OCI error bodies ``{"code", "message"}``.
 
 Domain errors carry their code and status; framework errors (validation of query parameters,
-unknown routes, wrong methods) are mapped here; anything unexpected is logged with the request
-id and answered as a 500 that names that id, never with a stack trace.
+unknown routes, wrong methods) are mapped here; a caller gone mid-body is logged as such;
+anything unexpected is logged with the request id and answered as a 500 that names that id,
+never with a stack trace.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from dockyard.errors import DockyardError
 
@@ -67,6 +69,14 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
         return error_response(exc.status_code, code, message, request)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _caller_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The caller left, or the server closed its connection (a body that stopped coming):
+        # no one reads this reply, and it is no failure of the server's.
+        log.info("request %s (%s %s): the caller's connection closed before its body was whole; the request was dropped",
+                 getattr(request.state, "request_id", "-"), request.method, request.url.path)  # fmt: skip
+        return error_response(400, "InvalidParameter", "the request's body did not arrive whole", request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -111,9 +111,8 @@ def _worker(overrides: dict[str, Any], workers: int, log_level: str, access_pipe
     # SIGTERM from the supervisor: stop accepting, finish requests in progress (within the
     # supervisor's 15 s wait), then the app's lifespan shutdown sends the queued access entries.
     # The first workers wait for each other after their app's startup, right before listening.
-    serve(app, host=settings.host, port=settings.port, sock=sock, keep_alive_s=settings.keep_alive_s,
-          head_timeout_s=settings.head_timeout_s, send_timeout_s=settings.send_timeout_s, backlog=4096,
-          before_listening=None if together is None else (lambda: listen_together(together)))  # fmt: skip
+    serve(app, host=settings.host, port=settings.port, sock=sock, backlog=4096,
+          before_listening=None if together is None else (lambda: listen_together(together)), **settings.http_server_options())  # fmt: skip
     relay.close()
 
 

@@ -124,8 +124,7 @@ def serve(
     # direct path first (the control plane's requests go to its ASGI app as with any server).
     from dockyard.gateway.httpserve import serve as serve_http
 
-    serve_http(serve_all(application, settings), host=settings.host, port=settings.port, keep_alive_s=settings.keep_alive_s,
-               head_timeout_s=settings.head_timeout_s, send_timeout_s=settings.send_timeout_s)
+    serve_http(serve_all(application, settings), host=settings.host, port=settings.port, **settings.http_server_options())
 
 
 if __name__ == "__main__":

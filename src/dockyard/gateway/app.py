@@ -157,7 +157,8 @@ class Gateway:
                 ex.bytes_in = max(ex.bytes_in, exc.received)
             await self._fail(ex, send, exc, extra)
         except ClientGone as gone:
-            ex.status, ex.error = 499, "the caller went away while sending its body"
+            cut = scope.get(CUT_KEY)  # while a body comes, only the server's body timeout cuts (it answered 408)
+            ex.status, ex.error = (408, cut) if cut else (499, "the caller went away while sending its body")
             ex.bytes_in = max(ex.bytes_in, gone.received)  # a streamed body counted its own
         except Exception as exc:  # never a stack trace or an HTML page to the caller
             log.exception("request %s failed unexpectedly", ex.request_id)

@@ -72,6 +72,7 @@ class Connection(asyncio.Protocol):
         self.last_active = 0.0  # when the connection was made or its last reply ended
         self.last_read = 0.0  # when its last bytes came
         self.head_since = 0.0  # when the open head's first bytes came (see `head_open`)
+        self.read_wanted = 0.0  # when reading last resumed or a 100 Continue went out (see `body_awaited_since`)
         self.read_paused = False
         self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] | None = None
@@ -294,7 +295,7 @@ class Connection(asyncio.Protocol):
             log.exception("the application failed on %s %s", scope["method"], scope["path"])
             self.fail(cycle, "the server failed on this request")
         else:
-            if not cycle.complete:
+            if not cycle.complete and not self.closed:  # (closed: what the app sent went nowhere anyway)
                 if not cycle.started:
                     log.error("the application returned without a response to %s %s", cycle.scope["method"], cycle.scope["path"])
                 self.fail(cycle, "the server returned no response to this request")
@@ -338,6 +339,7 @@ class Connection(asyncio.Protocol):
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
+                self.read_wanted = self.loop.time()
 
     def refuse(self, status: int, message: str, code: str = "InvalidParameter") -> None:
         """A request that cannot be parsed: answered once those before it are, then closed."""
@@ -350,6 +352,30 @@ class Connection(asyncio.Protocol):
         else:
             self.error_reply = reply
             self.update_reading()
+
+    def body_awaited_since(self) -> float:
+        """Since when the active request's body has been awaited from the caller with no byte
+        coming; infinity when it is not awaited: whole, paused on the app (which has more than
+        it takes), or not yet asked for (`expect: 100-continue` before the app's first receive)."""
+        cycle = self.parsing
+        if cycle is None or cycle is not self.active or self.read_paused or cycle.expect_continue:
+            return float("inf")
+        return max(self.last_read, self.read_wanted)
+
+    def body_stopped(self) -> None:
+        """No byte of the awaited body came for the server's `body_timeout_s`: a 408 when the
+        reply has not begun, and the connection closes (the app's receive says the caller left)."""
+        active = self.active
+        if active is None:
+            return
+        timeout_s = self.server.body_timeout_s
+        message = f"the request's body stopped coming: no byte of it for {timeout_s:g} s"
+        log.info("closing the connection from %s: %s", self.client, message)
+        if not active.started:  # (what the app sends once the connection is closed goes nowhere)
+            self.transport.write(error_reply(408, "RequestTimeout", f"{message}; send the body without such pauses",
+                                             self.server.default_head))  # fmt: skip
+        self.close()
+        cut_off(active, message)
 
     async def drain(self) -> None:
         """Waits until the caller has taken enough of what waits for it. A caller that takes
@@ -376,11 +402,7 @@ class Connection(asyncio.Protocol):
             active = self.active
             self.close(abort=True)
             if active is not None:
-                active.scope[CUT_KEY] = f"the caller took none of the reply for {self.server.send_timeout_s:g} s"
-                # Told now, as `connection_lost` would tell it later: the app stops relaying to nobody.
-                if active.on_lost is not None and not active.complete:
-                    lost, active.on_lost = active.on_lost, None
-                    lost()
+                cut_off(active, f"the caller took none of the reply for {self.server.send_timeout_s:g} s")
 
     def close(self, abort: bool = False) -> None:
         """Closes once what waits to be written is sent; `abort`: at once, dropping it (for a
@@ -406,3 +428,12 @@ class Connection(asyncio.Protocol):
             if not self.read_paused and not self.closed:
                 self.read_paused = True
                 self.transport.pause_reading()
+
+
+def cut_off(cycle: Cycle, why: str) -> None:
+    """The server closed `cycle`'s connection for `why`: the app learns it now, as
+    `connection_lost` would tell it later, and the gateway's access entry says why."""
+    cycle.scope[CUT_KEY] = why
+    if cycle.on_lost is not None and not cycle.complete:
+        lost, cycle.on_lost = cycle.on_lost, None
+        lost()

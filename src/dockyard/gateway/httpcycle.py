@@ -139,6 +139,7 @@ class Cycle:
             self.expect_continue = False
             if not self.started:
                 conn.transport.write(CONTINUE)
+                conn.read_wanted = conn.loop.time()  # the caller sends its body from now
         while self.delivered or not (self.body or self.message_complete):
             conn.update_reading()  # this call wants data: a paused read must go on
             waiter = conn.loop.create_future()

@@ -27,17 +27,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def serve(app: Any, *, host: str, port: int, sock: socket.socket | None = None, keep_alive_s: float = 75.0,
-          head_timeout_s: float = 30.0, send_timeout_s: float = 60.0, backlog: int = 4096, graceful_s: float = 10.0,
-          before_listening: Callable[[], None] | None = None) -> None:  # fmt: skip
+def serve(app: Any, *, host: str, port: int, sock: socket.socket | None = None, backlog: int = 4096, graceful_s: float = 10.0,
+          before_listening: Callable[[], None] | None = None, **limits: float) -> None:  # fmt: skip
     """Serves `app` until SIGTERM or SIGINT, then stops gracefully (a second signal cuts the
     wait for requests in progress short). Listens on `sock` when given (a bound socket), once
-    the app has started and `before_listening` (run in a thread: it may block) has returned."""
+    the app has started and `before_listening` (run in a thread: it may block) has returned.
+    `limits` are HttpServer's (keep_alive_s, head_timeout_s, ...: Settings.http_server_options)."""
     waited = None if before_listening is None else (lambda: asyncio.to_thread(before_listening))
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         try:
-            runner.run(_serve(app, host=host, port=port, sock=sock, keep_alive_s=keep_alive_s, head_timeout_s=head_timeout_s,
-                              send_timeout_s=send_timeout_s, backlog=backlog, graceful_s=graceful_s, before_listening=waited))  # fmt: skip
+            runner.run(_serve(app, host=host, port=port, sock=sock, backlog=backlog, graceful_s=graceful_s, before_listening=waited,
+                              limits=limits))  # fmt: skip
         except StartupFailed as exc:
             log.error("the application failed to start: %s", exc)
             raise SystemExit(3) from None
@@ -46,12 +46,11 @@ def serve(app: Any, *, host: str, port: int, sock: socket.socket | None = None, 
             raise SystemExit(1) from None
 
 
-async def _serve(app: Any, *, host: str, port: int, sock: socket.socket | None, keep_alive_s: float, head_timeout_s: float,
-                 send_timeout_s: float, backlog: int, graceful_s: float,
-                 before_listening: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
+async def _serve(app: Any, *, host: str, port: int, sock: socket.socket | None, backlog: int, graceful_s: float,
+                 before_listening: Callable[[], Awaitable[None]] | None, limits: dict[str, float]) -> None:  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    server = HttpServer(app, keep_alive_s=keep_alive_s, head_timeout_s=head_timeout_s, send_timeout_s=send_timeout_s)
+    server = HttpServer(app, **limits)
 
     def on_signal() -> None:
         if stop.is_set():

@@ -19,7 +19,9 @@ gateway needs and no more, on asyncio (uvloop when installed) with httptools' pa
   `keep_alive_s` of the last reply, or of the connection: bytes that begin no head, such as
   blank lines, do not count) and answers 408 to a head not whole within `head_timeout_s` of
   its first byte, however often its bytes come (a caller trickling one would otherwise hold a
-  connection for ever); the same sweep refreshes the `date` header;
+  connection for ever), and to a request whose body the app waits for and from which no byte
+  has come for `body_timeout_s` (nginx's client_body_timeout: a stalled upload holds nothing
+  for long); the same sweep refreshes the `date` header;
 - requests pipelined on a connection are queued and answered in order, reading paused meanwhile;
 - reading pauses while more than 64 KiB of a request body wait unread; `send()` waits while the
   transport's write buffer is over its high-water mark, and a caller that takes none of it for
@@ -51,13 +53,15 @@ SWEEP_EVERY_S = 1.0
 class HttpServer:
     """Serves one ASGI app on one listening socket: `start()`, then `stop()`."""
 
-    def __init__(self, app: Any, *, keep_alive_s: float = 75.0, head_timeout_s: float = 30.0, send_timeout_s: float = 60.0) -> None:
+    def __init__(self, app: Any, *, keep_alive_s: float = 75.0, head_timeout_s: float = 30.0, send_timeout_s: float = 60.0,
+                 body_timeout_s: float = 60.0) -> None:  # fmt: skip
         self.app = app
         # Serves a request from callbacks, without a task, when it can (see the module docstring).
         self.direct = getattr(app, "direct", None)
         self.keep_alive_s = keep_alive_s
         self.head_timeout_s = head_timeout_s
         self.send_timeout_s = send_timeout_s  # see `Connection.drain`
+        self.body_timeout_s = body_timeout_s  # see `Connection.body_stopped`
         self.connections: set[Connection] = set()
         self.stopping = False
         self.default_head = default_head()
@@ -92,14 +96,19 @@ class HttpServer:
 
     async def _sweep(self) -> None:
         """Each second: a fresh `date`, idle keep-alive connections closed, and a 408 for each
-        head that is too slow."""
+        head that is too slow and each body that stopped coming."""
         while True:
             await asyncio.sleep(SWEEP_EVERY_S)
             self.default_head = default_head()
             now = self.loop.time()
-            idle_since, head_since = now - self.keep_alive_s, now - self.head_timeout_s
-            for conn in [c for c in self.connections if c.active is None and not c.closed]:
-                if conn.head_open:
+            idle_since, head_since, body_since = now - self.keep_alive_s, now - self.head_timeout_s, now - self.body_timeout_s
+            for conn in list(self.connections):
+                if conn.closed:
+                    continue
+                if conn.active is not None:
+                    if conn.body_awaited_since() < body_since:
+                        conn.body_stopped()
+                elif conn.head_open:
                     if conn.head_since < head_since:
                         conn.refuse(408, f"the request's head did not arrive whole within {self.head_timeout_s:g} s of its "
                                          "first byte; send the whole head at once", code="RequestTimeout")  # fmt: skip
