@@ -4,6 +4,7 @@ target once per round, for `--rounds` rounds, each figure the median over rounds
 
     python benchmarks/gateway_overhead.py [--connections 64] [--duration 10] [--threads 2] [--rounds 3]
                                           [--workers N ...] [--also-interpreted] [--gateway-log-level info]
+                                          [--rate R]
 
 The upstream is a uvicorn app (uvloop/httptools) answering every POST with a small JSON
 document. The gateway runs exactly as users run it: `dockyard serve --role gateway` (with
@@ -18,6 +19,12 @@ deliver the same request and the upstream does the same work behind each; `nginx
 the request as it came. Ratios are to `nginx`, with those to `nginx bare` beside them.
 The gateway runs its request path compiled when it is built (dockyard/compiled.py; the first
 line says which); `--also-interpreted` measures each gateway interpreted as well.
+
+By default every connection sends its next request as soon as the reply came: the machine is
+saturated, and the latency added is mostly queueing behind the CPU the proxy takes from the
+others (on a machine whose cores the load generator, proxy and upstream share). `--rate R`
+(wrk only) offers about R requests/s in all instead, each connection waiting connections/R s
+after each reply (wrk's `delay()`): the latency added by a proxy on a machine with room to spare.
 
 Load comes from `wrk` when it is installed (`apt-get install -y wrk`), else from a Python
 load generator (which is itself slower, so its figures understate every server). Prints
@@ -251,10 +258,13 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def lua_script(workdir: Path, headers: dict[str, str]) -> Path:
+def lua_script(workdir: Path, headers: dict[str, str], delay_ms: float = 0.0) -> Path:
+    """wrk's script: the POST, its headers and, with `delay_ms`, the wait after each reply."""
     script = workdir / f"post-{len(list(workdir.glob('post-*.lua')))}.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY.decode())}", 'wrk.headers["Content-Type"] = "application/json"']
     lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items()]
+    if delay_ms > 0:
+        lines.append(f"function delay() return {delay_ms:.3f} end")
     script.write_text("\n".join(lines) + "\n")
     return script
 
@@ -326,7 +336,7 @@ def measure(args: argparse.Namespace, target: str, url: str, headers: dict[str, 
             metrics_port: int | None = None, process: subprocess.Popen[bytes] | None = None,
             upstream: subprocess.Popen[bytes] | None = None) -> Result:  # fmt: skip
     """A 2 s warm-up (connection pools, route cache), then the measured run."""
-    script = lua_script(workdir, headers)
+    script = lua_script(workdir, headers, 1000.0 * args.connections / args.rate if args.rate else 0.0)
     load = (lambda d: run_wrk(target, url, args.connections, d, args.threads, script)) if shutil.which("wrk") else (
         lambda d: run_python(target, url, args.connections, d, headers))  # fmt: skip
     load(2)
@@ -365,7 +375,8 @@ def orchestrate(args: argparse.Namespace) -> None:
     try:
         wait_for(upstream_port)
         print(f"load: {'wrk' if shutil.which('wrk') else 'python httpx (install wrk for better figures)'}, "
-              f"{args.connections} connections, {args.duration} s per target, {args.rounds} round(s), {len(BODY)}-byte "
+              f"{args.connections} connections" + (f" offering about {args.rate} req/s in all" if args.rate else "")
+              + f", {args.duration} s per target, {args.rounds} round(s), {len(BODY)}-byte "
               f"JSON bodies, {os.cpu_count()} CPUs; gateway log level {args.gateway_log_level}", flush=True)  # fmt: skip
         print(f"gateway: {gateway_build()}" + ("; `interp` targets: interpreted" if args.also_interpreted else ""), flush=True)
         targets = [Target("direct", f"http://127.0.0.1:{upstream_port}/predict", upstream)]
@@ -404,7 +415,7 @@ def orchestrate(args: argparse.Namespace) -> None:
             rounds.append([measure(args, t.name, t.url, t.headers(), workdir, t.metrics_port, t.process, upstream) for t in targets])
             if args.rounds > 1:
                 print(f"round {number + 1}: " + ", ".join(f"{r.target} {r.rps:.0f}" for r in rounds[-1]) + " req/s", flush=True)
-        report(rounds)
+        report(rounds, args.rate)
     finally:
         for server in servers:
             stop(server)
@@ -415,7 +426,7 @@ def orchestrate(args: argparse.Namespace) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(rounds: list[list[Result]]) -> None:
+def report(rounds: list[list[Result]], rate: int = 0) -> None:
     """Per target, the median over rounds of each figure, and of each round's ratios."""
     names = [r.target for r in rounds[0]]
     nginx_at = names.index("nginx") if "nginx" in names else None
@@ -450,8 +461,9 @@ def report(rounds: list[list[Result]]) -> None:
               f"   {vs_direct:>5.2f}x, {vs_direct_p50:>5.2f}x{versus_nginx:>19}{versus_bare:>10}   {own}")  # fmt: skip
     if spreads:
         print("\nvs nginx (and +p50) in each round: " + "; ".join(spreads))
+    offered = f" (under the default load; this run offered about {rate} req/s in all, and req/s is what was answered)" if rate else ""
     print("\nEach figure is the median over rounds; ratios are taken within each round, then their median."
-          "\n+p50: p50 added over direct. Goal: gateway >= 0.5x nginx's req/s, < 1 ms added p50."
+          f"\n+p50: p50 added over direct. Goal: gateway >= 0.5x nginx's req/s, < 1 ms added p50{offered}."
           "\nnginx adds the gateway's forwarding headers (the same request reaches the upstream); nginx bare does not."
           "\nCPU us: CPU time (user + system) of that server's processes per request (the upstream's for direct,"
           "\n  nginx's, the gateway's: supervisor and workers)."
@@ -472,6 +484,8 @@ def main() -> None:
                         help="also measure each gateway with its request path interpreted (DOCKYARD_COMPILED=0)")
     parser.add_argument("--gateway-log-level", default="info", help="the gateway's --log-level (default info, as dockyard serve)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dir)")
+    parser.add_argument("--rate", type=int, default=0,
+                        help="offer about this many requests/s in all (wrk only) instead of as many as are answered")  # fmt: skip
     parser.add_argument("--role", choices=["upstream"], help=argparse.SUPPRESS)
     parser.add_argument("role_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -479,6 +493,8 @@ def main() -> None:
         serve_upstream(int(args.role_args[0]))
         return
     args.workers = [w or default_workers() for w in args.workers]
+    if args.rate and not shutil.which("wrk"):
+        parser.error("--rate needs wrk (apt-get install -y wrk)")
     orchestrate(args)
 
 
