@@ -24,7 +24,8 @@ By default every connection sends its next request as soon as the reply came: th
 saturated, and the latency added is mostly queueing behind the CPU the proxy takes from the
 others (on a machine whose cores the load generator, proxy and upstream share). `--rate R`
 (wrk only) offers about R requests/s in all instead, each connection waiting connections/R s
-after each reply (wrk's `delay()`): the latency added by a proxy on a machine with room to spare.
+on average (uniformly at random) after each reply (wrk's `delay()`): the latency a proxy adds
+on a machine with room to spare.
 
 Load comes from `wrk` when it is installed (`apt-get install -y wrk`), else from a Python
 load generator (which is itself slower, so its figures understate every server). Prints
@@ -264,7 +265,10 @@ def lua_script(workdir: Path, headers: dict[str, str], delay_ms: float = 0.0) ->
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY.decode())}", 'wrk.headers["Content-Type"] = "application/json"']
     lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items()]
     if delay_ms > 0:
-        lines.append(f"function delay() return {delay_ms:.3f} end")
+        # Drawn at random about the mean: a fixed wait would keep the connections in step, their
+        # requests arriving in bursts that a slower proxy pays for in queueing, not in latency.
+        # (wrk takes whole milliseconds.)
+        lines.append(f"function delay() return math.floor(math.random() * {2 * delay_ms:.3f} + 0.5) end")
     script.write_text("\n".join(lines) + "\n")
     return script
 
