@@ -281,3 +281,17 @@ def test_a_server_that_dies_on_predict_is_flagged_on_c2() -> None:
     assert (finding(m, "START").verdict, finding(m, "START").cause) == (FAIL, "C2")
     assert finding(m, "C3").verdict is PASS and finding(m, "H2").verdict is PASS  # measured before it died
     assert (finding(m, "STOP").verdict, finding(m, "STOP").cause) == (SKIP, "START")
+
+
+@pytest.mark.parametrize(("exit_code", "oom", "seconds", "killed"), [
+    (137, False, 10.02, True),   # the engine's SIGKILL, once the 10 s passed
+    (137, False, 0.3, False),    # 137 from the container itself, right after SIGTERM: no SIGKILL was sent yet
+    (137, True, 10.02, False),   # out of memory: the kernel's SIGKILL, not the stop's
+    (143, False, 0.2, False),    # SIGTERM passed on by the init process
+    (0, False, 10.5, False),     # a clean exit just at the end of the grace
+    (None, False, 10.1, False),
+])  # fmt: skip
+def test_a_stop_reads_as_killed_only_for_137_at_the_timeout(exit_code: int | None, oom: bool, seconds: float, killed: bool) -> None:
+    from dockyard.runtimes.docker_measure import killed_at_timeout
+
+    assert killed_at_timeout(exit_code, oom, seconds, 10.0) is killed

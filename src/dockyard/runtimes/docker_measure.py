@@ -44,6 +44,13 @@ class Termination:
     timeout_s: float
 
 
+def killed_at_timeout(exit_code: int | None, oom_killed: bool, seconds: float, timeout_s: float) -> bool:
+    """Whether the engine's SIGKILL ended a stop: its exit code is 128 + 9, and it comes only once
+    the timeout has passed. (SIGTERM passed on by the init process ends a container with 143, or
+    the server's own code, which may be 137 too: a wrapper whose child was killed exits so.)"""
+    return exit_code == 137 and not oom_killed and seconds >= timeout_s * 0.95
+
+
 class DockerMeasurements(DockerEngine):
     """The measurements `DockerRuntime` offers beyond the `Runtime` protocol."""
 
@@ -81,10 +88,9 @@ class DockerMeasurements(DockerEngine):
             seconds = time.monotonic() - started
             state = client.api.inspect_container(attrs["Id"]).get("State") or {}
             code = state.get("ExitCode")
-            # The engine's SIGKILL ends the init process with 128 + 9; SIGTERM passed on by
-            # the init process ends it with 143 (or the server's own exit code).
-            return Termination(seconds, int(code) if code is not None else None,
-                               code == 137 and not state.get("OOMKilled"), self._stop_timeout_s)
+            exit_code = int(code) if code is not None else None
+            killed = killed_at_timeout(exit_code, bool(state.get("OOMKilled")), seconds, self._stop_timeout_s)
+            return Termination(seconds, exit_code, killed, self._stop_timeout_s)
 
         return await self._call("stop", run, timeout=self._stop_timeout_s + self._api_timeout_s * 2)
 
