@@ -72,3 +72,21 @@ def test_inflight_gauge_shows_the_balancers_counts_at_flush() -> None:
     balancer.leave("d1")
     metrics.flush()
     assert 'dockyard_gateway_inflight_requests{deployment="d1"} 0.0' in generate_latest(metrics.registry).decode()
+
+
+def test_a_full_window_is_flushed_at_once() -> None:
+    # A second's requests flushed at once stalled the event loop for milliseconds (every request
+    # arriving meanwhile waited): the window goes to Prometheus as soon as it holds FLUSH_AFTER.
+    from dockyard.gateway.metrics import FLUSH_AFTER
+
+    metrics = GatewayMetrics()
+    entry = _entry(random.Random(1))._replace(deployment_id="d1", status=200)
+    requests = 'dockyard_gateway_requests_total{deployment="d1",status="200"}'
+    for _ in range(FLUSH_AFTER - 1):
+        metrics.observe(entry, True)
+    assert _values(metrics, "dockyard_gateway_requests_total").get(requests) is None  # no event loop here: no timed flush
+    metrics.observe(entry, True)
+    assert _values(metrics, "dockyard_gateway_requests_total")[requests] == FLUSH_AFTER
+    metrics.observe(entry, True)  # the next window starts empty
+    metrics.flush()
+    assert _values(metrics, "dockyard_gateway_requests_total")[requests] == FLUSH_AFTER + 1

@@ -10,9 +10,14 @@ The request path only appends a request's figures (a tuple: status, latencies, b
 list of its deployment (`observe`), and the in-flight gauge reads the balancer's counts: a
 prometheus_client update takes a lock per value, eleven of them per request, which cost more
 than routing it. `flush()` moves what was recorded into the
-Prometheus objects; it runs every `flush_interval_s` on the event loop and before every
-exposition from this process, so a scrape of this registry is always current, and a worker's
-figures reach the multiprocess files (`--gateway-workers N`) within `flush_interval_s`.
+Prometheus objects; it runs every `flush_interval_s` on the event loop, as soon as
+`FLUSH_AFTER` requests are recorded, and before every exposition from this process, so a scrape
+of this registry is always current, and a worker's figures reach the multiprocess files
+(`--gateway-workers N`) within `flush_interval_s`.
+
+A flush costs about 0.34 µs a request, and the requests that arrive while it runs wait for it:
+a second's requests at once (20,000 of them: 7 ms) came out in the tail of every latency. In
+`FLUSH_AFTER` requests, a flush takes about 0.2 ms.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 _BOUNDS_MS: dict[tuple[float, ...], tuple[float, ...]] = {bounds: tuple(bound * 1000 for bound in bounds) for bounds in (_LATENCY_BUCKETS, _OVERHEAD_BUCKETS)}
 # The figures of a request `observe` keeps, in its tuple.
 _STATUS, _LATENCY, _UPSTREAM, _BYTES_IN, _BYTES_OUT = (itemgetter(n) for n in range(5))
+FLUSH_AFTER = 512  # requests recorded (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class GatewayMetrics:
         # Each request since the flush, by deployment label: (status, latency ms, upstream ms or
         # None, bytes in, bytes out); moved into the Prometheus objects by flush().
         self._windows: dict[str, list[tuple[int, float, float | None, int, int]]] = {}
+        self._recorded = 0  # requests in the windows
         self._inflight: Mapping[str, int] = inflight if inflight is not None else {}
         self._inflight_shown: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -112,7 +119,10 @@ class GatewayMetrics:
             window = self._windows[label] = []
         # Only what the flush needs, in a tuple (of numbers: the garbage collector stops tracking it).
         window.append((entry.status, entry.latency_ms, entry.upstream_ms, entry.bytes_in, entry.bytes_out))
-        if self._timer is None:
+        self._recorded += 1
+        if self._recorded >= FLUSH_AFTER:
+            self.flush()
+        elif self._timer is None:
             self._schedule()
 
     # --- into Prometheus ------------------------------------------------------------------------
@@ -134,6 +144,7 @@ class GatewayMetrics:
         """Move the recorded requests and the in-flight counts into the Prometheus objects:
         summed per label first, so a flush costs one update per label and bucket, not per request."""
         windows, self._windows = self._windows, {}
+        self._recorded = 0
         overhead: list[float] = []
         for label, requests in windows.items():
             # Counted, listed and summed in C (map, compress): a flush handles a second's requests.
