@@ -316,6 +316,20 @@ async def read_reply_until_closed(reader: asyncio.StreamReader) -> tuple[int, di
     return int(lines[0].split(" ")[1]), headers, body
 
 
+async def stall_body(served: Served, deployment_id: str, declared: int) -> tuple[bytes, int, dict[str, str], bytes, float]:
+    """A predict whose head declares `declared` body bytes, of which part is sent, then nothing:
+    the part, the reply's status, headers and body, and how long the reply took to come."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+    part = BODY if declared < 1024 else b"x" * 100_000
+    writer.write(b"POST /%b/predict HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b" % (deployment_id.encode(), declared, part))
+    await writer.drain()
+    started = time.monotonic()
+    status, headers, body = await read_reply_until_closed(reader)
+    waited = time.monotonic() - started
+    writer.close()
+    return part, status, headers, body, waited
+
+
 @pytest.mark.parametrize("declared", [len(BODY) + 100, 2 * 1024 * 1024], ids=["small body", "streamed body"])
 async def test_a_body_that_stops_coming_is_a_408_that_frees_its_slot(scripted: Any, store: Any, deployments: Deployments,
                                                                       declared: int) -> None:  # fmt: skip
@@ -329,14 +343,7 @@ async def test_a_body_that_stops_coming_is_a_408_that_frees_its_slot(scripted: A
     deployment_id = deployments.add([upstream.port])
     async with Served(app) as served:
         assert (await served.predict(deployment_id)).status_code == 200
-        reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
-        part = BODY if declared < 1024 else b"x" * 100_000
-        writer.write(b"POST /%b/predict HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b" % (deployment_id.encode(), declared, part))
-        await writer.drain()
-        started = time.monotonic()
-        status, headers, body = await read_reply_until_closed(reader)
-        waited = time.monotonic() - started
-        writer.close()
+        part, status, headers, body, waited = await stall_body(served, deployment_id, declared)
         assert status == 408 and headers["connection"] == "close", (status, headers, body)
         document = json.loads(body)
         assert document["code"] == "RequestTimeout"
@@ -364,14 +371,7 @@ async def test_a_body_that_stops_coming_is_cut_off_by_the_server_s_body_timeout(
     app, entries = gateway_with_log(store, request_timeout_s=30)
     deployment_id = deployments.add([upstream.port])
     async with Served(app, body_timeout_s=1) as served:
-        reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
-        part = BODY if declared < 1024 else b"x" * 100_000
-        writer.write(b"POST /%b/predict HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b" % (deployment_id.encode(), declared, part))
-        await writer.drain()
-        started = time.monotonic()
-        status, headers, body = await read_reply_until_closed(reader)
-        waited = time.monotonic() - started
-        writer.close()
+        part, status, headers, body, waited = await stall_body(served, deployment_id, declared)
         assert status == 408 and headers["connection"] == "close", (status, headers, body)
         assert json.loads(body)["message"].startswith("the request's body stopped coming: no byte of it for 1 s")
         assert 0.9 < waited < 3

@@ -147,7 +147,7 @@ class GatewayMetrics:
         self._recorded = 0
         overhead: list[float] = []
         for label, requests in windows.items():
-            # Counted, listed and summed in C (map, compress): a flush handles a second's requests.
+            # Counted, listed and summed in C (map, compress): a flush handles up to FLUSH_AFTER requests.
             for status, n in collections.Counter(map(_STATUS, requests)).items():
                 count = self._counts.get((label, status))
                 if count is None:
