@@ -3,8 +3,11 @@ batches: the exposition must be exactly what observing each request would have g
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
+
+import pytest
 
 from prometheus_client import generate_latest
 
@@ -74,19 +77,36 @@ def test_inflight_gauge_shows_the_balancers_counts_at_flush() -> None:
     assert 'dockyard_gateway_inflight_requests{deployment="d1"} 0.0' in generate_latest(metrics.registry).decode()
 
 
-def test_a_full_window_is_flushed_at_once() -> None:
-    # A second's requests flushed at once stalled the event loop for milliseconds (every request
-    # arriving meanwhile waited): the window goes to Prometheus as soon as it holds FLUSH_AFTER.
-    from dockyard.gateway.metrics import FLUSH_AFTER
+def test_recorded_requests_reach_prometheus_within_the_flush_interval() -> None:
+    # No scrape: the timed flush alone moves them, and a window opened after a flush is timed again.
+    async def main() -> None:
+        metrics = GatewayMetrics(flush_interval_s=0.05)
+        entry = _entry(random.Random(1))._replace(deployment_id="d1", status=200)
+        requests = 'dockyard_gateway_requests_total{deployment="d1",status="200"}'
+        for expected in (3, 4):
+            for _ in range(3 if expected == 3 else 1):
+                metrics.observe(entry, True)
+            assert _values(metrics, "dockyard_gateway_requests_total").get(requests) == (None if expected == 3 else 3)
+            await asyncio.sleep(0.3)
+            assert _values(metrics, "dockyard_gateway_requests_total")[requests] == expected
 
-    metrics = GatewayMetrics()
-    entry = _entry(random.Random(1))._replace(deployment_id="d1", status=200)
-    requests = 'dockyard_gateway_requests_total{deployment="d1",status="200"}'
-    for _ in range(FLUSH_AFTER - 1):
-        metrics.observe(entry, True)
-    assert _values(metrics, "dockyard_gateway_requests_total").get(requests) is None  # no event loop here: no timed flush
-    metrics.observe(entry, True)
-    assert _values(metrics, "dockyard_gateway_requests_total")[requests] == FLUSH_AFTER
-    metrics.observe(entry, True)  # the next window starts empty
-    metrics.flush()
-    assert _values(metrics, "dockyard_gateway_requests_total")[requests] == FLUSH_AFTER + 1
+    asyncio.run(main())
+
+
+def test_without_the_histogram_internals_each_value_is_observed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Should prometheus_client keep its buckets elsewhere, the windows keep every value and the
+    # flush observes them one by one: the same exposition.
+    import dockyard.gateway.metrics as metrics_module
+
+    rng = random.Random(11)
+    entries = [_entry(rng) for _ in range(500)]
+    expositions = []
+    for internals in (True, False):
+        monkeypatch.setattr(metrics_module, "_BATCH_INTO_INTERNALS", internals)
+        metrics = GatewayMetrics()
+        assert (metrics._overhead.values is None) is internals
+        for entry in entries:
+            metrics.observe(entry, entry.deployment_id is not None)
+        metrics.flush()
+        expositions.append(_comparable(metrics))
+    assert expositions[0] == expositions[1]

@@ -6,31 +6,28 @@ Total latency and upstream latency are separate histograms, and their difference
 model's. Requests for deployments that do not exist are labelled `deployment="-"`: ids taken
 from arbitrary URLs must not grow the label set without bound.
 
-The request path only appends a request's figures (a tuple: status, latencies, bytes) to the
-list of its deployment (`observe`), and the in-flight gauge reads the balancer's counts: a
-prometheus_client update takes a lock per value, eleven of them per request, which cost more
-than routing it. `flush()` moves what was recorded into the
-Prometheus objects; it runs every `flush_interval_s` on the event loop, as soon as
-`FLUSH_AFTER` requests are recorded, and before every exposition from this process, so a scrape
-of this registry is always current, and a worker's figures reach the multiprocess files
-(`--gateway-workers N`) within `flush_interval_s`.
+The request path only adds a request into its deployment's `_Window` (`observe`): a count by
+status, a count in the bucket each latency falls in, sums of latencies and bytes, all plain
+numbers. The in-flight gauge reads the balancer's counts. A prometheus_client update takes a
+lock per value, eleven of them per request, which cost more than routing the request.
+`flush()` adds the windows' counts and sums into the Prometheus objects, one update per label,
+status and bucket, however many requests they hold. It runs every `flush_interval_s` on the
+event loop and before every exposition from this process, so a scrape of this registry is always
+current, and a worker's figures reach the multiprocess files (`--gateway-workers N`) within
+`flush_interval_s`.
 
-A flush costs about 0.34 µs a request, and the requests that arrive while it runs wait for it:
-a second's requests at once (20,000 of them: 7 ms) came out in the tail of every latency. In
-`FLUSH_AFTER` requests, a flush takes about 0.2 ms.
+(The windows once held each request's figures, and the flush sorted and counted them: a
+request's metrics cost about 7k instructions, against 3k now, and a flush of a second's
+requests stalled the event loop for milliseconds.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import collections
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import is_not, itemgetter, sub
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
 
@@ -38,11 +35,60 @@ from dockyard.gateway.accesslog import AccessEntry
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-# The same bounds in milliseconds, the unit requests are recorded in (`_into` counts in it).
-_BOUNDS_MS: dict[tuple[float, ...], tuple[float, ...]] = {bounds: tuple(bound * 1000 for bound in bounds) for bounds in (_LATENCY_BUCKETS, _OVERHEAD_BUCKETS)}
-# The figures of a request `observe` keeps, in its tuple.
-_STATUS, _LATENCY, _UPSTREAM, _BYTES_IN, _BYTES_OUT = (itemgetter(n) for n in range(5))
-FLUSH_AFTER = 512  # requests recorded (see the module docstring)
+# The same bounds in milliseconds, the unit of an access entry's latencies.
+_LATENCY_BOUNDS_MS: Final = tuple(bound * 1000 for bound in _LATENCY_BUCKETS)
+_OVERHEAD_BOUNDS_MS: Final = tuple(bound * 1000 for bound in _OVERHEAD_BUCKETS)
+
+
+def _histogram_internals() -> bool:
+    """Whether prometheus_client's histograms keep the bucket and sum values `_into` adds to."""
+    probe = Histogram("dockyard_probe", "", buckets=(1.0,), registry=None)
+    buckets = getattr(probe, "_buckets", None)
+    return buckets is not None and len(buckets) == 2 and getattr(probe, "_sum", None) is not None
+
+
+_BATCH_INTO_INTERNALS = _histogram_internals()
+
+
+def _bucket(bounds_ms: tuple[float, ...], value_ms: float) -> int:
+    """The index of the bucket `value_ms` counts in, as prometheus_client's `Histogram.observe`
+    places it: the first whose bound is >= it; len(bounds_ms) for +Inf."""
+    index = 0
+    for bound in bounds_ms:
+        if value_ms <= bound:
+            return index
+        index += 1
+    return index
+
+
+class _Counts:
+    """A histogram's observations since the last flush: a count per bucket (+Inf last) and the sum."""
+
+    def __init__(self, bounds_ms: tuple[float, ...]) -> None:
+        self.bounds_ms = bounds_ms
+        self.buckets = [0] * (len(bounds_ms) + 1)
+        self.sum_ms = 0.0
+        self.count = 0
+        # Every value, only where the histograms' internals are not as `_into` expects.
+        self.values: list[float] | None = None if _BATCH_INTO_INTERNALS else []
+
+    def add(self, value_ms: float) -> None:
+        self.buckets[_bucket(self.bounds_ms, value_ms)] += 1
+        self.sum_ms += value_ms
+        self.count += 1
+        if self.values is not None:
+            self.values.append(value_ms)
+
+
+class _Window:
+    """A deployment label's requests since the last flush, added up as they come."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.latency = _Counts(_LATENCY_BOUNDS_MS)
+        self.upstream = _Counts(_LATENCY_BOUNDS_MS)
+        self.bytes_in = 0
+        self.bytes_out = 0
 
 
 @dataclass(frozen=True)
@@ -61,10 +107,11 @@ class GatewayMetrics:
         """`inflight`: requests being proxied now by deployment, as the gateway's balancer counts
         them (it needs the count anyway, for the 429 limit); read at each flush."""
         self.flush_interval_s = flush_interval_s
-        # Each request since the flush, by deployment label: (status, latency ms, upstream ms or
-        # None, bytes in, bytes out); moved into the Prometheus objects by flush().
-        self._windows: dict[str, list[tuple[int, float, float | None, int, int]]] = {}
-        self._recorded = 0  # requests in the windows
+        # The requests since the flush, by deployment label, and the overhead of those an
+        # instance answered (one histogram for all deployments); moved into the Prometheus
+        # objects by flush().
+        self._windows: dict[str, _Window] = {}
+        self._overhead = _Counts(_OVERHEAD_BOUNDS_MS)
         self._inflight: Mapping[str, int] = inflight if inflight is not None else {}
         self._inflight_shown: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -116,14 +163,21 @@ class GatewayMetrics:
         label = entry.deployment_id if known_deployment and entry.deployment_id else "-"
         window = self._windows.get(label)
         if window is None:
-            window = self._windows[label] = []
-        # Only what the flush needs, in a tuple (of numbers: the garbage collector stops tracking it).
-        window.append((entry.status, entry.latency_ms, entry.upstream_ms, entry.bytes_in, entry.bytes_out))
-        self._recorded += 1
-        if self._recorded >= FLUSH_AFTER:
-            self.flush()
-        elif self._timer is None:
-            self._schedule()
+            window = self._windows[label] = _Window()
+            if self._timer is None:
+                self._schedule()
+        statuses = window.statuses
+        status = entry.status
+        statuses[status] = statuses.get(status, 0) + 1
+        latency_ms = entry.latency_ms
+        window.latency.add(latency_ms)
+        upstream_ms = entry.upstream_ms
+        if upstream_ms is not None:  # an instance answered
+            window.upstream.add(upstream_ms)
+            overhead_ms = latency_ms - upstream_ms
+            self._overhead.add(overhead_ms if overhead_ms > 0.0 else 0.0)
+        window.bytes_in += entry.bytes_in
+        window.bytes_out += entry.bytes_out
 
     # --- into Prometheus ------------------------------------------------------------------------
 
@@ -141,32 +195,24 @@ class GatewayMetrics:
             self._schedule()  # keep the gauge moving while requests are in flight
 
     def flush(self) -> None:
-        """Move the recorded requests and the in-flight counts into the Prometheus objects:
-        summed per label first, so a flush costs one update per label and bucket, not per request."""
+        """Add what was recorded, and the in-flight counts, into the Prometheus objects: one
+        update per label, status and bucket."""
         windows, self._windows = self._windows, {}
-        self._recorded = 0
-        overhead: list[float] = []
-        for label, requests in windows.items():
-            # Counted, listed and summed in C (map, compress): a flush handles up to FLUSH_AFTER requests.
-            for status, n in collections.Counter(map(_STATUS, requests)).items():
+        overhead, self._overhead = self._overhead, _Counts(_OVERHEAD_BOUNDS_MS)
+        for label, window in windows.items():
+            for status, n in window.statuses.items():
                 count = self._counts.get((label, status))
                 if count is None:
                     count = self._counts[(label, status)] = self.requests.labels(label, str(status))
                 count.inc(n)
             children = self.children(label)
-            latency = list(map(_LATENCY, requests))
-            _into(children.latency, _LATENCY_BUCKETS, latency)
-            reached = list(compress(requests, map(is_not, map(_UPSTREAM, requests), repeat(None))))  # an instance answered
-            upstream = list(map(_UPSTREAM, reached))
-            _into(children.upstream_latency, _LATENCY_BUCKETS, upstream)
-            overhead += map(max, map(sub, map(_LATENCY, reached), upstream), repeat(0.0))
-            bytes_in = sum(map(_BYTES_IN, requests))
-            if bytes_in:
-                children.bytes_in.inc(bytes_in)
-            bytes_out = sum(map(_BYTES_OUT, requests))
-            if bytes_out:
-                children.bytes_out.inc(bytes_out)
-        _into(self.overhead, _OVERHEAD_BUCKETS, overhead)
+            _into(children.latency, window.latency)
+            _into(children.upstream_latency, window.upstream)
+            if window.bytes_in:
+                children.bytes_in.inc(window.bytes_in)
+            if window.bytes_out:
+                children.bytes_out.inc(window.bytes_out)
+        _into(self.overhead, overhead)
         shown, counts = self._inflight_shown, self._inflight
         for label in [*shown, *(label for label in counts if label not in shown)]:
             value = counts.get(label, 0)
@@ -194,41 +240,22 @@ class GatewayMetrics:
         return app
 
 
-def _histogram_internals() -> bool:
-    """Whether prometheus_client's histograms keep the bucket and sum values `_into` adds to."""
-    probe = Histogram("dockyard_probe", "", buckets=(1.0,), registry=None)
-    buckets = getattr(probe, "_buckets", None)
-    return buckets is not None and len(buckets) == 2 and getattr(probe, "_sum", None) is not None
+def _into(histogram: Any, counts: _Counts) -> None:
+    """Add `counts` to a prometheus_client histogram (a labelled child or one with no labels)
+    with the same bounds, in one update per bucket.
 
-
-_BATCH_INTO_INTERNALS = _histogram_internals()
-
-
-def _into(histogram: Any, bounds: tuple[float, ...], values_ms: list[float]) -> None:
-    """Observe `values_ms` (milliseconds) in a prometheus_client histogram (a labelled child or one
-    with no labels) with `bounds` (seconds), in one update per bucket.
-
-    The request path only appends each value to a list; here they are sorted once and counted
-    per bucket, all in C. prometheus_client has no batch API: this adds to the histogram's bucket
-    and sum values, as `Histogram.observe` does value by value (a value goes to the first bucket
-    whose bound is >= it; buckets are stored uncumulated). Should a release of prometheus_client
-    keep them elsewhere, the values are observed one by one."""
-    if not values_ms:
+    prometheus_client has no batch API: this adds to the histogram's bucket and sum values, as
+    `Histogram.observe` does value by value (its buckets are stored uncumulated). Should a
+    release of prometheus_client keep them elsewhere, `_Counts` also keeps every value, and
+    they are observed one by one."""
+    if not counts.count:
         return
-    if not _BATCH_INTO_INTERNALS:
-        for value in values_ms:
-            histogram.observe(value / 1000)
+    if counts.values is not None:
+        for value_ms in counts.values:
+            histogram.observe(value_ms / 1000)
         return
-    # Sorted and counted in milliseconds against the bounds in milliseconds: no division per value.
-    values = sorted(values_ms)
     buckets = histogram._buckets
-    below = 0
-    for index, bound in enumerate(_BOUNDS_MS[bounds]):
-        upto = bisect.bisect_right(values, bound)
-        if upto > below:
-            buckets[index].inc(upto - below)
-            below = upto
-    if len(values) > below:
-        buckets[len(bounds)].inc(len(values) - below)  # +Inf
-    histogram._sum.inc(sum(values) / 1000)
-
+    for index, n in enumerate(counts.buckets):
+        if n:
+            buckets[index].inc(n)
+    histogram._sum.inc(counts.sum_ms / 1000)
