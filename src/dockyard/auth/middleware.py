@@ -52,13 +52,18 @@ def request_target(scope: Scope) -> str:
 
     ``raw_path`` keeps ``//`` and percent-escapes as received (uvicorn puts a ``--root-path``
     in front of it, which is what a client behind a prefix-stripping proxy signed)."""
+    return raw_request_target(scope).decode("latin-1")
+
+
+def raw_request_target(scope: Scope) -> bytes:
+    """`request_target` as the bytes received (what a remembered signature is compared with)."""
     raw: bytes | None = scope.get("raw_path")
     if raw is None:
         raw = scope["path"].encode("utf-8")
     if QUESTION_MARK in raw:  # some servers leave the query on raw_path
-        return raw.decode("latin-1")
+        return raw
     query: bytes = scope.get("query_string", b"")
-    return (raw + b"?" + query).decode("latin-1") if query else raw.decode("latin-1")
+    return raw + b"?" + query if query else raw
 
 
 def header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -190,7 +195,7 @@ class SignatureAuthMiddleware:
         if would_block is None:
             return False
         method: str = scope["method"]
-        target = request_target(scope)
+        target = raw_request_target(scope)
         body_rule = method in BODY_METHODS
         # A signature this verifier knows already is recognised from the raw header bytes; a
         # repeated header (joined before it is signed) goes the usual way. (A streamed upload's
@@ -210,7 +215,8 @@ class SignatureAuthMiddleware:
         if would_block(headers):
             return False
         try:
-            principal = verify(method, target, headers, body_sha256_b64=None, body_length=None, body_headers_required=body_rule)
+            principal = verify(method, target.decode("latin-1"), headers, body_sha256_b64=None, body_length=None,
+                               body_headers_required=body_rule)  # fmt: skip
             signed = parse_authorization(headers["authorization"]).headers
             if "x-content-sha256" in signed or "content-length" in signed:
                 body = cycle.whole_body()

@@ -56,8 +56,9 @@ class _RawEntry(NamedTuple):
 
     expiry: float  # time.monotonic()
     principal: Principal
+    authorization: bytes  # the whole header (it is found by its end: `_raw_key`)
     method: str
-    target: str
+    target: bytes  # the request target as received (latin-1 bytes of what `(request-target)` signs)
     body_headers_required: bool
     names: tuple[bytes, ...]  # the signed headers, (request-target) aside
     values: tuple[bytes, ...]  # their raw values, as verified
@@ -74,6 +75,15 @@ _KEPT_BODY_BYTES = 4096
 # (time.monotonic stays looked up: tests stand in for it on the time module.)
 _wall_clock: Final = time.time
 _compare_digest: Final = hmac.compare_digest
+# How many bytes at the end of an Authorization value find its remembered entry: the end of the
+# signature (the OCI SDK writes `,version="1"` after it), which differs between any two
+# signatures. Hashing the whole value (600 bytes and more) cost a signed request about 1.3k
+# instructions; the whole value is compared once found.
+_RAW_KEY_BYTES = 48
+
+
+def _raw_key(authorization: bytes) -> bytes:
+    return authorization[-_RAW_KEY_BYTES:]
 
 
 class _Flight:
@@ -112,7 +122,8 @@ class Verifier:
         self._cache: dict[KeyId, tuple[float, RegisteredKey]] = {}
         # (Authorization, signing string, body rule) -> (expiry, principal, signed header names, signed date)
         self._verified: dict[tuple[str, ...], tuple[float, Principal, tuple[str, ...], datetime]] = {}
-        # Authorization bytes -> a signature verified over raw header bytes (`remembered`).
+        # The end of the Authorization bytes (`_raw_key`) -> a signature verified over raw header
+        # bytes (`remembered`).
         self._raw: dict[bytes, _RawEntry] = {}
         # Authorization bytes verified once and not yet remembered (see `remember`).
         self._seen_once: set[bytes] = set()
@@ -218,13 +229,14 @@ class Verifier:
                     self._verified[memo] = (expiry, principal, params.headers, signed_at)
         return principal
 
-    def remembered(self, method: str, target: str, raw: dict[bytes, bytes], body: bytes, body_headers_required: bool) -> Principal | None:
+    def remembered(self, method: str, target: bytes, raw: dict[bytes, bytes], body: bytes, body_headers_required: bool) -> Principal | None:
         """The principal of a signature verified before (`remember`) over the very same bytes,
         read straight from the raw headers: the same Authorization value, method, target and
         body rule, and every header it signs with the raw value it was verified with. Its date
         must still be within the allowed skew, its key still cached, the body must match the
         signed digest and length. None: verify the usual way, which also says what is wrong.
 
+        `target`: the request target as received, in bytes (`middleware.raw_request_target`).
         `raw`: the request's headers by lower-case name, each name once (a repeated header is
         joined before it is signed: those requests go the usual way). This is the memo of
         `__call__` without decoding, mapping or joining any header: on a busy data plane, a
@@ -232,10 +244,10 @@ class Verifier:
         authorization = raw.get(b"authorization")
         if authorization is None:
             return None
-        entry = self._raw.get(authorization)
+        entry = self._raw.get(_raw_key(authorization))
         if (
-            entry is None or entry.expiry <= time.monotonic() or entry.method != method or entry.target != target
-            or entry.body_headers_required != body_headers_required
+            entry is None or entry.authorization != authorization or entry.expiry <= time.monotonic() or entry.method != method
+            or entry.target != target or entry.body_headers_required != body_headers_required
         ):  # fmt: skip
             return None
         # Each signed header as verified, compared in a loop of bytes comparisons (a tuple made of
@@ -259,10 +271,10 @@ class Verifier:
                 return None
         return entry.principal
 
-    def remember(self, method: str, target: str, raw: Mapping[bytes, bytes], body_headers_required: bool, principal: Principal,
+    def remember(self, method: str, target: bytes, raw: Mapping[bytes, bytes], body_headers_required: bool, principal: Principal,
                  body: bytes) -> None:  # fmt: skip
         """After `__call__` verified this request as `principal` and `body` was checked against
-        it, so that `remembered` knows it again. `raw` as `remembered` takes it. Lives no
+        it, so that `remembered` knows it again. `target` and `raw` as `remembered` takes them. Lives no
         longer than the cached key it was verified with, nor than `cache_ttl_s`. A small body
         is kept: a request that repeats it (the same signature is the same signed digest) is
         compared with it rather than hashed again.
@@ -307,8 +319,8 @@ class Verifier:
             if len(self._raw) >= self.cache_size:
                 self._raw.clear()
             expiry = min(key_hit[0], time.monotonic() + self.cache_ttl_s)
-            self._raw[authorization] = _RawEntry(
-                expiry, principal, method, target, body_headers_required, names, signed_values,
+            self._raw[_raw_key(authorization)] = _RawEntry(
+                expiry, principal, authorization, method, target, body_headers_required, names, signed_values,
                 signed_s - self.max_skew_s, signed_s + self.max_skew_s, digest, length,
                 body if digest is not None and len(body) <= _KEPT_BODY_BYTES else None,
             )  # fmt: skip
