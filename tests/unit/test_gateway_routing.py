@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 import pytest
@@ -235,10 +236,20 @@ def test_request_id_kept_when_sane_else_made() -> None:
     assert request_id(b"ABC-123/x.y:z") == "ABC-123/x.y:z"
     made = request_id(b"has space")
     assert len(made) == 32 and made == made.upper() and made.isalnum()
-    first, second = request_id(None), request_id(None)
-    # a per-process prefix and a counter, each 16 upper-case hex digits
-    assert first[:16] == second[:16] and int(second[16:], 16) == int(first[16:], 16) + 1
-    assert all(len(made) == 32 and made == made.upper() and int(made, 16) >= 0 for made in (first, second))
+    made = [request_id(None) for _ in range(1000)]  # several batches of random ones
+    assert len(set(made)) == 1000
+    assert all(len(one) == 32 and one == one.upper() and int(one, 16) >= 0 for one in made)
+
+
+def test_a_forked_process_makes_request_ids_of_its_own() -> None:
+    request_id(None)  # the batch the parent takes from is made
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what it would take first
+        os.write(write, request_id(None).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 64).decode() != request_id(None)
 
 
 def test_upstream_headers_drop_hop_by_hop_and_add_forwarding() -> None:

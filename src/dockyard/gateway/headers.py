@@ -5,7 +5,6 @@ Headers are ASGI/httpx raw pairs of lower-case `bytes`; nothing here decodes mor
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -36,29 +35,30 @@ RESPONSE_DROP: Final = HOP_BY_HOP | {b"opc-request-id", b"date", b"server"}
 REQUEST_ID: Final = b"opc-request-id"
 _SAFE_ID: Final = re.compile(rb"^[A-Za-z0-9._/:-]{1,98}$")
 _KEY_ID = re.compile(r'keyId="([^"]*)"')
-# New request ids: 16 random hex digits per process (a fork gets its own, see below), then a count.
-_ID_PREFIX = os.urandom(8).hex().upper()
-_id_counter: Final = itertools.count(int.from_bytes(os.urandom(4)))
+# New request ids: 32 random upper-case hex digits, made `_ID_BATCH` at a time from one read of
+# os.urandom (a read per request was one of the dearest lines of a small request), then taken one
+# by one. A fork starts with none (see below), so no two processes hand out the same ones.
+_ID_BATCH: Final = 256
+_fresh_ids: Final[list[str]] = []
 
 
-def _new_prefix() -> None:
-    global _ID_PREFIX
-    _ID_PREFIX = os.urandom(8).hex().upper()
-
-
-os.register_at_fork(after_in_child=_new_prefix)
+os.register_at_fork(after_in_child=_fresh_ids.clear)
 
 
 def request_id(incoming: bytes | None) -> str:
     """The caller's `opc-request-id` when it is a sane token, else a new one (32 hex digits, as
-    the SDK makes): a random per-process prefix and a counter, unique without a syscall per
-    request (os.urandom was one of the dearest lines of a small request)."""
+    the SDK makes). Taking a new one costs about 0.3k instructions, compiled; a per-process
+    prefix and a formatted counter cost 2.7k (benchmarks/gateway_instructions.py)."""
     if incoming and _SAFE_ID.match(incoming):
         return incoming.decode("ascii")
-    # The counter as 16 upper-case hex digits, as "%016X" % n writes them (an f-string's format
-    # spec costs a str.format call, and "%" parses its format every time): 2.8k instructions a
-    # request id against 3.1k, compiled (benchmarks/gateway_instructions.py).
-    return _ID_PREFIX + next(_id_counter).to_bytes(8).hex().upper()
+    while True:
+        if _fresh_ids:
+            try:
+                return _fresh_ids.pop()
+            except IndexError:  # another thread took the last one meanwhile
+                pass
+        digits = os.urandom(16 * _ID_BATCH).hex().upper()
+        _fresh_ids.extend([digits[start : start + 32] for start in range(0, len(digits), 32)])
 
 
 def _connection_tokens(value: bytes) -> set[bytes]:
