@@ -26,8 +26,10 @@ the metrics go to Prometheus every 50 s, not every second.
 are 6k to 7k lower for the same code. Until counting was collection toggled on, it started by
 zeroing the counts, which zeroed the loop's thread only: the counted figures included what the
 other threads had done before, the first route read and, signed, the key lookup, once. For the
-same code, figures from then are about 7k higher unsigned and 18k higher signed.) Needs valgrind, gcc (for the five-line library
-that starts and stops the counting) and wrk: `apt-get install -y valgrind gcc wrk`.
+same code, figures from then are about 7k higher unsigned and 18k higher signed.)
+
+Needs valgrind, gcc (for the five-line library that starts and stops the counting) and wrk:
+`apt-get install -y valgrind gcc wrk`.
 """
 
 from __future__ import annotations

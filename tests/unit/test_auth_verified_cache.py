@@ -111,25 +111,26 @@ def raw_of(headers: dict[str, str]) -> dict[bytes, bytes]:
     return {name.encode("latin-1"): value.encode("latin-1") for name, value in headers.items()}
 
 
-def verified_and_remembered(verifier: Verifier, request: object, sights: int = 2) -> tuple[str, str, dict[bytes, bytes], bytes]:
+def verified_and_remembered(verifier: Verifier, request: object, sights: int = 2) -> tuple[str, bytes, dict[bytes, bytes], bytes]:
     """Verified the usual way and handed to `remember`, `sights` times, as the middleware does
-    each time `remembered` does not know a request."""
+    each time `remembered` does not know a request. The target as `remembered` takes it: bytes."""
     method, target, headers, body = received(request)  # type: ignore[arg-type]
     raw = raw_of(headers)
+    raw_target = target.encode("latin-1")
     for _ in range(sights):
         principal = verifier(method, target, headers, body_sha256_b64=body_sha256(body), body_length=len(body), body_headers_required=True)
-        verifier.remember(method, target.encode("latin-1"), raw, True, principal, body)
-    return method, target, raw, body
+        verifier.remember(method, raw_target, raw, True, principal, body)
+    return method, raw_target, raw, body
 
 
 def test_a_remembered_signature_is_known_again_by_its_raw_bytes_without_rsa(monkeypatch: pytest.MonkeyPatch) -> None:
     rsa = CountingRsa(monkeypatch)
     verifier = Verifier(REGISTERED.get, clock=Clock())
     request = signed("POST", "/dep/predict", BODY)
-    method, target, headers, body = received(request)
-    assert verifier.remembered(method, target.encode("latin-1"), raw_of(headers), body, True) is None  # never verified: the usual way
-    method, target, raw, body = verified_and_remembered(verifier, request)
-    assert [verifier.remembered(method, target.encode("latin-1"), dict(raw), body, True) for _ in range(3)] == [PRINCIPAL] * 3
+    method, raw_target, raw, body = verified_and_remembered(verifier, request, sights=0)  # headers and target only
+    assert verifier.remembered(method, raw_target, raw, body, True) is None  # never verified: the usual way
+    method, raw_target, raw, body = verified_and_remembered(verifier, request)
+    assert [verifier.remembered(method, raw_target, dict(raw), body, True) for _ in range(3)] == [PRINCIPAL] * 3
     assert rsa.calls == 1
 
 
@@ -138,9 +139,9 @@ def test_only_a_signature_seen_again_is_remembered() -> None:
     verifier = Verifier(REGISTERED.get, clock=Clock())
     request = signed("POST", "/dep/predict", BODY)
     method, target, raw, body = verified_and_remembered(verifier, request, sights=1)
-    assert verifier.remembered(method, target.encode("latin-1"), raw, body, True) is None
+    assert verifier.remembered(method, target, raw, body, True) is None
     verified_and_remembered(verifier, request, sights=1)
-    assert verifier.remembered(method, target.encode("latin-1"), raw, body, True) == PRINCIPAL
+    assert verifier.remembered(method, target, raw, body, True) == PRINCIPAL
 
 
 @pytest.mark.parametrize("change", [
@@ -154,7 +155,7 @@ def test_a_request_that_differs_from_the_remembered_one_in_anything_signed_is_no
     if change == "another body":
         body = b'{"inputs": [6, 6, 6]}'
     elif change == "another target":
-        target = "/other/predict"
+        target = b"/other/predict"
     elif change == "another method":
         method = "PUT"
     elif change == "another signed header":
@@ -167,7 +168,7 @@ def test_a_request_that_differs_from_the_remembered_one_in_anything_signed_is_no
         raw[b"authorization"] = raw[b"authorization"].replace(b'version="1"', b'version="1" ')
     else:  # found by its end, then compared whole
         raw[b"authorization"] = raw[b"authorization"].replace(b"Signature ", b"Signature  ", 1)
-    assert verifier.remembered(method, target.encode("latin-1"), raw, body, rule) is None
+    assert verifier.remembered(method, target, raw, body, rule) is None
 
 
 def test_a_remembered_signature_is_not_known_past_its_date_window_or_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,21 +178,21 @@ def test_a_remembered_signature_is_not_known_past_its_date_window_or_its_key(mon
     verifier = Verifier(REGISTERED.get, clock=clock, cache_ttl_s=5)
     method, target, raw, body = verified_and_remembered(verifier, signed("POST", "/dep/predict", BODY))
     clock.now += timedelta(minutes=4, seconds=59)
-    assert verifier.remembered(method, target.encode("latin-1"), raw, body, True) == PRINCIPAL
+    assert verifier.remembered(method, target, raw, body, True) == PRINCIPAL
     clock.now += timedelta(seconds=2)  # past the 5-minute skew window
-    assert verifier.remembered(method, target.encode("latin-1"), raw, body, True) is None
+    assert verifier.remembered(method, target, raw, body, True) is None
     clock.now -= timedelta(minutes=5)
     ticks[0] += 5  # the cached key it was verified with expired
-    assert verifier.remembered(method, target.encode("latin-1"), raw, body, True) is None
+    assert verifier.remembered(method, target, raw, body, True) is None
     ticks[0] = 1000.0
     verifier.forget()  # keys deleted in this process
-    assert verifier.remembered(method, target.encode("latin-1"), raw, body, True) is None
+    assert verifier.remembered(method, target, raw, body, True) is None
 
 
 def test_nothing_is_remembered_when_signatures_are_not_cached() -> None:
     verifier = Verifier(REGISTERED.get, clock=Clock(), cache_ttl_s=0)
     method, target, raw, body = verified_and_remembered(verifier, signed("POST", "/dep/predict", BODY))
-    assert verifier.remembered(method, target.encode("latin-1"), raw, body, True) is None
+    assert verifier.remembered(method, target, raw, body, True) is None
 
 
 @pytest.mark.parametrize("size", [len(BODY), 10_000], ids=["kept body", "body too large to keep"])
@@ -199,6 +200,6 @@ def test_a_remembered_signature_checks_its_body_whether_or_not_the_body_was_kept
     verifier = Verifier(REGISTERED.get, clock=Clock())
     sent = ('{"inputs": "' + "x" * (size - 14) + '"}') if size > len(BODY) else BODY
     method, target, raw, body = verified_and_remembered(verifier, signed("POST", "/dep/predict", sent))
-    assert verifier.remembered(method, target.encode("latin-1"), raw, bytes(bytearray(body)), True) == PRINCIPAL  # an equal body, another object
+    assert verifier.remembered(method, target, raw, bytes(bytearray(body)), True) == PRINCIPAL  # an equal body, another object
     changed = body[:-3] + b"y" + body[-2:]  # the same length, one byte off
-    assert verifier.remembered(method, target.encode("latin-1"), raw, changed, True) is None
+    assert verifier.remembered(method, target, raw, changed, True) is None

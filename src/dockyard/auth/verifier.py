@@ -79,7 +79,7 @@ _compare_digest: Final = hmac.compare_digest
 # signature (the OCI SDK writes `,version="1"` after it), which differs between any two
 # signatures. Hashing the whole value (600 bytes and more) cost a signed request about 1.3k
 # instructions; the whole value is compared once found.
-_RAW_KEY_BYTES = 48
+_RAW_KEY_BYTES: Final = 48
 
 
 def _raw_key(authorization: bytes) -> bytes:
