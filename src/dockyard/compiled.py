@@ -57,6 +57,7 @@ MODULES = (
     "dockyard.gateway.pool",
     "dockyard.gateway.requesthead",
     "dockyard.gateway.routes",
+    "dockyard.gateway.simplehead",
     "dockyard.gateway.upstream",
 )
 SWITCH = "DOCKYARD_COMPILED"  # "0": interpreted, whatever is built

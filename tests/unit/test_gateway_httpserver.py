@@ -167,6 +167,44 @@ def test_pipelined_requests_are_answered_in_order(serving: Any) -> None:
     assert bodies == [b"/1", b"/2", b"/3", b"/4", b"/5"]
 
 
+def test_a_read_that_ends_inside_a_head_keeps_the_next_read_in_that_head(serving: Any) -> None:
+    """A whole request, then in the same read the start of the next one, whose header value
+    the next read completes; that read is also, by itself, a whole simple request. It is read
+    as the rest of the open head (as httptools reads it), not as a request of its own."""
+    running = serving(echo)
+    with running.connect() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /two HTTP/1.1\r\nX-Value: ")
+        status, _, body, rest = read_reply(sock, bytearray())
+        assert status == 200 and json.loads(body)["path"] == "/one"
+        time.sleep(0.1)
+        sock.sendall(b"POST /three HTTP/1.1\r\n\r\n")
+        status, _, body, rest = read_reply(sock, rest)
+        got = json.loads(body)
+        assert status == 200 and got["path"] == "/two" and got["headers"] == [["x-value", "POST /three HTTP/1.1"]]
+        sock.sendall(b"GET /four HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")  # whole again
+        status, _, body, _ = read_reply(sock, rest)
+        got = json.loads(body)
+        assert status == 200 and got["path"] == "/four" and got["http_version"] == "1.1"
+        assert got["headers"] == [["host", "x"], ["connection", "keep-alive"]]
+
+
+def test_nothing_is_read_after_a_request_that_ends_its_connection(serving: Any) -> None:
+    """After `connection: close` the connection answers that request and ends: a whole request
+    sent behind it is not answered."""
+    running = serving(echo)
+    with running.connect() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET /more HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body, rest = read_reply(sock, bytearray())
+        assert status == 200 and json.loads(body)["path"] == "/last" and headers["connection"] == "close"
+        assert b"HTTP/1.1" not in rest
+        assert closed_by_peer(sock)
+
+
 def test_chunked_request_body_arrives_dechunked(serving: Any) -> None:
     running = serving(echo)
     with running.connect() as sock:

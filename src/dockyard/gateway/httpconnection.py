@@ -1,6 +1,7 @@
 """One TCP connection of dockyard's HTTP server (httpserver.py, whose docstring describes the
 server as a whole): it parses requests with httptools and runs one app call at a time, in
-arrival order, offering each request to the app's `direct` first."""
+arrival order, offering each request to the app's `direct` first. A whole, simple request that
+came in one read is parsed in one step instead (simplehead.py), as httptools would parse it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from dockyard.gateway.requesthead import (
     head_size,
     split_target,
 )
+from dockyard.gateway.simplehead import parse_request
 
 if TYPE_CHECKING:
     from dockyard.gateway.httpserver import HttpServer
@@ -85,6 +87,9 @@ class Connection(asyncio.Protocol):
         self.expect_continue = False
         self.names_connection = False  # the head has a `connection` header (see on_headers_complete)
         self.parse_failure: tuple[int, str] | None = None  # why a parser callback gave up
+        # httptools' parser is between messages and would take another: a read may then be
+        # parsed in one step instead (`take_simple`), the parser none the wiser.
+        self.parser_fresh = True
         # Bound once per connection: a scope entry bound to its own cycle would make each request
         # a reference cycle (cycle, scope, method) that only the garbage collector frees.
         self.notify_lost_of_active = self._notify_lost_of_active
@@ -117,6 +122,12 @@ class Connection(asyncio.Protocol):
         if self.broken or self.closed:
             return
         self.last_read = self.loop.time()
+        if self.parser_fresh:
+            simple = parse_request(data)
+            if simple is not None:
+                method, url, headers, body = simple
+                self.take_simple(method, url, headers, body)
+                return
         head_was_open = self.head_open
         self.reading = len(data)
         try:
@@ -156,10 +167,27 @@ class Connection(asyncio.Protocol):
         if active is not None and active.on_writable is not None:
             active.on_writable()
 
+    def take_simple(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """One whole request that came in one read, parsed in one step (gateway/simplehead.py:
+        what httptools would have made of it, without its callbacks)."""
+        self.url = url
+        self.headers = headers
+        self.head_since = self.last_read
+        self.expect_continue = False
+        self.names_connection = False
+        try:
+            self.begin(method, True, None)
+        except BadTarget as exc:
+            self.refuse(400, str(exc))
+            return
+        if body:
+            self.on_body(body)
+        self.on_message_complete()
+
     # --- httptools callbacks ------------------------------------------------------------------
 
-    # No on_message_begin: a request's first callback is on_url (the parser refuses a request
-    # without a target), which starts the new head itself, one call fewer per request.
+    def on_message_begin(self) -> None:
+        self.parser_fresh = False
 
     def on_url(self, url: bytes) -> None:
         if self.head_open:  # the target went on in this read: a head arrives in pieces
@@ -196,6 +224,18 @@ class Connection(asyncio.Protocol):
         parser = self.parser
         if parser.should_upgrade():
             return  # feed_data raises HttpParserUpgrade once the head is parsed: refused there
+        keep_alive = parser.should_keep_alive()
+        # llhttp keeps a connection alive by default only for HTTP/1.1 (an HTTP/1.0 one needs
+        # `connection: keep-alive`): with no `connection` header, a kept one is 1.1, and the
+        # template's "1.1" stands. get_http_version formats its string anew each time (2.3k
+        # instructions, benchmarks/gateway_instructions.py), so only the other heads ask it.
+        version = parser.get_http_version() if not keep_alive or self.names_connection else None
+        self.begin(parser.get_method(), keep_alive, version)
+
+    def begin(self, method: bytes, keep_alive: bool, version: str | None) -> None:
+        """A request whose head is in (`self.url`, `self.headers`): its scope and cycle, active
+        (launched when its body is in or the read ends) or queued behind the one that is.
+        `version`: None for 1.1."""
         url = self.url
         if url[:1] == b"/" and url.isascii() and QUERY not in url and FRAGMENT not in url and PERCENT not in url:
             path, raw_path, query = url.decode("ascii"), url, b""  # the commonest target: a plain path (`split_target`)
@@ -205,15 +245,9 @@ class Connection(asyncio.Protocol):
             except BadTarget as exc:
                 self.parse_failure = (400, str(exc))
                 raise
-        method = parser.get_method()
-        keep_alive = parser.should_keep_alive()
         scope = SCOPE_TEMPLATE.copy()
-        # llhttp keeps a connection alive by default only for HTTP/1.1 (an HTTP/1.0 one needs
-        # `connection: keep-alive`): with no `connection` header, a kept one is 1.1, and the
-        # template's "1.1" stands. get_http_version formats its string anew each time (2.3k
-        # instructions, benchmarks/gateway_instructions.py), so only the other heads ask it.
-        if not keep_alive or self.names_connection:
-            scope["http_version"] = parser.get_http_version()
+        if version is not None:
+            scope["http_version"] = version
         scope["method"] = METHODS.get(method) or method.decode("ascii")
         scope["path"] = path
         scope["raw_path"] = raw_path
@@ -246,6 +280,8 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         cycle = self.parsing
+        # After a request that ends its connection llhttp takes nothing more: nor does the shortcut.
+        self.parser_fresh = cycle is not None and cycle.keep_alive
         if cycle is not None:
             cycle.message_complete = True
             if cycle.waiters:

@@ -1,5 +1,6 @@
 """One keep-alive HTTP/1.1 connection to a model server: asyncio's Protocol API, httptools (the
-parser uvicorn uses) reading the replies.
+parser uvicorn uses) reading the replies, or, for a whole simple reply that came in one read,
+simplehead.py, which parses it in one step as httptools would.
 
 A general-purpose client spends most of a proxied request in layers a proxy does not need
 (a task-group per call, a lock per read and write, per-header validation, an event-driven
@@ -23,6 +24,7 @@ import httptools
 import httpx
 
 from dockyard.gateway import deadlines
+from dockyard.gateway.simplehead import parse_reply
 
 READ_HIGH_WATER: Final = 256 * 1024
 Headers = list[tuple[bytes, bytes]]
@@ -203,6 +205,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False  # parsing a 1xx reply: its end is not the end of the exchange
         self._head_only = False  # a HEAD request: the reply has headers and no body
         self._reading_paused = False
+        # httptools' parser is between messages and would take another: a read may then be
+        # parsed in one step instead (`take_simple`), the parser none the wiser.
+        self.parser_fresh = True
         self._write_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
 
@@ -328,6 +333,13 @@ class UpstreamConnection(asyncio.Protocol):
         if reply is None:  # bytes nobody asked for: whatever the server meant, this connection is done
             self.close()
             return
+        if self.parser_fresh and not self._head_only:
+            simple = parse_reply(data)
+            if simple is not None:
+                status, headers, length, content_type, body = simple
+                self.take_simple(status, headers, length, content_type, body)
+                reply._fed()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -358,7 +370,25 @@ class UpstreamConnection(asyncio.Protocol):
             reply._fail(ClosedUnanswered("the container closed the connection without replying"))
         reply._fed()
 
+    def take_simple(self, status: int, headers: Headers, length: bytes, content_type: bytes | None, body: bytes) -> None:
+        """One whole reply that came in one read, parsed in one step (gateway/simplehead.py):
+        what httptools' callbacks would have made of it, in their order."""
+        reply: Reply = self.reply  # type: ignore[assignment]
+        reply.headers = headers
+        reply.content_length = length
+        reply.content_type = content_type
+        self._interim = False
+        reply.status = status
+        self.keep_alive = True
+        reply._headed()
+        if body:
+            self.on_body(body)
+        self.on_message_complete()
+
     # --- httptools callbacks --------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.parser_fresh = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # (data_received parses only while there is a reply)
@@ -407,6 +437,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._interim:
             self._interim = False
             return
+        self.parser_fresh = self.keep_alive  # (after a reply that ends its connection, llhttp takes nothing more)
         reply = self.reply
         if reply is not None and not reply.complete:
             reply._finish()
