@@ -3,7 +3,8 @@
 The gateway proxies many small requests, and a general-purpose ASGI server spends more CPU per
 request than the proxying itself: an Event and a keep-alive timer per request, a middleware
 layer, regular expressions per response header, task callbacks. This server does what the
-gateway needs and no more, on asyncio (uvloop when installed) with httptools' parser:
+gateway needs and no more, on asyncio (uvloop when installed) with httptools' parser (and, for a
+whole small request that came in one read, simplehead.py, which parses it as httptools would):
 
 - one `Connection` (an asyncio.Protocol) per TCP connection, one `Cycle` (httpcycle.py: the
   ASGI `receive` and `send`) per request, and one Task per request (the ASGI call, which also
