@@ -21,7 +21,9 @@ if ! command -v pg_lsclusters >/dev/null 2>&1; then
   start=$(date +%s)
   log "installing postgresql (apt-get)"
   # (9>&-: a server started on the way must not hold this script's lock)
-  { apt-get install -y -qq postgresql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }; } 9>&-
+  # (Lock::Timeout: wait for another apt-get, as the other infra scripts do, rather than fail)
+  apt_get() { apt-get -o DPkg::Lock::Timeout=300 "$@"; }
+  { apt_get install -y -qq postgresql >/dev/null 2>&1 || { apt_get update -qq && apt_get install -y -qq postgresql >/dev/null; }; } 9>&-
   log "installed in $(( $(date +%s) - start )) s"
 fi
 version=$(ls /usr/lib/postgresql | sort -V | tail -1)
