@@ -8,6 +8,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dockyard.gateway.headers import (
+    client_response_headers,
+    client_response_lines,
+    forwarding_lines,
+    upstream_request_headers,
+    with_request_id,
+)
 from dockyard.gateway.simplehead import parse_reply, parse_request
 from tests.unit.test_gateway_parser_strictness import SMUGGLED
 
@@ -57,8 +64,13 @@ def check_request(data: bytes) -> bool:
     parsed = by_httptools(data, reply=False)
     assert parsed is not None, f"llhttp refuses {data!r}, which the shortcut took"
     recorder, parser = parsed
-    method, target, headers, body = fast
+    method, target, headers, body, relayed = fast
     assert (recorder.messages, recorder.heads) == (1, 1), data
+    # The forwarded lines are what the general path makes of the same headers.
+    if relayed is None:
+        assert b"x-forwarded-for" in dict(headers)
+    else:
+        assert relayed + forwarding_lines("ID1", "10.0.0.1") == formatted(upstream_request_headers(headers, "ID1", "10.0.0.1", "http"))
     assert parser.get_method() == method  # type: ignore[attr-defined]
     assert recorder.url == target
     assert recorder.headers == headers
@@ -75,14 +87,22 @@ def check_reply(data: bytes) -> bool:
     parsed = by_httptools(data, reply=True)
     assert parsed is not None, f"llhttp refuses {data!r}, which the shortcut took"
     recorder, parser = parsed
-    status, headers, length, content_type, body = fast
+    status, headers, length, content_type, body, relayed, count = fast
     assert (recorder.messages, recorder.heads) == (1, 1), data
+    general = client_response_headers(headers, "ID1")
+    assert (with_request_id(relayed, "ID1"), count + 1) == (formatted(general), len(general))
+    if b"connection" not in dict(headers):  # (the one-pass formatting is for a reply without one)
+        assert client_response_lines(headers, "ID1") == (with_request_id(relayed, "ID1"), count + 1)
     assert parser.get_status_code() == status  # type: ignore[attr-defined]
     assert recorder.headers == headers
     assert recorder.body == body
     assert dict(headers).get(b"content-length") == length
     assert [v for n, v in headers if n == b"content-type"][-1:] == ([content_type] if content_type is not None else [])
     return True
+
+
+def formatted(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
 REQUEST = b'POST /predict HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{"line": "1"}'
@@ -101,6 +121,20 @@ def test_the_commonest_request_and_reply_are_taken_and_parsed_as_httptools_parse
     assert check_reply(b"HTTP/1.1 404\r\ncontent-length: 0\r\n\r\n")
     assert check_reply(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n\r\n\r\n")
     assert check_reply(b"HTTP/1.1 503 Service Unavailable\r\nX-Obs: caf\xc3\xa9\r\nContent-Length: 3\r\n\r\nabc")
+
+
+def test_the_lines_relayed_are_those_the_gateway_forwards() -> None:
+    """A request's headers less those the gateway sets or drops (host, the request id, `route`,
+    hop-by-hop ones); a reply's less hop-by-hop ones, `date`, `server` and the request id."""
+    request = REQUEST.replace(b"Host", b"opc-request-id: abc\r\nRoute: /x\r\nKeep-Alive: 5\r\nConnection: keep-alive\r\nHost")
+    relayed = parse_request(request)[4]  # type: ignore[index]
+    assert relayed == b"content-type: application/json\r\ncontent-length: 13\r\n"
+    assert check_request(request)
+    # X-Forwarded-For is added to, the general way: no lines are relayed for such a request.
+    with_forwarded = REQUEST.replace(b"Host", b"X-Forwarded-For: 10.1.1.1\r\nHost")
+    assert check_request(with_forwarded) and parse_request(with_forwarded)[4] is None  # type: ignore[index]
+    reply = parse_reply(REPLY.replace(b"server", b"Connection: keep-alive\r\nopc-request-id: x\r\nX-A: 1\r\nserver"))
+    assert reply is not None and reply[5:] == (b"x-a: 1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n", 3)
 
 
 @pytest.mark.parametrize("data", [
@@ -170,7 +204,8 @@ _TEXT = st.text("abc /;=,\"*", max_size=4).map(str.encode)
 # Mostly well-formed parts, with an odd one often enough that most messages hold one or two.
 _VALUE = st.lists(st.one_of(*[_TEXT] * 15, _ODD), max_size=4).map(b"".join)
 _NAME = st.one_of(*[_TOKEN] * 20,
-                  st.sampled_from([b"Content-Length", b"content-type", b"Transfer-Encoding", b"Connection", b"Expect"]),
+                  st.sampled_from([b"Content-Length", b"content-type", b"Transfer-Encoding", b"Connection", b"Expect",
+                                   b"X-Forwarded-For", b"Host", b"opc-request-id", b"Date", b"Server", b"Keep-Alive", b"Route"]),
                   st.tuples(_TOKEN, _ODD).map(b"".join))  # fmt: skip
 
 

@@ -38,7 +38,7 @@ from dockyard.errors import DockyardError
 from dockyard.gateway import deadlines
 from dockyard.gateway.balancer import Upstream
 from dockyard.gateway.exchange import Exchange
-from dockyard.gateway.headers import client_response_headers, client_response_lines
+from dockyard.gateway.headers import client_response_headers, client_response_lines, with_request_id
 from dockyard.gateway.httpcycle import CUT_KEY
 from dockyard.gateway.replies import BadGateway, broke_off, error_document, failed_before_reply, no_reply_in_time
 from dockyard.gateway.upstream import ClosedUnanswered, Reply, ResetUnanswered, UpstreamConnection
@@ -117,7 +117,11 @@ class DirectReply(Reply):
             if self.connection_header:  # it may name more headers to drop
                 self.cycle.start_response(self.status, client_response_headers(self.headers, ex.request_id))
             else:
-                lines, count = client_response_lines(self.headers, ex.request_id)
+                relayed = self.relayed
+                if relayed is None:
+                    lines, count = client_response_lines(self.headers, ex.request_id)
+                else:
+                    lines, count = with_request_id(relayed, ex.request_id), self.relayed_count + 1
                 length = self.content_length
                 self.cycle.start_formatted(self.status, lines, count, -1 if length is None else int(length))
         except RuntimeError as exc:  # a header that would split the response: nothing was written
@@ -179,7 +183,11 @@ class DirectReply(Reply):
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
         # The container's headers, as the connection's parser gave them (see `Cycle.write_whole`).
-        lines = client_response_lines(self.headers, self.ex.request_id)[0]
+        relayed = self.relayed
+        if relayed is None:
+            lines = client_response_lines(self.headers, self.ex.request_id)[0]
+        else:
+            lines = with_request_id(relayed, self.ex.request_id)
         written = self.cycle.write_whole(self.status, lines, int(self.content_length), data)  # type: ignore[arg-type]
         if written:
             out.clear()

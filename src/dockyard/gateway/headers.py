@@ -104,12 +104,19 @@ def upstream_request_lines(
     for header in headers:
         if header[0] not in REQUEST_DROP:
             lines.append(b": ".join(header))
-    lines.append(b"opc-request-id: " + request_id_value.encode())
-    if client_host:
-        lines.append(b"x-forwarded-for: " + client_host.encode())
-    lines.append(b"x-forwarded-proto: http")
     lines.append(b"")  # the last line's end
-    return b"\r\n".join(lines)
+    return b"\r\n".join(lines) + forwarding_lines(request_id_value, client_host)
+
+
+def forwarding_lines(request_id_value: str, client_host: str | None) -> bytes:
+    """The lines the gateway adds to every request it forwards (scheme http), after the caller's
+    own (`upstream_request_lines`, or a request's relayed lines from gateway/simplehead.py)."""
+    if client_host:
+        return b"opc-request-id: " + request_id_value.encode() + b"\r\nx-forwarded-for: " + client_host.encode() + _PROTO_LINE
+    return b"opc-request-id: " + request_id_value.encode() + _PROTO_LINE
+
+
+_PROTO_LINE: Final = b"\r\nx-forwarded-proto: http\r\n"
 
 
 def _filtered_request_headers(headers: RawHeaders) -> tuple[RawHeaders, bytes]:
@@ -166,6 +173,12 @@ def client_response_lines(headers: RawHeaders, request_id_value: str) -> tuple[b
     count = len(lines)
     lines.append(b"")  # the last line's end
     return b"\r\n".join(lines), count
+
+
+def with_request_id(relayed: bytes, request_id_value: str) -> bytes:
+    """A reply's relayed lines (gateway/simplehead.py) and the request id: `client_response_lines`
+    for a reply parsed in one step (its count is one more than the relayed lines')."""
+    return relayed + b"opc-request-id: " + request_id_value.encode() + b"\r\n"
 
 
 # Recent Authorization values and their caller: a client repeats its signature for every request

@@ -125,8 +125,8 @@ class Connection(asyncio.Protocol):
         if self.parser_fresh:
             simple = parse_request(data)
             if simple is not None:
-                method, url, headers, body = simple
-                self.take_simple(method, url, headers, body)
+                method, url, headers, body, relayed = simple
+                self.take_simple(method, url, headers, body, relayed)
                 return
         head_was_open = self.head_open
         self.reading = len(data)
@@ -167,9 +167,10 @@ class Connection(asyncio.Protocol):
         if active is not None and active.on_writable is not None:
             active.on_writable()
 
-    def take_simple(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def take_simple(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes, relayed: bytes | None) -> None:
         """One whole request that came in one read, parsed in one step (gateway/simplehead.py:
-        what httptools would have made of it, without its callbacks)."""
+        what httptools would have made of it, without its callbacks, and the header lines the
+        gateway forwards of it)."""
         self.url = url
         self.headers = headers
         self.head_since = self.last_read
@@ -180,6 +181,7 @@ class Connection(asyncio.Protocol):
         except BadTarget as exc:
             self.refuse(400, str(exc))
             return
+        self.parsing.relayed = relayed  # type: ignore[union-attr]  # (begin made it)
         if body:
             self.on_body(body)
         self.on_message_complete()

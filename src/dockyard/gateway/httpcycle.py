@@ -72,6 +72,7 @@ class Cycle:
         "conn", "scope", "keep_alive", "expect_continue", "is_head",
         "body", "buffered", "message_complete", "delivered", "waiters",
         "started", "complete", "body_allowed", "chunked", "remaining", "pending_head", "on_lost", "on_writable", "by_name",
+        "relayed",
     )  # fmt: skip
 
     def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
@@ -94,6 +95,8 @@ class Cycle:
         self.on_lost: Any = None  # called if the connection is lost before the response is complete
         self.on_writable: Any = None  # called when the connection takes writes again (a direct reply)
         self.by_name: dict[bytes, bytes] | None = None  # the headers by name (the last of a repeated one), once an app made it
+        # The header lines the gateway forwards of a request parsed in one step (simplehead.py), else None.
+        self.relayed: bytes | None = None
 
     def notify_lost(self, callback: Any) -> None:
         """The app's `scope["dockyard.notify_lost"]`: call `callback()` (once, on the event loop)

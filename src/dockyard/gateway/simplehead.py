@@ -27,11 +27,19 @@ answers the error it always has. So this is a shortcut, never a second set of ru
 - a message of at most 1 KiB;
 - the body exactly the Content-Length (or nothing after the head): nothing pipelined behind.
 tests/unit/test_simplehead.py holds both parsers to this on generated messages.
+
+Each message also comes with the header lines the gateway relays of it, formatted: a request's
+as the container receives them (headers.py: `upstream_request_lines` less its own lines at the
+end), a reply's as the caller receives them (`client_response_lines` less the request id).
+A header line kept here carries both forms, made once, so a relayed message's head is joined
+from them rather than formatted header by header (about 1k instructions a header line less).
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
+
+from dockyard.gateway.headers import REQUEST_DROP, RESPONSE_DROP
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -63,6 +71,7 @@ SLASH: Final = 0x2F
 _PLAIN: Final = -1
 _CONTENT_TYPE: Final = -2
 _REFUSED: Final = -3  # a header that changes the framing or the connection, or a Content-Length not of digits
+_FORWARDED_FOR: Final = -4  # X-Forwarded-For: the gateway adds to it, so a request with one is formatted the general way
 
 # Lines seen and checked: a request line as (method, target), a status line as its code, a
 # header line as ((lower-cased name, value), what it is). Bounded: each empties when full (a
@@ -76,14 +85,19 @@ _LINE_KEPT_MAX: Final = 256
 
 
 class HeaderLine:
-    """A header line checked: its header as the callers keep it, and what it is."""
+    """A header line checked: its header as the callers keep it, what it is, and how the gateway
+    relays it (`name: value` and its line end; b"" where the gateway drops it)."""
 
-    __slots__ = ("header", "value", "kind")
+    __slots__ = ("header", "value", "kind", "to_upstream", "to_client")
 
     def __init__(self, header: tuple[bytes, bytes], kind: int) -> None:
         self.header: Any = header  # Any: the tuple itself, passed on as it is (never unpacked and rebuilt)
         self.value = header[1]
         self.kind = kind
+        name = header[0]
+        formatted = name + b": " + header[1] + CRLF
+        self.to_upstream = b"" if name in REQUEST_DROP else formatted
+        self.to_client = b"" if name in RESPONSE_DROP else formatted
 
 
 def _refused_byte_in(line: bytes) -> bool:
@@ -114,6 +128,8 @@ def _header_line(line: bytes) -> HeaderLine | None:
         pass  # what HTTP/1.1 does without it (python-requests sends it on every request)
     elif name in _FRAMING:
         kind = _REFUSED
+    elif name == b"x-forwarded-for":
+        kind = _FORWARDED_FOR
     known = HeaderLine((name, value), kind)
     if len(line) <= _LINE_KEPT_MAX:
         if len(_HEADER_LINES) >= _LINES_MAX:
@@ -179,10 +195,12 @@ def _split(data: bytes) -> tuple[list[bytes], int, bytes] | None:
     return None
 
 
-def _headers(lines: list[bytes], end: int) -> tuple[Headers, int, bytes, bytes | None] | None:
-    """(headers, Content-Length (-1 without one) as a number and as sent, Content-Type) of lines
-    1 to `end` - 1, or None when one is not for this shortcut."""
+def _headers(lines: list[bytes], end: int, reply: bool) -> tuple[Headers, int, bytes, bytes | None, list[bytes] | None] | None:
+    """(headers, Content-Length (-1 without one) as a number and as sent, Content-Type, the
+    relayed lines (None: a request the gateway formats the general way)) of lines 1 to `end` - 1,
+    or None when one is not for this shortcut."""
     headers: list[Any] = []
+    relayed: list[bytes] | None = []
     length = -1
     length_sent = b""
     content_type: bytes | None = None
@@ -200,15 +218,23 @@ def _headers(lines: list[bytes], end: int) -> tuple[Headers, int, bytes, bytes |
                 length_sent = line.value
             elif kind == _CONTENT_TYPE:
                 content_type = line.value
+            elif kind == _FORWARDED_FOR:
+                if not reply:
+                    relayed = None
             else:
                 return None
         headers.append(header)
-    return headers, length, length_sent, content_type
+        if relayed is not None:
+            formatted = line.to_client if reply else line.to_upstream
+            if formatted:
+                relayed.append(formatted)
+    return headers, length, length_sent, content_type, relayed
 
 
-def parse_request(data: bytes) -> tuple[bytes, bytes, Headers, bytes] | None:
-    """(method, target, headers, body) of the one whole request `data` holds, or None when it is
-    not one this shortcut takes (see the module's docstring)."""
+def parse_request(data: bytes) -> tuple[bytes, bytes, Headers, bytes, bytes | None] | None:
+    """(method, target, headers, body, relayed lines) of the one whole request `data` holds, or
+    None when it is not one this shortcut takes (see the module's docstring). The relayed lines
+    are None for a request with X-Forwarded-For."""
     split = _split(data)
     if split is None:
         return None
@@ -216,18 +242,19 @@ def parse_request(data: bytes) -> tuple[bytes, bytes, Headers, bytes] | None:
     request_line = _request_line(lines[0])
     if request_line is None:
         return None
-    parsed = _headers(lines, end)
+    parsed = _headers(lines, end, False)
     if parsed is None:
         return None
-    headers, length, _, _ = parsed
+    headers, length, _, _, relayed = parsed
     if len(body) != max(length, 0):
         return None
-    return request_line[0], request_line[1], headers, body
+    return request_line[0], request_line[1], headers, body, None if relayed is None else b"".join(relayed)
 
 
-def parse_reply(data: bytes) -> tuple[int, Headers, bytes, bytes | None, bytes] | None:
-    """(status, headers, Content-Length, Content-Type, body) of the one whole reply `data` holds,
-    or None when it is not one this shortcut takes (see the module's docstring)."""
+def parse_reply(data: bytes) -> tuple[int, Headers, bytes, bytes | None, bytes, bytes, int] | None:
+    """(status, headers, Content-Length, Content-Type, body, relayed lines, their count) of the one
+    whole reply `data` holds, or None when it is not one this shortcut takes (see the module's
+    docstring)."""
     split = _split(data)
     if split is None:
         return None
@@ -235,10 +262,10 @@ def parse_reply(data: bytes) -> tuple[int, Headers, bytes, bytes | None, bytes] 
     status = _status_line(lines[0])
     if not status:
         return None
-    parsed = _headers(lines, end)
+    parsed = _headers(lines, end, True)
     if parsed is None:
         return None
-    headers, length, length_sent, content_type = parsed
-    if length < 0 or len(body) != length:
+    headers, length, length_sent, content_type, relayed = parsed
+    if length < 0 or len(body) != length or relayed is None:
         return None
-    return status, headers, length_sent, content_type, body
+    return status, headers, length_sent, content_type, body, b"".join(relayed), len(relayed)

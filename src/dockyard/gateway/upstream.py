@@ -62,6 +62,9 @@ class Reply:
     content_length: bytes | None = None
     chunked = False
     connection_header = False  # the reply has a Connection header (which may name hop-by-hop ones)
+    # The header lines relayed to the caller and their count, of a reply parsed in one step (simplehead.py); else None.
+    relayed: bytes | None = None
+    relayed_count = 0
     complete = False
     _buffered = 0
     _waiter: asyncio.Future[None] | None = None
@@ -336,8 +339,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.parser_fresh and not self._head_only:
             simple = parse_reply(data)
             if simple is not None:
-                status, headers, length, content_type, body = simple
-                self.take_simple(status, headers, length, content_type, body)
+                status, headers, length, content_type, body, relayed, count = simple
+                self.take_simple(status, headers, length, content_type, body, relayed, count)
                 reply._fed()
                 return
         try:
@@ -370,11 +373,15 @@ class UpstreamConnection(asyncio.Protocol):
             reply._fail(ClosedUnanswered("the container closed the connection without replying"))
         reply._fed()
 
-    def take_simple(self, status: int, headers: Headers, length: bytes, content_type: bytes | None, body: bytes) -> None:
+    def take_simple(self, status: int, headers: Headers, length: bytes, content_type: bytes | None, body: bytes,
+                    relayed: bytes, count: int) -> None:  # fmt: skip
         """One whole reply that came in one read, parsed in one step (gateway/simplehead.py):
-        what httptools' callbacks would have made of it, in their order."""
+        what httptools' callbacks would have made of it, in their order, and the header lines the
+        gateway relays of it."""
         reply: Reply = self.reply  # type: ignore[assignment]
         reply.headers = headers
+        reply.relayed = relayed
+        reply.relayed_count = count
         reply.content_length = length
         reply.content_type = content_type
         self._interim = False
