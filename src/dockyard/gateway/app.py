@@ -224,7 +224,7 @@ class Gateway:
         client = scope.get("client")
         relayed = cycle.relayed
         if relayed is not None:  # parsed in one step, its forwarded lines with it (simplehead.py)
-            formatted: bytes | None = relayed + forwarding_lines(ex.request_id, client[0] if client else None)
+            formatted: bytes | None = b"".join(relayed) + forwarding_lines(ex.request_id, client[0] if client else None)
         else:
             formatted = upstream_request_lines(scope["headers"], headers, ex.request_id, client[0] if client else None)
         try:

@@ -167,7 +167,7 @@ class Connection(asyncio.Protocol):
         if active is not None and active.on_writable is not None:
             active.on_writable()
 
-    def take_simple(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes, relayed: bytes | None) -> None:
+    def take_simple(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes, relayed: list[bytes] | None) -> None:
         """One whole request that came in one read, parsed in one step (gateway/simplehead.py:
         what httptools would have made of it, without its callbacks, and the header lines the
         gateway forwards of it)."""

@@ -96,7 +96,7 @@ class Cycle:
         self.on_writable: Any = None  # called when the connection takes writes again (a direct reply)
         self.by_name: dict[bytes, bytes] | None = None  # the headers by name (the last of a repeated one), once an app made it
         # The header lines the gateway forwards of a request parsed in one step (simplehead.py), else None.
-        self.relayed: bytes | None = None
+        self.relayed: list[bytes] | None = None
 
     def notify_lost(self, callback: Any) -> None:
         """The app's `scope["dockyard.notify_lost"]`: call `callback()` (once, on the event loop)

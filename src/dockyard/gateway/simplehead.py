@@ -231,10 +231,11 @@ def _headers(lines: list[bytes], end: int, reply: bool) -> tuple[Headers, int, b
     return headers, length, length_sent, content_type, relayed
 
 
-def parse_request(data: bytes) -> tuple[bytes, bytes, Headers, bytes, bytes | None] | None:
+def parse_request(data: bytes) -> tuple[bytes, bytes, Headers, bytes, list[bytes] | None] | None:
     """(method, target, headers, body, relayed lines) of the one whole request `data` holds, or
     None when it is not one this shortcut takes (see the module's docstring). The relayed lines
-    are None for a request with X-Forwarded-For."""
+    are a list, joined only by the gateway (a request the server answers itself needs none),
+    and None for a request with X-Forwarded-For."""
     split = _split(data)
     if split is None:
         return None
@@ -248,7 +249,7 @@ def parse_request(data: bytes) -> tuple[bytes, bytes, Headers, bytes, bytes | No
     headers, length, _, _, relayed = parsed
     if len(body) != max(length, 0):
         return None
-    return request_line[0], request_line[1], headers, body, None if relayed is None else b"".join(relayed)
+    return request_line[0], request_line[1], headers, body, relayed
 
 
 def parse_reply(data: bytes) -> tuple[int, Headers, bytes, bytes | None, bytes, bytes, int] | None:
