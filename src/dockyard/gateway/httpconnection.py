@@ -32,7 +32,7 @@ from dockyard.gateway.requesthead import (
     head_size,
     split_target,
 )
-from dockyard.gateway.simplehead import parse_request
+from dockyard.gateway.simplehead import RequestLine, parse_request
 
 if TYPE_CHECKING:
     from dockyard.gateway.httpserver import HttpServer
@@ -125,8 +125,8 @@ class Connection(asyncio.Protocol):
         if self.parser_fresh:
             simple = parse_request(data)
             if simple is not None:
-                method, url, headers, body, relayed = simple
-                self.take_simple(method, url, headers, body, relayed)
+                line, headers, body, relayed = simple
+                self.take_simple(line, headers, body, relayed)
                 return
         head_was_open = self.head_open
         self.reading = len(data)
@@ -167,17 +167,17 @@ class Connection(asyncio.Protocol):
         if active is not None and active.on_writable is not None:
             active.on_writable()
 
-    def take_simple(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes, relayed: list[bytes] | None) -> None:
+    def take_simple(self, line: RequestLine, headers: list[tuple[bytes, bytes]], body: bytes, relayed: list[bytes] | None) -> None:
         """One whole request that came in one read, parsed in one step (gateway/simplehead.py:
         what httptools would have made of it, without its callbacks, and the header lines the
         gateway forwards of it)."""
-        self.url = url
+        self.url = line.target
         self.headers = headers
         self.head_since = self.last_read
         self.expect_continue = False
         self.names_connection = False
         try:
-            self.begin(method, True, None)
+            self.begin(line.method_name, True, None, line.plain_path)
         except BadTarget as exc:
             self.refuse(400, str(exc))
             return
@@ -232,14 +232,18 @@ class Connection(asyncio.Protocol):
         # template's "1.1" stands. get_http_version formats its string anew each time (2.3k
         # instructions, benchmarks/gateway_instructions.py), so only the other heads ask it.
         version = parser.get_http_version() if not keep_alive or self.names_connection else None
-        self.begin(parser.get_method(), keep_alive, version)
+        method = parser.get_method()
+        self.begin(METHODS.get(method) or method.decode("ascii"), keep_alive, version, None)
 
-    def begin(self, method: bytes, keep_alive: bool, version: str | None) -> None:
+    def begin(self, method: str, keep_alive: bool, version: str | None, plain_path: str | None) -> None:
         """A request whose head is in (`self.url`, `self.headers`): its scope and cycle, active
         (launched when its body is in or the read ends) or queued behind the one that is.
-        `version`: None for 1.1."""
+        `version`: None for 1.1. `plain_path`: the target as the path, when the one-step parser
+        found it a plain one (simplehead.RequestLine)."""
         url = self.url
-        if url[:1] == b"/" and url.isascii() and QUERY not in url and FRAGMENT not in url and PERCENT not in url:
+        if plain_path is not None:
+            path, raw_path, query = plain_path, url, b""
+        elif url[:1] == b"/" and url.isascii() and QUERY not in url and FRAGMENT not in url and PERCENT not in url:
             path, raw_path, query = url.decode("ascii"), url, b""  # the commonest target: a plain path (`split_target`)
         else:
             try:
@@ -250,7 +254,7 @@ class Connection(asyncio.Protocol):
         scope = SCOPE_TEMPLATE.copy()
         if version is not None:
             scope["http_version"] = version
-        scope["method"] = METHODS.get(method) or method.decode("ascii")
+        scope["method"] = method
         scope["path"] = path
         scope["raw_path"] = raw_path
         scope["query_string"] = query

@@ -73,15 +73,31 @@ _CONTENT_TYPE: Final = -2
 _REFUSED: Final = -3  # a header that changes the framing or the connection, or a Content-Length not of digits
 _FORWARDED_FOR: Final = -4  # X-Forwarded-For: the gateway adds to it, so a request with one is formatted the general way
 
-# Lines seen and checked: a request line as (method, target), a status line as its code, a
-# header line as ((lower-cased name, value), what it is). Bounded: each empties when full (a
+# Lines seen and checked: a request line as a `RequestLine`, a status line as its code, a header
+# line as a `HeaderLine`. Bounded: each empties when full (a
 # client whose lines all differ, a date or an id in each, fills it; the lines every request
 # repeats are back after one request). A longer line is checked each time instead of kept.
-_REQUEST_LINES: Final[dict[bytes, tuple[bytes, bytes]]] = {}
+_REQUEST_LINES: Final[dict[bytes, RequestLine]] = {}
 _STATUS_LINES: Final[dict[bytes, int]] = {}
 _HEADER_LINES: Final[dict[bytes, HeaderLine]] = {}
 _LINES_MAX: Final = 4096
 _LINE_KEPT_MAX: Final = 256
+
+
+class RequestLine:
+    """A request line checked: its method and target, and what the server's scope takes of them:
+    the method's name, and the target as the path when it is a plain one (no query, fragment or
+    percent-escape: the commonest), else None (the server splits it)."""
+
+    __slots__ = ("method", "target", "method_name", "plain_path")
+
+    def __init__(self, method: bytes, target: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.method_name = method.decode("ascii")
+        # (made once per line kept: how it is searched does not matter)
+        plain = b"?" not in target and b"#" not in target and b"%" not in target
+        self.plain_path: str | None = target.decode("ascii") if plain else None
 
 
 class HeaderLine:
@@ -138,8 +154,8 @@ def _header_line(line: bytes) -> HeaderLine | None:
     return known
 
 
-def _request_line(line: bytes) -> tuple[bytes, bytes] | None:
-    """(method, target) of `METHOD SP /target SP HTTP/1.1`, or None."""
+def _request_line(line: bytes) -> RequestLine | None:
+    """`METHOD SP /target SP HTTP/1.1` checked, or None."""
     known = _REQUEST_LINES.get(line)
     if known is not None:
         return known
@@ -151,7 +167,7 @@ def _request_line(line: bytes) -> tuple[bytes, bytes] | None:
         return None
     if _refused_byte_in(target):
         return None
-    known = (method, target)
+    known = RequestLine(method, target)
     if len(line) <= _LINE_KEPT_MAX:
         if len(_REQUEST_LINES) >= _LINES_MAX:
             _REQUEST_LINES.clear()
@@ -231,8 +247,8 @@ def _headers(lines: list[bytes], end: int, reply: bool) -> tuple[Headers, int, b
     return headers, length, length_sent, content_type, relayed
 
 
-def parse_request(data: bytes) -> tuple[bytes, bytes, Headers, bytes, list[bytes] | None] | None:
-    """(method, target, headers, body, relayed lines) of the one whole request `data` holds, or
+def parse_request(data: bytes) -> tuple[RequestLine, Headers, bytes, list[bytes] | None] | None:
+    """(request line, headers, body, relayed lines) of the one whole request `data` holds, or
     None when it is not one this shortcut takes (see the module's docstring). The relayed lines
     are a list, joined only by the gateway (a request the server answers itself needs none),
     and None for a request with X-Forwarded-For."""
@@ -249,7 +265,7 @@ def parse_request(data: bytes) -> tuple[bytes, bytes, Headers, bytes, list[bytes
     headers, length, _, _, relayed = parsed
     if len(body) != max(length, 0):
         return None
-    return request_line[0], request_line[1], headers, body, relayed
+    return request_line, headers, body, relayed
 
 
 def parse_reply(data: bytes) -> tuple[int, Headers, bytes, bytes | None, bytes, bytes, int] | None:
