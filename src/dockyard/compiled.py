@@ -54,6 +54,7 @@ MODULES = (
     "dockyard.gateway.httpcycle",
     "dockyard.gateway.httpserver",
     "dockyard.gateway.metrics",
+    "dockyard.gateway.options",
     "dockyard.gateway.pool",
     "dockyard.gateway.requesthead",
     "dockyard.gateway.routes",
