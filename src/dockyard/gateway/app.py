@@ -42,7 +42,7 @@ from dockyard.gateway.balancer import Balancer
 from dockyard.gateway.body import KEEP_FOR_RETRY_BYTES, METHODS_WITH_BODY, ClientGone, RequestBody, check_framing, read_small
 from dockyard.gateway.direct import UNANSWERED_KEY, DirectReply
 from dockyard.gateway.exchange import Exchange
-from dockyard.gateway.headers import caller, forwarding_lines, request_id, upstream_request_headers, upstream_request_lines
+from dockyard.gateway.headers import caller, request_id, upstream_request_headers, upstream_request_lines
 from dockyard.gateway.httpcycle import CUT_KEY
 from dockyard.gateway.metrics import GatewayMetrics
 from dockyard.gateway.options import GatewayOptions
@@ -222,11 +222,7 @@ class Gateway:
             caller(authorization) if authorization else None,
         )  # fmt: skip
         client = scope.get("client")
-        relayed = cycle.relayed
-        if relayed is not None:  # parsed in one step, its forwarded lines with it (simplehead.py)
-            formatted: bytes | None = b"".join(relayed) + forwarding_lines(ex.request_id, client[0] if client else None)
-        else:
-            formatted = upstream_request_lines(scope["headers"], headers, ex.request_id, client[0] if client else None)
+        formatted = upstream_request_lines(scope["headers"], headers, ex.request_id, client[0] if client else None, cycle.relayed)
         try:
             if formatted is None:  # Connection or X-Forwarded-For: filtered the general way
                 forwarded = upstream_request_headers(scope["headers"], ex.request_id, client[0] if client else None, "http", headers)

@@ -117,11 +117,7 @@ class DirectReply(Reply):
             if self.connection_header:  # it may name more headers to drop
                 self.cycle.start_response(self.status, client_response_headers(self.headers, ex.request_id))
             else:
-                relayed = self.relayed
-                if relayed is None:
-                    lines, count = client_response_lines(self.headers, ex.request_id)
-                else:
-                    lines, count = with_request_id(relayed, ex.request_id), self.relayed_count + 1
+                lines, count = self._client_lines()
                 length = self.content_length
                 self.cycle.start_formatted(self.status, lines, count, -1 if length is None else int(length))
         except RuntimeError as exc:  # a header that would split the response: nothing was written
@@ -183,11 +179,7 @@ class DirectReply(Reply):
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
         # The container's headers, as the connection's parser gave them (see `Cycle.write_whole`).
-        relayed = self.relayed
-        if relayed is None:
-            lines = client_response_lines(self.headers, self.ex.request_id)[0]
-        else:
-            lines = with_request_id(relayed, self.ex.request_id)
+        lines = self._client_lines()[0]
         written = self.cycle.write_whole(self.status, lines, int(self.content_length), data)  # type: ignore[arg-type]
         if written:
             out.clear()
@@ -195,6 +187,14 @@ class DirectReply(Reply):
             self.ex.response_complete = True
             self._end()
         return written
+
+    def _client_lines(self) -> tuple[bytes, int]:
+        """The caller's header lines and their count (`client_response_lines`), joined from the
+        lines relayed when the reply was parsed in one step (simplehead.py)."""
+        relayed = self.relayed
+        if relayed is None:
+            return client_response_lines(self.headers, self.ex.request_id)
+        return with_request_id(relayed, self.ex.request_id), self.relayed_count + 1
 
     def _fail(self, error: Exception) -> None:
         if self._ended or self.complete:

@@ -88,12 +88,16 @@ def upstream_request_headers(
 
 
 def upstream_request_lines(
-    headers: RawHeaders, present: Mapping[bytes, bytes], request_id_value: str, client_host: str | None
+    headers: RawHeaders, present: Mapping[bytes, bytes], request_id_value: str, client_host: str | None,
+    relayed: list[bytes] | None = None,
 ) -> bytes | None:
     """`upstream_request_headers` (scheme http) as head lines, for a request without
     `Connection` and `X-Forwarded-For` (`present`: its headers as a dict); None for one with
     either, which `upstream_request_headers` filters. The commonest request's headers are
-    filtered and formatted in one pass."""
+    filtered and formatted in one pass; `relayed`: those lines already, of a request parsed in
+    one step (gateway/simplehead.py), which are joined instead."""
+    if relayed is not None:
+        return b"".join(relayed) + forwarding_lines(request_id_value, client_host)
     if b"connection" in present or b"x-forwarded-for" in present:
         return None
     # A loop, not a list comprehension: for a few headers, the comprehension's own call costs more.
