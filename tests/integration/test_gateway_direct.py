@@ -146,6 +146,7 @@ async def test_repeated_predicts_are_relayed_without_the_asgi_call(store: Any, d
         seen = dict(echoed["headers"])  # what the container received
         assert seen["x-model-hint"] == "h" and seen["opc-request-id"] == f"req-{n}" and seen["x-forwarded-proto"] == "http"
         assert "x-forwarded-for" in seen and seen["host"] == f"127.0.0.1:{upstreams.echo[0].port}"
+        assert "connection" not in seen  # httpx sends `Connection: keep-alive`: hop-by-hop, not relayed
         assert reply.headers["opc-request-id"] == f"req-{n}"
     assert [e.status for e in entries] == [200] * 6 and [e.request_id for e in entries] == [f"req-{n}" for n in range(6)]
     for n, entry in enumerate(entries):
@@ -153,6 +154,19 @@ async def test_repeated_predicts_are_relayed_without_the_asgi_call(store: Any, d
         assert entry.bytes_in == len(BODY) + n and entry.bytes_out == len(replies[n].content)
         assert entry.upstream_ms is not None and entry.latency_ms >= entry.upstream_ms
         assert entry.instance_id is not None and entry.path == f"/{deployment_id}/predict"
+
+
+async def test_a_callers_forwarded_for_is_extended_on_the_direct_path(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:
+    """A request with X-Forwarded-For is relayed directly too, its chain extended with the
+    caller's address, as the general path does; the one without gets the address alone."""
+    app, _ = gateway_with_log(store)
+    deployment_id = deployments.add([upstreams.echo[0].port])
+    async with Served(app) as served:
+        plain = [await served.predict(deployment_id) for _ in range(2)]
+        chained = [await served.predict(deployment_id, headers={"x-forwarded-for": "10.1.1.1"}) for _ in range(2)]
+    assert served.asgi_calls == 1
+    assert [dict(r.json()["headers"])["x-forwarded-for"] for r in plain] == ["127.0.0.1"] * 2
+    assert [dict(r.json()["headers"])["x-forwarded-for"] for r in chained] == ["10.1.1.1, 127.0.0.1"] * 2
 
 
 async def test_a_chunked_reply_is_relayed_whole_and_in_order(store: Any, deployments: Deployments, upstreams: Upstreams) -> None:
