@@ -66,7 +66,8 @@ class Scripted(RawServer):
     """A keep-alive HTTP/1.1 upstream that meets the requests it gets, in arrival order, with the
     actions listed: `ok` (200 JSON), `drop` (close without a word), `reset`, `garbage` (bytes
     that are not HTTP), `slow` (answers after 2 s), `cut` (Content-Length 1000, 10 bytes, close),
-    `stall` (Content-Length 100, 10 bytes, then 2 s of silence), `huge` (64 MiB of zeros, sent as
+    `stall` (Content-Length 100, 10 bytes, then 2 s of silence), `head-close`, `head-reset` and
+    `head-stall` (a head with Content-Length 77, then a close, a reset or 2 s of silence), `huge` (64 MiB of zeros, sent as
     fast as they are taken).
     After the list, `ok`. The request heads it read are in `heads`."""
 
@@ -91,6 +92,14 @@ class Scripted(RawServer):
                 return
             if action == "garbage":
                 conn.sendall(b"this is not http\r\n\r\n")
+                return
+            if action in ("head-close", "head-reset", "head-stall"):
+                # The head alone (as a server that writes head and body apart sends it), then,
+                # once the gateway has surely read it, a close, a reset, or 2 s of silence.
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 77\r\n\r\n")
+                time.sleep(2 if action == "head-stall" else 0.2)
+                if action == "head-reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 return
             if action == "cut":
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000\r\n\r\n0123456789")
@@ -278,6 +287,53 @@ async def test_a_reply_cut_after_its_head_is_cut_for_the_caller_too(scripted: An
     assert served.asgi_calls == 1
     assert entries[1].status == 200 and entries[1].bytes_out == 10
     assert "broke off after 10 bytes" in (entries[1].error or "")
+
+
+@pytest.mark.parametrize("action", ["head-close", "head-reset"])
+async def test_a_reply_that_dies_between_its_head_and_its_body_is_a_json_502_on_both_paths(
+    action: str, scripted: Any, store: Any, deployments: Deployments
+) -> None:
+    """The head of a reply with a content-length waits for its first body bytes: a container
+    killed between the two gets its caller the gateway's JSON error, not a head promising 77
+    bytes and a closed connection. The first request goes the general way (no route cached yet),
+    the second directly."""
+    upstream = scripted(action, "ok", action)
+    app, entries = gateway_with_log(store)
+    deployment_id = deployments.add([upstream.port])
+    async with Served(app) as served:
+        general = await served.predict(deployment_id, headers={"opc-request-id": "general"})
+        assert (await served.predict(deployment_id)).status_code == 200  # opens a connection to keep
+        direct = await served.predict(deployment_id, headers={"opc-request-id": "direct"})
+        after = await served.predict(deployment_id)
+    assert served.asgi_calls == 3  # all but the third (each 502 closes its upstream connection)
+    for reply, request_id in ((general, "general"), (direct, "direct")):
+        assert reply.status_code == 502 and reply.headers["content-type"] == "application/json", reply.text
+        assert reply.json()["code"] == "BadGateway" and "sent its reply's head and failed before its body" in reply.json()["message"]
+        assert reply.headers["opc-request-id"] == request_id
+    assert [entry.status for entry in entries] == [502, 200, 502, 200]
+    for entry, reply in ((entries[0], general), (entries[2], direct)):
+        assert entry.error == reply.json()["message"] and entry.bytes_out == len(reply.content)
+    assert after.status_code == 200
+
+
+async def test_a_reply_whose_body_never_starts_is_a_json_504_on_both_paths(scripted: Any, store: Any, deployments: Deployments) -> None:
+    # Two upstreams: each serves one connection at a time, and a stall holds its connection 2 s.
+    first, second = scripted("head-stall"), scripted("ok", "head-stall")
+    app, entries = gateway_with_log(store, request_timeout_s=0.3)
+    first_id, second_id = deployments.add([first.port]), deployments.add([second.port])
+    async with Served(app) as served:
+        general = await served.predict(first_id)
+        assert (await served.predict(second_id)).status_code == 200  # opens a connection to keep
+        started = time.monotonic()
+        direct = await served.predict(second_id)
+        waited = time.monotonic() - started
+        assert app.transport.open_connections() == 0
+    assert served.asgi_calls == 2  # the third went directly
+    for reply in (general, direct):
+        assert reply.status_code == 504 and reply.json()["code"] == "GatewayTimeout", reply.text
+        assert "none of its body within 0.3 s" in reply.json()["message"]
+    assert 0.25 < waited < 1.5  # the read timeout, not the container's 2 s
+    assert [entry.status for entry in entries] == [504, 200, 504]
 
 
 async def test_a_reply_that_goes_silent_after_its_head_is_cut_at_the_read_timeout(scripted: Any, store: Any, deployments: Deployments) -> None:

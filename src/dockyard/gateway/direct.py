@@ -18,6 +18,8 @@ request is sent:
   sends it to another instance; that was its one retry, as the general path allows one;
 - a reply that is not HTTP, or a close after part of the head, is a 502; no head within the
   request timeout is a 504; both are the JSON errors the general path writes;
+- a reply with a content-length whose body never starts (the container dies or goes silent
+  after its head) is a 502 or 504 as well: its head is held until the first body bytes;
 - a reply that breaks off, or goes silent for the read timeout, after its head was written is
   cut: the caller's connection closes, the entry records the error;
 - a caller that hangs up ends the exchange at once (499 when nothing was written); the
@@ -40,7 +42,14 @@ from dockyard.gateway.balancer import Upstream
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import client_response_headers, client_response_lines, with_request_id
 from dockyard.gateway.httpcycle import CUT_KEY
-from dockyard.gateway.replies import BadGateway, broke_off, error_document, failed_before_reply, no_reply_in_time
+from dockyard.gateway.replies import (
+    BadGateway,
+    broke_off,
+    error_document,
+    failed_before_reply,
+    head_without_body,
+    no_reply_in_time,
+)
 from dockyard.gateway.upstream import ClosedUnanswered, Reply, ResetUnanswered, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -134,6 +143,14 @@ class DirectReply(Reply):
         ex.status = self.status
         ex.response_started = True
 
+    def _unstart(self) -> None:
+        """Take back a response begun but not yet written (its head still pending in the cycle)."""
+        cycle = self.cycle
+        cycle.pending_head = None
+        cycle.started = False
+        self._started = False
+        self.ex.response_started = False
+
     def _body(self, data: bytes) -> None:
         self._out.append(data)
         self.ex.bytes_out += len(data)
@@ -152,7 +169,11 @@ class DirectReply(Reply):
                 return
             if not self._start():
                 return
-        if out or self.complete or cycle.pending_head is not None:
+        # A head alone is written only for a reply of unknown length (a stream: its caller may
+        # want the head before the first event); one with a content-length waits for its first
+        # body bytes, so a container that dies between its head and its body (two writes, for
+        # many servers) gets its caller a JSON 502, not a head that promises a body never sent.
+        if out or self.complete or (cycle.pending_head is not None and self.content_length is None):
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             try:
@@ -204,7 +225,14 @@ class DirectReply(Reply):
         instance = upstream.backend.instance_id
         deployment_id = self.ex.deployment_id or "-"
         if self.status:
-            self._cut(broke_off(self.ex.bytes_out, error), "timeout" if isinstance(error, httpx.TimeoutException) else "aborted")
+            kind = "timeout" if isinstance(error, httpx.TimeoutException) else "aborted"
+            if not self._out and (not self._started or self.cycle.pending_head is not None):
+                # Nothing reached the caller (a held head, see `_fed`): it can still get a clean error.
+                gateway.metrics.upstream_errors.labels(deployment_id, kind).inc()
+                self._unstart()
+                self._refuse(head_without_body(instance, error, gateway.options.request_timeout_s))
+                return
+            self._cut(broke_off(self.ex.bytes_out, error), kind)
             return
         if isinstance(error, TimeoutError):
             gateway.metrics.upstream_errors.labels(deployment_id, "timeout").inc()

@@ -30,7 +30,7 @@ from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.headers import RawHeaders, client_response_headers
 from dockyard.gateway.metrics import GatewayMetrics
 from dockyard.gateway.pool import Timeouts, UpstreamPool
-from dockyard.gateway.replies import BadGateway, broke_off, failed_before_reply, no_reply_in_time
+from dockyard.gateway.replies import BadGateway, broke_off, failed_before_reply, head_without_body, no_reply_in_time
 from dockyard.gateway.routes import Route
 from dockyard.gateway.upstream import ClosedUnanswered, Reply, ResetUnanswered
 
@@ -250,13 +250,27 @@ class Proxy:
                 "(text/event-stream or chunked)"
             )
         headers = client_response_headers(reply.headers, ex.request_id, reply.connection_header)
+        read_timeout = self.timeouts.read_s
+        first = None
+        if not reply.streaming:
+            # A reply with a content-length: its head goes out with its first body bytes, so a
+            # container that dies between its head and its body gets its caller a JSON error,
+            # not a head that promises a body never sent (a stream's head goes out at once).
+            try:
+                first = await reply.read(read_timeout)
+            except httpx.HTTPError as exc:
+                kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "aborted"
+                self.metrics.upstream_errors.labels(ex.deployment_id or "-", kind).inc()
+                raise head_without_body(ex.instance_id or "-", exc, self.request_timeout_s) from exc
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         ex.status = reply.status
         ex.response_started = True
-        read_timeout = self.timeouts.read_s
         try:
             while True:
-                chunk = await reply.read(read_timeout)
+                if first is None:
+                    chunk = await reply.read(read_timeout)
+                else:
+                    chunk, first = first, None
                 if not chunk:
                     break
                 ex.bytes_out += len(chunk)

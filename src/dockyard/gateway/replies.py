@@ -7,6 +7,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
+
 from dockyard.errors import DockyardError, GatewayTimeout
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -31,6 +33,20 @@ def no_reply_in_time(timeout_s: float, instance_id: str) -> GatewayTimeout:
 def failed_before_reply(instance_id: str, exc: Exception) -> BadGateway:
     return BadGateway(
         f"the model server on instance {instance_id} failed before replying "
+        f"({type(exc).__name__}: {exc or 'connection closed'}); check the container's log"
+    )
+
+
+def head_without_body(instance_id: str, exc: Exception, timeout_s: float) -> DockyardError:
+    """A reply whose head promised a body (a content-length) that never started: nothing was
+    written to the caller yet, so it gets this error instead of a head with no body."""
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+        return GatewayTimeout(
+            f"the model server on instance {instance_id} sent its reply's head but none of its body "
+            f"within {timeout_s:g} s; make the model faster, or check the container's log"
+        )
+    return BadGateway(
+        f"the model server on instance {instance_id} sent its reply's head and failed before its body "
         f"({type(exc).__name__}: {exc or 'connection closed'}); check the container's log"
     )
 
