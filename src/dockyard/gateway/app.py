@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -67,12 +67,12 @@ class Authorize(Protocol):
 
 log = logging.getLogger("dockyard.gateway")
 
-# The clocks read on every request, bound once: `time.x()` in compiled code looks `x` up in the
-# module's dict each time.
+# Bound once: `time.x()` in compiled code looks `x` up in the module's dict on every request.
 _wall_clock: Final = time.time
 _clock: Final = time.perf_counter
 
-Scope = MutableMapping[str, Any]
+Scope = dict[str, Any]  # as ASGI servers make it (compiled code reads a dict's items directly)
+_NO_STATE: Final[dict[str, Any]] = {}
 _DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 
 PREDICT, PREDICT_SLASH, CUSTOM, STREAM = "predict", "predict/", "custom", "stream"
@@ -97,8 +97,7 @@ class Gateway:
         self.balancer = Balancer(options.ejection_s)
         self.metrics = GatewayMetrics(inflight=self.balancer.inflight_counts)
         self.routes = RouteTable(store, options.route_cache_ttl_s, on_refresh=self.balancer.sync)
-        # One pool of upstream connections for every deployment; the client owns it (and closes
-        # it), the proxy sends through it directly.
+        # One pool of upstream connections for every deployment; the client owns (and closes) it.
         self.transport = UpstreamPool(options.max_connections, options.max_keepalive_connections, options.keepalive_expiry_s)
         self.client = httpx.AsyncClient(
             transport=self.transport,
@@ -260,7 +259,8 @@ class Gateway:
         route = self.routes.fresh(path[1:-8])
         if route is None or route.triton or not route.backends or route.state not in SERVING_STATES:
             return None
-        if self.authorize is not None and self.authorize.known(scope.get("state", {}).get("caller"), route.compartment_id) is not True:
+        state: dict[str, Any] = scope.get("state") or _NO_STATE
+        if self.authorize is not None and self.authorize.known(state.get("caller"), route.compartment_id) is not True:
             return None
         if not self.balancer.has_room(route, self.options.inflight_per_instance):
             return None
@@ -338,7 +338,7 @@ class Gateway:
         # The cached route and decision when at hand: a busy deployment's requests never wait.
         route = self.routes.fresh(deployment_id) or await self.routes.get(deployment_id)
         if route is not None and self.authorize is not None:
-            who = scope.get("state", {}).get("caller")
+            who = (scope.get("state") or _NO_STATE).get("caller")
             allowed = self.authorize.known(who, route.compartment_id)
             if allowed is None:
                 allowed = await self.authorize(who, route.compartment_id)
