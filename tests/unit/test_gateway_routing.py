@@ -318,13 +318,16 @@ def test_the_formatted_header_filters_give_the_lines_of_the_careful_ones() -> No
         [(b"host", b"gw"), (b"content-type", b"a/b"), (b"content-length", b"2"), (b"user-agent", b"u")],
         [(b"host", b"gw"), (b"te", b"trailers"), (b"route", b"/x"), (b"opc-request-id", b"OLD"), (b"expect", b"100-continue")],
         [(b"x-a", b"1"), (b"x-a", b"2"), (b"proxy-authorization", b"p"), (b"upgrade", b"h2c"), (b"keep-alive", b"5")],
+        [(b"user-agent", b"Oracle-PythonSDK/2"), (b"connection", b"keep-alive"), (b"keep-alive", b"5"), (b"x-a", b"1")],
+        [(b"connection", b"Close"), (b"content-length", b"2")],
         [],
     ]  # fmt: skip
     for incoming in requests:
         for client in ("192.0.2.7", None):
             assert upstream_request_lines(incoming, dict(incoming), "RID", client) == _lines(
                 upstream_request_headers(incoming, "RID", client, "http"))[0]  # fmt: skip
-    for named in ([(b"connection", b"x-hop"), (b"x-hop", b"1")], [(b"x-forwarded-for", b"10.0.0.1")]):
+    for named in ([(b"connection", b"x-hop"), (b"x-hop", b"1")], [(b"x-forwarded-for", b"10.0.0.1")],
+                  [(b"connection", b"x-hop"), (b"x-hop", b"1"), (b"connection", b"keep-alive")]):  # fmt: skip
         assert upstream_request_lines(named, dict(named), "RID", None) is None  # left to the careful filter
     replies = [  # as the upstream connection keeps them: names lower-cased, no Connection header
         [(b"content-type", b"text/plain"), (b"transfer-encoding", b"chunked"), (b"date", b"x"), (b"server", b"s")],

@@ -113,6 +113,18 @@ def formatted(headers: list[tuple[bytes, bytes]]) -> bytes:
 REQUEST = b'POST /predict HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{"line": "1"}'
 REPLY = b"HTTP/1.1 200 OK\r\ndate: Sat, 28 Nov 2026 18:00:00 GMT\r\nserver: uvicorn\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
+# As the oci SDK's ModelDeploymentClient sends a predict (its signature shortened to a made-up one).
+SDK_REQUEST = (
+    b"POST /ocid1.datasciencemodeldeployment.oc1.iad." + b"z" * 60 + b"/predict HTTP/1.1\r\n"
+    b"user-agent: Oracle-PythonSDK/2.189.0 (python 3.11.7; x86_64-Linux)\r\naccept-encoding: gzip, deflate\r\n"
+    b"accept: application/json\r\nconnection: keep-alive\r\ncontent-type: application/json\r\nopc-client-retries: true\r\n"
+    b"opc-client-info: Oracle-PythonSDK/2.189.0\r\nopc-request-id: EA66A3D92DD7429D811F7F46AC1853CD\r\nContent-Length: 14\r\n"
+    b"date: Sun, 29 Nov 2026 05:25:43 GMT\r\nhost: 127.0.0.1:42751\r\nx-content-sha256: slyWDQsPXefqAkOjeuCAWlLNHIdyfyN5xGwXQOSLwlM=\r\n"
+    b'authorization: Signature algorithm="rsa-sha256",headers="date (request-target) host content-length content-type '
+    b'x-content-sha256",keyId="ocid1.tenancy.oc1..aaaaaaaa' + b"x" * 52 + b"/ocid1.user.oc1..aaaaaaaa" + b"y" * 52
+    + b'/d0:ad:bf:31:dd:07:bd:b1:cc:1a:77:8a:84:da:ad:24",signature="' + b"A/b+" * 86 + b'",version="1"\r\n\r\n{"line": "12"}'
+)
+
 
 def test_the_commonest_request_and_reply_are_taken_and_parsed_as_httptools_parses_them() -> None:
     assert check_request(REQUEST)
@@ -122,6 +134,8 @@ def test_the_commonest_request_and_reply_are_taken_and_parsed_as_httptools_parse
     assert check_request(REQUEST.replace(b"Host", b"Connection: keep-alive\r\nHost"))  # as python-requests sends
     assert check_request(REQUEST.replace(b"Host", b"connection: Keep-Alive\r\nHost"))
     assert check_request(b"PUT /x HTTP/1.1\r\nContent-Length: 010\r\n\r\n\r\n{\r\n}\r\n\r\n")  # line breaks in the body
+    # The oci SDK's signed predict: 1.3 KB, over the 1 KiB a reply may have.
+    assert len(SDK_REQUEST) > 1024 and check_request(SDK_REQUEST)
     assert check_reply(REPLY)
     assert check_reply(b"HTTP/1.1 404\r\ncontent-length: 0\r\n\r\n")
     assert check_reply(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n\r\n\r\n")
@@ -155,7 +169,7 @@ def test_the_lines_relayed_are_those_the_gateway_forwards() -> None:
     REQUEST.replace(b"/predict", b"http://host/predict"),
     REQUEST.replace(b"Content-Length: 13", b"Content-Length: 13\r\nContent-Length: 13"),
     b"\r\n" + REQUEST,
-    REQUEST.replace(b"Host", b"X-Long: " + b"a" * 1000 + b"\r\nHost"),  # a message over 1 KiB
+    REQUEST.replace(b"Host", b"X-Long: " + b"a" * 4000 + b"\r\nHost"),  # a request over 4 KiB
 ])  # fmt: skip
 def test_a_request_that_is_not_simple_is_left_to_httptools(data: bytes) -> None:
     assert parse_request(data) is None
@@ -172,6 +186,7 @@ def test_a_request_that_is_not_simple_is_left_to_httptools(data: bytes) -> None:
     REPLY.replace(b"HTTP/1.1", b"HTTP/1.0"),
     REPLY[:-1],
     REPLY + b"HTTP/1.1 200 OK\r\n",
+    REPLY.replace(b"server", b"x-long: " + b"a" * 1000 + b"\r\nserver"),  # a reply over 1 KiB
 ])  # fmt: skip
 def test_a_reply_that_is_not_simple_is_left_to_httptools(data: bytes) -> None:
     assert parse_reply(data) is None

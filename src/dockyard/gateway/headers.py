@@ -92,13 +92,19 @@ def upstream_request_lines(
     relayed: list[bytes] | None = None,
 ) -> bytes | None:
     """`upstream_request_headers` (scheme http) as head lines, for a request without
-    `Connection` and `X-Forwarded-For` (`present`: its headers as a dict); None for one with
-    either, which `upstream_request_headers` filters. The commonest request's headers are
+    X-Forwarded-For and whose Connection header, if any, is `keep-alive` or `close` (`present`:
+    its headers as a dict); None for any other, which `upstream_request_headers` filters. The commonest request's headers are
     filtered and formatted in one pass; `relayed`: those lines already, of a request parsed in
     one step (gateway/simplehead.py), which are joined instead."""
     if relayed is not None:
         return b"".join(relayed) + forwarding_lines(request_id_value, client_host)
-    if b"connection" in present or b"x-forwarded-for" in present:
+    if b"x-forwarded-for" in present:
+        return None
+    connection = present.get(b"connection")
+    # `Connection: keep-alive` (as the oci SDK and python-requests send it) names no header to
+    # drop but the hop-by-hop ones dropped anyway; any other, or a repeated header (the dict
+    # kept one of them), is filtered the general way.
+    if connection is not None and (connection.lower() not in _NAMES_NOTHING or len(present) != len(headers)):
         return None
     # A loop, not a list comprehension: for a few headers, the comprehension's own call costs more.
     # Each line is `b": ".join(header)` and one join puts the line ends between them: a `%` format
@@ -110,6 +116,9 @@ def upstream_request_lines(
             lines.append(b": ".join(header))
     lines.append(b"")  # the last line's end
     return b"\r\n".join(lines) + forwarding_lines(request_id_value, client_host)
+
+
+_NAMES_NOTHING: Final = frozenset({b"keep-alive", b"close"})
 
 
 def forwarding_lines(request_id_value: str, client_host: str | None) -> bytes:

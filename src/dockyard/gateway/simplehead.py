@@ -24,7 +24,7 @@ answers the error it always has. So this is a shortcut, never a second set of ru
 - at most one Content-Length of digits only, and none of Transfer-Encoding, Connection (but
   `keep-alive`), Proxy-Connection, Upgrade or Expect (each changes the framing or the
   connection);
-- a message of at most 1 KiB;
+- a request of at most 4 KiB, a reply of at most 1 KiB;
 - the body exactly the Content-Length (or nothing after the head): nothing pipelined behind.
 tests/unit/test_simplehead.py holds both parsers to this on generated messages.
 
@@ -44,9 +44,12 @@ from dockyard.gateway.headers import REQUEST_DROP, RESPONSE_DROP
 Headers = list[tuple[bytes, bytes]]
 
 # A larger message goes to httptools: splitting a message splits its body too, which costs
-# little only for a small one, and llhttp checks a long line (a signature's Authorization, about
-# 600 bytes) for a quarter of what `translate` costs here.
-MAX_MESSAGE_BYTES: Final = 1024
+# little only for a small one. A request may be larger than a reply: the oci SDK's signed
+# predict is about 1.3 KB of head (its Authorization line alone about 600 bytes, 900 with a
+# 4096-bit key), and httptools' callbacks for its fourteen headers cost some 25k instructions
+# more than this parse (benchmarks/gateway_instructions.py, target `sdk`).
+MAX_REQUEST_BYTES: Final = 4096
+MAX_REPLY_BYTES: Final = 1024
 CRLF: Final = b"\r\n"
 # Maps each byte a head line may not hold (a control character other than HTAB, CR and LF
 # included: a line holds neither) to NUL, and every other byte to itself: `NUL in
@@ -127,9 +130,11 @@ def _is_token(name: bytes) -> bool:
 def _header_line(line: bytes) -> HeaderLine | None:
     """A header line checked, or None when llhttp would refuse it (or might: an obs-fold, a
     name with spaces)."""
-    known = _HEADER_LINES.get(line)
-    if known is not None:
-        return known
+    kept = len(line) <= _LINE_KEPT_MAX
+    if kept:  # (a longer line is never kept: hashing it to look, 600 bytes of a signature, costs 1k)
+        known = _HEADER_LINES.get(line)
+        if known is not None:
+            return known
     name, colon, value = line.partition(b":")
     if not colon or not _is_token(name) or _refused_byte_in(value):
         return None
@@ -147,7 +152,7 @@ def _header_line(line: bytes) -> HeaderLine | None:
     elif name == b"x-forwarded-for":
         kind = _FORWARDED_FOR
     known = HeaderLine((name, value), kind)
-    if len(line) <= _LINE_KEPT_MAX:
+    if kept:
         if len(_HEADER_LINES) >= _LINES_MAX:
             _HEADER_LINES.clear()
         _HEADER_LINES[line] = known
@@ -195,9 +200,10 @@ def _status_line(line: bytes) -> int:
     return status
 
 
-def _split(data: bytes) -> tuple[list[bytes], int, bytes] | None:
-    """(lines, index of the blank line that ends the head, body) of a small message, or None."""
-    if len(data) > MAX_MESSAGE_BYTES:
+def _split(data: bytes, limit: int) -> tuple[list[bytes], int, bytes] | None:
+    """(lines, index of the blank line that ends the head, body) of a message of at most
+    `limit` bytes, or None."""
+    if len(data) > limit:
         return None
     lines = data.split(CRLF)
     count = len(lines)
@@ -252,7 +258,7 @@ def parse_request(data: bytes) -> tuple[RequestLine, Headers, bytes, list[bytes]
     None when it is not one this shortcut takes (see the module's docstring). The relayed lines
     are a list, joined only by the gateway (a request the server answers itself needs none),
     and None for a request with X-Forwarded-For."""
-    split = _split(data)
+    split = _split(data, MAX_REQUEST_BYTES)
     if split is None:
         return None
     lines, end, body = split
@@ -272,7 +278,7 @@ def parse_reply(data: bytes) -> tuple[int, Headers, bytes, bytes | None, bytes, 
     """(status, headers, Content-Length, Content-Type, body, relayed lines, their count) of the one
     whole reply `data` holds, or None when it is not one this shortcut takes (see the module's
     docstring)."""
-    split = _split(data)
+    split = _split(data, MAX_REPLY_BYTES)
     if split is None:
         return None
     lines, end, body = split
