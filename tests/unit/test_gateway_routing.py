@@ -234,8 +234,11 @@ def test_inflight_counting() -> None:
 
 def test_request_id_kept_when_sane_else_made() -> None:
     assert request_id(b"ABC-123/x.y:z") == "ABC-123/x.y:z"
-    made = request_id(b"has space")
-    assert len(made) == 32 and made == made.upper() and made.isalnum()
+    assert request_id(b"EA66A3D92DD7429D811F7F46AC1853CD") == "EA66A3D92DD7429D811F7F46AC1853CD"  # as the SDK makes them
+    assert request_id(b"a" * 98) == "a" * 98
+    for insane in (b"has space", b"caf\xc3\xa9", b"a" * 99, b"x\r\ny", b""):
+        made = request_id(insane)
+        assert len(made) == 32 and made == made.upper() and made.isalnum(), insane
     made = [request_id(None) for _ in range(1000)]  # several batches of random ones
     assert len(set(made)) == 1000
     assert all(len(one) == 32 and one == one.upper() and int(one, 16) >= 0 for one in made)
