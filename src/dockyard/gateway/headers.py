@@ -95,9 +95,9 @@ def upstream_request_lines(
 ) -> bytes | None:
     """`upstream_request_headers` (scheme http) as head lines, for a request without
     X-Forwarded-For and whose Connection header, if any, is `keep-alive` or `close` (`present`:
-    its headers as a dict); None for any other, which `upstream_request_headers` filters. The commonest request's headers are
-    filtered and formatted in one pass; `relayed`: those lines already, of a request parsed in
-    one step (gateway/simplehead.py), which are joined instead."""
+    its headers as a dict); None for any other, which `upstream_request_headers` filters. The
+    commonest request's headers are filtered and formatted in one pass; `relayed`: those lines
+    already, of a request parsed in one step (gateway/simplehead.py), which are joined instead."""
     if relayed is not None:
         return b"".join(relayed) + forwarding_lines(request_id_value, client_host)
     if b"x-forwarded-for" in present:
