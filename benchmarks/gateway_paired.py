@@ -3,13 +3,14 @@ spends per request. For telling whether a change to the request path helps, on a
 speed drifts (gateway_overhead.py measures its targets one after the other, and the drift
 between them can be larger than the change).
 
-    python benchmarks/gateway_paired.py --base HEAD~1 [--rounds 4] [--duration 15] [--workers 2] [--signed]
+    python benchmarks/gateway_paired.py --base HEAD~1 [--rounds 4] [--duration 15] [--workers 2] [--signed | --sdk]
 
 `--base` is a git revision of this repository (checked out into a temporary worktree) or a
 directory holding another checkout's `src`. Both gateways run as users run them (`dockyard
 serve --role gateway`, `--gateway-workers N`) over throw-away data directories, in front of the
 same fast upstream (gateway_overhead.py's). Each round, one wrk per gateway (32 connections,
-the same small JSON body, signed with `--signed`) runs at the same time; the figures are the
+the same small JSON body, signed with `--signed`, or sent with every header the oci SDK's
+ModelDeploymentClient sends with `--sdk`) runs at the same time; the figures are the
 requests each gateway answered and the CPU time of all its processes (supervisor and workers)
 per request. Needs wrk (`apt-get install -y wrk`).
 """
@@ -77,7 +78,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15, help="seconds per round")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--signed", action="store_true")
+    parser.add_argument("--sdk", action="store_true", help="signed, with the headers the SDK sends (gateway_overhead.sdk_headers)")
     args = parser.parse_args()
+    args.signed = args.signed or args.sdk
     if shutil.which("wrk") is None:
         sys.exit("needs wrk: apt-get install -y wrk")
     work = Path(tempfile.mkdtemp(prefix="dockyard-paired-"))
@@ -95,10 +98,10 @@ def main() -> None:
             process = start_gateway(source, data_dir, port, args.workers, args.signed)
             url = f"http://127.0.0.1:{port}/{load.DEPLOYMENT_ID}/predict"
             load.wait_for(port)
-            headers = load.signed_headers(config, url) if args.signed else {}
+            headers = (load.sdk_headers if args.sdk else load.signed_headers)(config, url) if args.signed else {}
             gateways[name] = (process, url, load.lua_script(work, headers))
             answered(url, gateways[name][2], 2)  # warm: routes, keys and decisions cached
-        print(f"{'signed' if args.signed else 'unsigned'} requests; base = {args.base} ({sources['base']}), this = {sources['this']}; "
+        print(f"{'SDK' if args.sdk else 'signed' if args.signed else 'unsigned'} requests; base = {args.base} ({sources['base']}), this = {sources['this']}; "
               f"{args.workers} workers each, both loaded at once with 32 connections each, {args.duration} s per round")  # fmt: skip
         print(f"this gateway: {load.gateway_build()}", flush=True)
         ratios = []
