@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, Final
 
 BODY = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]], "parameters": {"top_k": 1}}'
 REPLY = b'{"prediction": [0], "probabilities": [[0.97, 0.02, 0.01]]}'
@@ -112,6 +112,11 @@ def write_store(data_dir: Path, upstream_port: int, gateway_port: int) -> Path:
     return config
 
 
+# Headers as wrk must be given them to send the values signed: it writes Content-Length itself,
+# and Host and the others it sets unless given under these spellings.
+WRK_NAMES: Final = {"host": "Host", "date": "Date", "content-type": "Content-Type"}
+
+
 def signed_headers(config: Path, url: str) -> dict[str, str]:
     """The headers of a POST of BODY to `url` signed with `config`, as the OCI SDK signs it."""
     import httpx
@@ -122,9 +127,7 @@ def signed_headers(config: Path, url: str) -> dict[str, str]:
     assert signing is not None
     request = httpx.Request("POST", url, content=BODY, headers={"content-type": "application/json"})
     signed = next(signing.auth.sync_auth_flow(request))
-    # wrk writes Host and Content-Length itself unless given as "Host" (the same values as signed here).
-    names = {"host": "Host", "date": "Date", "content-type": "Content-Type"}
-    return {names.get(name, name): value for name, value in signed.headers.items() if name.lower() not in (
+    return {WRK_NAMES.get(name, name): value for name, value in signed.headers.items() if name.lower() not in (
             "content-length", "accept", "accept-encoding", "connection", "user-agent")}  # fmt: skip
 
 
@@ -165,10 +168,8 @@ def sdk_headers(config: Path, url: str) -> dict[str, str]:
     head, _, body = received[0].partition(b"\r\n\r\n")
     if body != BODY:
         raise RuntimeError(f"the SDK sent {body!r}, not the body it signed for the benchmark ({BODY!r})")
-    # wrk writes Content-Length itself, and Host unless given as "Host" (the signed value, here).
-    names = {"host": "Host", "date": "Date", "content-type": "Content-Type"}
     lines = (line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:])
-    return {names.get(name.lower(), name): value for name, value in lines if name.lower() != "content-length"}
+    return {WRK_NAMES.get(name.lower(), name): value for name, value in lines if name.lower() != "content-length"}
 
 
 # What the gateway adds to every request it forwards (gateway/headers.py), as nginx adds them: the

@@ -67,8 +67,8 @@ class Scripted(RawServer):
     actions listed: `ok` (200 JSON), `drop` (close without a word), `reset`, `garbage` (bytes
     that are not HTTP), `slow` (answers after 2 s), `cut` (Content-Length 1000, 10 bytes, close),
     `stall` (Content-Length 100, 10 bytes, then 2 s of silence), `head-close`, `head-reset` and
-    `head-stall` (a head with Content-Length 77, then a close, a reset or 2 s of silence), `huge` (64 MiB of zeros, sent as
-    fast as they are taken).
+    `head-stall` (a head with Content-Length 77, then a close, a reset or 2 s of silence), `huge`
+    (64 MiB of zeros, sent as fast as they are taken).
     After the list, `ok`. The request heads it read are in `heads`."""
 
     def __init__(self, *actions: str) -> None:
