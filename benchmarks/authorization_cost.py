@@ -21,7 +21,8 @@ from dockyard.auth.access_store import AccessStore, PolicyAuthorizer
 from dockyard.auth.identity import Principal
 from dockyard.auth.policy import MODELS, Verb
 from dockyard.auth.principals import PrincipalStore
-from dockyard.service.access import Access, PredictAuthorization
+from dockyard.auth.predict_authorization import PredictAuthorization
+from dockyard.service.access import Access
 
 
 def main() -> None:

@@ -40,7 +40,8 @@ from dockyard.auth.identity import Principal
 from dockyard.auth.middleware import SignatureAuthMiddleware
 from dockyard.auth.principals import PrincipalStore
 from dockyard.auth.verifier import Verifier
-from dockyard.service.access import Access, PredictAuthorization
+from dockyard.auth.predict_authorization import PredictAuthorization
+from dockyard.service.access import Access
 
 HOST = "127.0.0.1:8081"
 PATH = "/ocid1.datasciencemodeldeployment.oc1.iad.amaaaaaabenchmarkdeployment/predict"
