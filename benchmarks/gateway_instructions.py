@@ -1,7 +1,7 @@
 """Instructions a gateway worker spends per request, counted by Valgrind (callgrind): a figure
 that does not move with the machine's load, for comparing changes to the request path.
 
-    python benchmarks/gateway_instructions.py [--requests 1000] [--warmup 300] [--targets server,unsigned,signed]
+    python benchmarks/gateway_instructions.py [--requests 1000] [--warmup 300] [--targets server,unsigned,signed,sdk,anew]
                                               [--keep-dumps DIR]
 
 One gateway worker as `dockyard serve --role gateway --gateway-workers N` runs each of its
@@ -19,7 +19,10 @@ calls is not counted, nor the upstream's or wrk's work. Targets:
 - `signed`:   the gateway, every request signed as the OCI SDK signs it;
 - `sdk`:      the same, with every header the SDK's ModelDeploymentClient sends (user-agent,
               client info, request id: a 1.3 KB request, about 0.5 KB more than `signed`). wrk
-              sends the same request each time, where the SDK would send a new request id.
+              sends the same request each time, where the SDK would send a new request id;
+- `anew`:     signed, every request of its own body and signature (gateway_overhead.anew_requests:
+              5,000 in turn, none recognised), so each is checked in full, RSA included: what SDK
+              clients sending predictions of their own cost.
 
 Under Valgrind a request takes ~50 times longer, so work done per unit of time (cache expiry,
 timers) would weigh ~50 times more per request than in a real run: the route, key and
@@ -59,7 +62,7 @@ CONTROL_C = """#include <valgrind/callgrind.h>
 void counting_start(void) { CALLGRIND_TOGGLE_COLLECT; }
 void counting_stop(void) { CALLGRIND_TOGGLE_COLLECT; CALLGRIND_DUMP_STATS_AT("measured"); }
 """
-TARGETS = ("server", "unsigned", "signed", "sdk")
+TARGETS = ("server", "unsigned", "signed", "sdk", "anew")
 HOUR_S = 3600.0
 
 
@@ -166,8 +169,11 @@ async def serve_counted(args: argparse.Namespace) -> None:
     freeze_startup_objects()  # as `dockyard serve` does before serving
     url = f"http://127.0.0.1:{port}/{load.DEPLOYMENT_ID}/predict"
     headers = {"signed": load.signed_headers, "sdk": load.sdk_headers}.get(args.target)
-    script = load.lua_script(work, headers(config, url) if headers else {})
-    wrk = subprocess.Popen(["wrk", "-t1", "-c16", "-d3600s", "-s", str(script), url], stdout=subprocess.DEVNULL)
+    requests = load.anew_requests(config, url) if args.target == "anew" else None
+    script = load.lua_script(work, headers(config, url) if headers else {}, requests=requests, threads=1)
+    # wrk's own timeout (2 s) is lifted: under Valgrind a request checked in full (`anew`) takes
+    # longer, and wrk would send requests again on new connections, each counted once.
+    wrk = subprocess.Popen(["wrk", "-t1", "-c16", "-d3600s", "--timeout", "600s", "-s", str(script), url], stdout=subprocess.DEVNULL)
     try:
         await done
     finally:

@@ -4,7 +4,7 @@ target once per round, for `--rounds` rounds, each figure the median over rounds
 
     python benchmarks/gateway_overhead.py [--connections 64] [--duration 10] [--threads 2] [--rounds 3]
                                           [--workers N ...] [--also-interpreted] [--gateway-log-level info]
-                                          [--rate R]
+                                          [--rate R] [--signed-anew]
 
 The upstream is a uvicorn app (uvloop/httptools) answering every POST with a small JSON
 document. The gateway runs exactly as users run it: `dockyard serve --role gateway` (with
@@ -12,7 +12,9 @@ document. The gateway runs exactly as users run it: `dockyard serve --role gatew
 holds one ACTIVE deployment with that upstream as its one HEALTHY instance and the
 administrator `dockyard serve` creates. It is measured unsigned (`--insecure-no-auth`) and
 signed: every request carries an OCI signature (fixed body, so one Authorization header
-stays valid for the 5-minute skew window), verified by the server. nginx (`apt-get install -y
+stays valid for the 5-minute skew window), verified by the server; with `--signed-anew`, also
+with every request signed anew (5,000 bodies and signatures in turn, none recognised, each
+checked in full: what SDK clients sending predictions of their own cost). nginx (`apt-get install -y
 nginx`) runs one worker with upstream keep-alive, twice: `nginx` adds the headers the gateway adds
 to every forwarded request (X-Forwarded-For, X-Forwarded-Proto and a request id), so both proxies
 deliver the same request and the upstream does the same work behind each; `nginx bare` forwards
@@ -117,18 +119,43 @@ def write_store(data_dir: Path, upstream_port: int, gateway_port: int) -> Path:
 WRK_NAMES: Final = {"host": "Host", "date": "Date", "content-type": "Content-Type"}
 
 
-def signed_headers(config: Path, url: str) -> dict[str, str]:
-    """The headers of a POST of BODY to `url` signed with `config`, as the OCI SDK signs it."""
+def signed_headers(config: Path, url: str, body: bytes = BODY, signing: Any = None) -> dict[str, str]:
+    """The headers of a POST of `body` to `url` signed with `config`, as the OCI SDK signs it
+    (`signing`: `signing_from_config(config)`, when the caller has it already)."""
     import httpx
 
     from dockyard.auth.client import signing_from_config
 
-    signing = signing_from_config(config)
+    signing = signing or signing_from_config(config)
     assert signing is not None
-    request = httpx.Request("POST", url, content=BODY, headers={"content-type": "application/json"})
+    request = httpx.Request("POST", url, content=body, headers={"content-type": "application/json"})
     signed = next(signing.auth.sync_auth_flow(request))
     return {WRK_NAMES.get(name, name): value for name, value in signed.headers.items() if name.lower() not in (
             "content-length", "accept", "accept-encoding", "connection", "user-agent")}  # fmt: skip
+
+
+# Requests signed anew: more than the verifier remembers (1,024 signatures), so that, replayed in
+# turn by wrk, none is recognised and every one is checked in full (RSA included), as when SDK
+# clients send predictions of their own. Signing them takes about 2 s.
+ANEW_REQUESTS: Final = 5000
+
+
+def anew_requests(config: Path, url: str, count: int = ANEW_REQUESTS) -> list[bytes]:
+    """`count` whole POSTs to `url`, each of its own body (BODY with a number in it) and so of its
+    own signature, made as `signed_headers` signs."""
+    from urllib.parse import urlsplit
+
+    from dockyard.auth.client import signing_from_config
+
+    signing = signing_from_config(config)
+    path = urlsplit(url).path
+    requests = []
+    for number in range(count):
+        body = BODY[:-1] + b', "n": %d}' % number
+        headers = signed_headers(config, url, body, signing)
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        requests.append(f"POST {path} HTTP/1.1\r\n{lines}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+    return requests
 
 
 def sdk_headers(config: Path, url: str) -> dict[str, str]:
@@ -303,11 +330,30 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def lua_script(workdir: Path, headers: dict[str, str], delay_ms: float = 0.0) -> Path:
-    """wrk's script: the POST, its headers and, with `delay_ms`, the wait after each reply."""
+def lua_script(workdir: Path, headers: dict[str, str], delay_ms: float = 0.0, requests: list[bytes] | None = None,
+               threads: int = 2) -> Path:  # fmt: skip
+    """wrk's script: the POST, its headers and, with `delay_ms`, the wait after each reply.
+    `requests`: whole requests to send instead, in turn (`anew_requests`), each of wrk's
+    `threads` threads starting at its own share of them so that no two send the same at once."""
     script = workdir / f"post-{len(list(workdir.glob('post-*.lua')))}.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY.decode())}", 'wrk.headers["Content-Type"] = "application/json"']
     lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items()]
+    if requests:
+        # Read from a file at start, NUL between requests: thousands of string constants in the
+        # script itself would exceed what LuaJIT takes in one chunk.
+        data = script.with_suffix(".requests")
+        data.write_bytes(b"\0".join(requests))
+        lines += [
+            "local made = 0",
+            'function setup(thread) thread:set("id", made); made = made + 1 end',
+            "function init(args)",
+            f"  local file = io.open({json.dumps(str(data))}, 'rb'); local all = file:read('*a'); file:close()",
+            "  requests = {}",
+            "  for piece in string.gmatch(all, '[^%z]+') do requests[#requests + 1] = piece end",
+            f"  counter = math.floor(id * #requests / {threads})",
+            "end",
+            "function request() counter = counter % #requests + 1; return requests[counter] end",
+        ]
     if delay_ms > 0:
         # Drawn at random about the mean: a fixed wait would keep the connections in step, their
         # requests arriving in bursts that a slower proxy pays for in queueing, not in latency.
@@ -382,9 +428,9 @@ def gateway_totals(port: int) -> tuple[float, float] | None:
 
 def measure(args: argparse.Namespace, target: str, url: str, headers: dict[str, str], workdir: Path,
             metrics_port: int | None = None, process: subprocess.Popen[bytes] | None = None,
-            upstream: subprocess.Popen[bytes] | None = None) -> Result:  # fmt: skip
+            upstream: subprocess.Popen[bytes] | None = None, requests: list[bytes] | None = None) -> Result:  # fmt: skip
     """A 2 s warm-up (connection pools, route cache), then the measured run."""
-    script = lua_script(workdir, headers, 1000.0 * args.connections / args.rate if args.rate else 0.0)
+    script = lua_script(workdir, headers, 1000.0 * args.connections / args.rate if args.rate else 0.0, requests, args.threads)
     load = (lambda d: run_wrk(target, url, args.connections, d, args.threads, script)) if shutil.which("wrk") else (
         lambda d: run_python(target, url, args.connections, d, headers))  # fmt: skip
     load(2)
@@ -410,9 +456,13 @@ class Target:
     process: subprocess.Popen[bytes]
     metrics_port: int | None = None  # a gateway's: its own overhead figures
     signing_config: Path | None = None  # signed: a fresh signature per measurement (they age out in 5 minutes)
+    anew: bool = False  # signed: every request signed anew (`anew_requests`), not one signature repeated
 
     def headers(self) -> dict[str, str]:
-        return signed_headers(self.signing_config, self.url) if self.signing_config else {}
+        return signed_headers(self.signing_config, self.url) if self.signing_config and not self.anew else {}
+
+    def requests(self) -> list[bytes] | None:
+        return anew_requests(self.signing_config, self.url) if self.signing_config and self.anew else None
 
 
 def orchestrate(args: argparse.Namespace) -> None:
@@ -456,11 +506,14 @@ def orchestrate(args: argparse.Namespace) -> None:
                     url = f"http://127.0.0.1:{port}/{DEPLOYMENT_ID}/predict"
                     name = f"gw {workers}w {'signed' if signed else 'unsigned'}{' interp' if interpreted else ''}"
                     targets.append(Target(name, url, servers[-1], port, config if signed else None))
+                    if signed and args.signed_anew:  # the same gateway, each request signed anew
+                        targets.append(Target(f"{name} anew", url, servers[-1], port, config, anew=True))
         # Every target once per round, in turn: the machine's speed drifts over minutes, so
         # ratios are taken within a round (targets measured seconds apart), then their median.
         rounds: list[list[Result]] = []
         for number in range(args.rounds):
-            rounds.append([measure(args, t.name, t.url, t.headers(), workdir, t.metrics_port, t.process, upstream) for t in targets])
+            rounds.append([measure(args, t.name, t.url, t.headers(), workdir, t.metrics_port, t.process, upstream, t.requests())
+                           for t in targets])  # fmt: skip
             if args.rounds > 1:
                 print(f"round {number + 1}: " + ", ".join(f"{r.target} {r.rps:.0f}" for r in rounds[-1]) + " req/s", flush=True)
         report(rounds, args.rate)
@@ -532,6 +585,9 @@ def main() -> None:
                         help="also measure each gateway with its request path interpreted (DOCKYARD_COMPILED=0)")
     parser.add_argument("--gateway-log-level", default="info", help="the gateway's --log-level (default info, as dockyard serve)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dir)")
+    parser.add_argument("--signed-anew", action="store_true",
+                        help=f"also measure the signed gateway with every request signed anew ({ANEW_REQUESTS} signatures in turn, "
+                             "each checked in full, as from SDK clients sending predictions of their own; wrk only)")  # fmt: skip
     parser.add_argument("--rate", type=int, default=0,
                         help="offer about this many requests/s in all (wrk only) instead of as many as are answered")  # fmt: skip
     parser.add_argument("--role", choices=["upstream"], help=argparse.SUPPRESS)
@@ -543,6 +599,8 @@ def main() -> None:
     args.workers = [w or default_workers() for w in args.workers]
     if args.rate and not shutil.which("wrk"):
         parser.error("--rate needs wrk (apt-get install -y wrk)")
+    if args.signed_anew and not shutil.which("wrk"):
+        parser.error("--signed-anew needs wrk (apt-get install -y wrk)")
     orchestrate(args)
 
 
