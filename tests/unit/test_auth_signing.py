@@ -11,6 +11,7 @@ import email.utils
 import json
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import oci
 import pytest
@@ -429,3 +430,46 @@ def test_when_a_shared_key_read_fails_each_waiter_reads_for_itself() -> None:
         thread.join(5)
     assert sorted(map(str, outcomes)) == sorted(["database is locked"] + [str(PRINCIPAL)] * 3)
     assert calls[0] == "failing" and 1 <= calls.count("ok") <= 3
+
+
+# --- the SDK's template, read in one match ----------------------------------------------------------
+
+
+def test_what_the_sdk_and_dockyards_signer_send_is_read_in_one_match_with_the_same_result() -> None:
+    from dockyard.auth.signing import _parse_pairs, _sdk_template
+
+    headers = {"date": email.utils.formatdate(usegmt=True), "host": HOST}
+    values = [
+        str(signed("POST", "/dep/predict", '{"a": 1}').headers["authorization"]),
+        str(signed("GET", "/20190101/projects").headers["authorization"]),
+        sign_request("GET", "/20190101/projects", headers, f"{TENANCY}/{USER}/{FP}", KEY, ["date", "(request-target)", "host"]),
+    ]
+    for value in values:
+        fast = _sdk_template(value)
+        assert fast is not None, value
+        assert fast == _parse_pairs(value)
+
+
+@pytest.mark.parametrize(
+    "variant, refusal",
+    [
+        (lambda v: v.replace('headers="date', 'headers="date date', 1), "names a header twice"),
+        (lambda v: v.replace('",version="1"', 'A",version="1"'), "not base64"),  # padding no longer fits
+        (lambda v: v.replace('headers="date', 'headers="Date', 1), None),  # upper case: read pair by pair, alike
+        (lambda v: v.replace(",keyId=", ", keyId=", 1), None),  # a space between pairs: the same
+        (lambda v: " " + v + " ", None),
+        (lambda v: v.replace("Signature ", "signature ", 1), None),
+        (lambda v: v.replace('version="1"', 'version="2"'), "version '2' is not supported"),
+        (lambda v: v.replace('algorithm="rsa-sha256"', 'algorithm="RSA-SHA256"'), None),
+    ],
+)
+def test_any_other_spelling_is_read_pair_by_pair_and_refused_or_accepted_as_before(variant: Any, refusal: str | None) -> None:
+    from dockyard.auth.signing import _parse_pairs, _sdk_template
+
+    value = variant(str(signed("POST", "/dep/predict", '{"a": 1}').headers["authorization"]))
+    assert _sdk_template(value) is None
+    if refusal is None:
+        assert parse_authorization(value) == _parse_pairs(value)
+    else:
+        with pytest.raises(NotAuthenticated, match=refusal):
+            parse_authorization(value)

@@ -49,6 +49,18 @@ EMPTY_BODY_SHA256 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
 _ARTIFACT_UPLOAD = re.compile(r"^/*20190101/models/[^/]+/artifact/?$")
 _HOW_TO_SIGN = "use an OCI API key to sign it (the oci CLI or SDK with a config file, e.g. <data dir>/oci/config that `dockyard serve` writes)"
 _PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*"([^"]*)"\s*(?:,|$)')
+# The template the OCI SDK (and `sign_request`) fills in, its fields always in this order
+# (oci-api.md §5), read with one match. A request signed anew is parsed once: pair by pair that
+# took about 7 µs of the 51 µs its whole check takes in-process, RSA included; in one match,
+# about 4. Any other spelling (spaces, another order, case, algorithm or version) is read pair
+# by pair, which also says what is wrong.
+_SDK_TEMPLATE = re.compile(
+    r'Signature algorithm="rsa-sha256",headers="([a-z0-9()-]+(?: [a-z0-9()-]+)*)",keyId="([^"]+)",'
+    r'signature="([A-Za-z0-9+/]+={0,2})",version="1"'
+)
+# Stateless, so made once rather than for every signature checked.
+_PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,26 @@ def parse_authorization(value: str) -> SignatureParams:
 
 
 def _parse_authorization(value: str) -> SignatureParams:
+    return _sdk_template(value) or _parse_pairs(value)
+
+
+def _sdk_template(value: str) -> SignatureParams | None:
+    """`_parse_pairs` of a value in the SDK's template, read with one match; None for any other
+    value, or one `_parse_pairs` refuses (a header listed twice, a signature not base64)."""
+    template = _SDK_TEMPLATE.fullmatch(value)
+    if template is None:
+        return None
+    names = tuple(template.group(1).split(" "))
+    if len(set(names)) != len(names):
+        return None
+    try:  # what base64.b64decode(validate=True) calls
+        signature = binascii.a2b_base64(template.group(3), strict_mode=True)
+    except binascii.Error:
+        return None
+    return SignatureParams(template.group(2), ALGORITHM, names, signature, VERSION)
+
+
+def _parse_pairs(value: str) -> SignatureParams:
     scheme, _, rest = value.strip().partition(" ")
     if scheme.lower() != "signature":
         raise _malformed(f"its scheme is {scheme[:30]!r}, not Signature")
@@ -295,7 +327,7 @@ def verify_request(
         ) from exc
     try:
         message = signing_string(params.headers, method, target, headers)
-        public_key.verify(params.signature, message, padding.PKCS1v15(), hashes.SHA256())
+        public_key.verify(params.signature, message, _PKCS1V15, _SHA256)
     except (InvalidSignature, UnicodeEncodeError):
         raise NotAuthenticated(
             f"signature does not verify with key {key_id.fingerprint} of user {key_id.user_id}: the request was "
