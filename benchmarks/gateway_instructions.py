@@ -171,8 +171,8 @@ async def serve_counted(args: argparse.Namespace) -> None:
     headers = {"signed": load.signed_headers, "sdk": load.sdk_headers}.get(args.target)
     requests = load.anew_requests(config, url) if args.target == "anew" else None
     script = load.lua_script(work, headers(config, url) if headers else {}, requests=requests, threads=1)
-    # wrk's own timeout (2 s) is lifted: under Valgrind a request checked in full (`anew`) takes
-    # longer, and wrk would send requests again on new connections, each counted once.
+    # wrk's own timeout (2 s) is lifted: under Valgrind a request checked in full (`anew`) can take
+    # longer than that, and wrk would give it up as a timeout.
     wrk = subprocess.Popen(["wrk", "-t1", "-c16", "-d3600s", "--timeout", "600s", "-s", str(script), url], stdout=subprocess.DEVNULL)
     try:
         await done
